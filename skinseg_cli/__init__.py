@@ -1,0 +1,3 @@
+"""skinseg: skin-lesion segmentation at the edge (train, export, infer, evaluate)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from skinseg_cli.cli import main
+
+main()
