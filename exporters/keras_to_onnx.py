@@ -1,0 +1,323 @@
+"""Export a trained Keras segmentation model to a self-describing ONNX file.
+
+How (Keras 3.15 / TensorFlow 2.21 / tf2onnx 1.17): the model is wrapped in a ``tf.function`` with the input
+signature ``TensorSpec([None, None, None, 3], float32, name="image")`` that calls ``model(image,
+training=False)`` and returns ``{"mask": ...}``; ``tf2onnx.convert.from_function`` converts it. That fixes the
+ONNX input and output names whatever the Keras layer names are, keeps batch, height and width dynamic, and
+never goes through the Keras-2-only ``model.save(format="tf")`` path.
+
+The exported graph takes float32 RGB in [0, 255] (the ``Rescaling`` layer is part of the model) and returns
+the lesion probability in [0, 1]:
+
+- ``layout="nhwc"``: ``image`` is ``batch × height × width × 3``, ``mask`` is ``batch × height × width × 1``;
+- ``layout="nchw"``: ``image`` is ``batch × 3 × height × width`` and ``mask`` is ``batch × 1 × height ×
+  width``. tf2onnx's ``inputs_as_nchw``/``outputs_as_nchw`` plus its transpose optimizer cancel every layout
+  transpose, and the ``Rescaling`` multiply is folded into the first convolution, so the first node is a
+  ``Conv`` reading ``image`` directly.
+
+Every export is checked: Keras and onnxruntime run on the same images and the file is only moved into place
+(``os.replace`` of a temporary file in the same folder) when they agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from exporters import graph
+from runtime.errors import MissingExtraError, ModelError, UsageError
+from runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
+
+MIN_OPSET = 13
+FP32_TOLERANCE = 1e-4
+_TRAIN_EXTRA = "pip install 'skinseg[train]'"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote and how well the ONNX model matches Keras."""
+
+    path: Path
+    opset: int
+    layout: str
+    max_abs_diff: float
+    check_images: int
+    check_shape: tuple[int, ...]
+    size_bytes: int
+    seconds: float
+    source_model_sha256: str
+    op_counts: dict[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def max_supported_opset() -> int:
+    """The highest opset both the installed onnx and tf2onnx (1.17: 18) can produce."""
+    highest = onnx.defs.onnx_opset_version()
+    try:
+        from tf2onnx import constants
+    except ImportError:
+        return highest
+    return min(highest, max(constants.OPSET_TO_IR_VERSION))
+
+
+def check_opset(opset: int) -> int:
+    """Return ``opset`` or raise :class:`UsageError` naming the valid range."""
+    top = max_supported_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
+        raise UsageError(
+            f"opset {opset!r} is not supported: use an integer from {MIN_OPSET} to {top} "
+            f"(the installed onnx/tf2onnx maximum); 17 is the default"
+        )
+    return opset
+
+
+def check_layout(layout: str) -> str:
+    """Return the lower-cased layout or raise :class:`UsageError`."""
+    value = str(layout).lower()
+    if value not in LAYOUTS:
+        raise UsageError(f"layout {layout!r} is not supported: use one of {', '.join(LAYOUTS)}")
+    return value
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a Path, or raise :class:`UsageError` if a file cannot be written there."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; give a file path such as {out / 'model.onnx'}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise UsageError(f"{out}: folder {parent} does not exist; create it first or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"{out}: not writable; choose a path in a folder you can write to")
+    return out
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_weights(model: Any) -> str:
+    """Hex SHA-256 of a Keras model's weights (shapes, dtypes and values, in layer order)."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        array = np.ascontiguousarray(weight)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _import_tensorflow() -> tuple[Any, Any]:
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as e:
+        raise MissingExtraError(f"exporting to ONNX needs TensorFlow and tf2onnx ({e.name} is missing); {_TRAIN_EXTRA}") from None
+    return tf, tf2onnx
+
+
+def load_keras_model(model_or_path: Any) -> tuple[Any, str]:
+    """``(model, sha256)``: a Keras model as given, or loaded from a ``.keras`` file (hash of the file)."""
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        return model_or_path, sha256_weights(model_or_path)
+    path = Path(model_or_path)
+    if not path.is_file():
+        raise UsageError(f"{path}: Keras model file not found; give the .keras file written by `skinseg train`")
+    _import_tensorflow()
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a bad archive
+        raise ModelError(f"{path}: cannot load as a Keras model ({type(e).__name__}: {e}); re-save it with model.save()") from None
+    return model, sha256_file(path)
+
+
+def _check_signature(model: Any, source: str) -> int:
+    """Check the model takes one NHWC RGB image and returns one tensor; return its channel count."""
+    inputs, outputs = list(model.inputs), list(model.outputs)
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UsageError(f"{source}: the model must have one input and one output, has {len(inputs)} and {len(outputs)}")
+    in_shape, out_shape = tuple(inputs[0].shape), tuple(outputs[0].shape)
+    if len(in_shape) != 4 or in_shape[-1] != 3:
+        raise UsageError(f"{source}: the model input must be (batch, height, width, 3) RGB, is {in_shape}")
+    if len(out_shape) != 4 or not out_shape[-1]:
+        raise UsageError(f"{source}: the model output must be (batch, height, width, classes), is {out_shape}")
+    return int(out_shape[-1])
+
+
+@contextmanager
+def _quiet_tf2onnx() -> Iterator[None]:
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def convert(model: Any, *, opset: int, layout: str, input_name: str = "image", output_name: str = "mask") -> onnx.ModelProto:
+    """Convert a Keras model to an ONNX ``ModelProto`` (no metadata, no checks) and clean its graph."""
+    tf, tf2onnx = _import_tensorflow()
+    out_channels = _check_signature(model, "model")
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32, name=input_name)
+
+    @tf.function(input_signature=[spec])
+    def serve(image: Any) -> dict[str, Any]:
+        return {output_name: tf.cast(model(image, training=False), tf.float32)}
+
+    nchw = layout == "nchw"
+    with _quiet_tf2onnx():
+        proto, _ = tf2onnx.convert.from_function(
+            serve,
+            input_signature=serve.input_signature,
+            opset=opset,
+            custom_rewriter=[graph.rewrite_dilated_convs],
+            inputs_as_nchw=[input_name] if nchw else None,
+            outputs_as_nchw=[output_name] if nchw else None,
+        )
+    graph.fold_input_rescaling(proto)
+    graph.name_dynamic_dims(proto, layout=layout, out_channels=out_channels)
+    return proto
+
+
+def synthetic_images(tile_size: tuple[int, int], count: int = 2, seed: int = 0) -> np.ndarray:
+    """``count`` random RGB images in [0, 255] at ``tile_size`` (height, width), NHWC float32."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 255.0, size=(count, *tile_size, 3)).astype(np.float32)
+
+
+def as_image_batch(images: np.ndarray, source: str = "check_inputs") -> np.ndarray:
+    """An NHWC float32 batch from one ``H×W×3`` image or an ``N×H×W×3`` array; UsageError otherwise."""
+    batch = np.asarray(images, dtype=np.float32)
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.shape[0] == 0:
+        raise UsageError(f"{source}: expected RGB images shaped (N, height, width, 3), got {batch.shape}")
+    return batch
+
+
+def keras_predict(model: Any, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    """Run the Keras model in inference mode (``training=False``) on an NHWC batch."""
+    parts = [np.asarray(model(images[i : i + batch_size], training=False), dtype=np.float32) for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts)
+
+
+def onnx_predict(session: Any, images: np.ndarray, layout: str) -> np.ndarray:
+    """Run an onnxruntime session on an NHWC batch; return NHWC output whatever the model's layout."""
+    feed = images.transpose(0, 3, 1, 2) if layout == "nchw" else images
+    name = session.get_inputs()[0].name
+    out = session.run(None, {name: np.ascontiguousarray(feed)})[0]
+    return out.transpose(0, 2, 3, 1) if layout == "nchw" else out
+
+
+def onnx_session(path: str | os.PathLike[str]) -> Any:
+    """A CPU onnxruntime session for ``path``."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(reference: np.ndarray, candidate: np.ndarray, source: str) -> float:
+    """Largest absolute difference; ModelError if the shapes differ."""
+    if reference.shape != candidate.shape:
+        raise ModelError(f"{source}: ONNX output shape {candidate.shape} differs from Keras {reference.shape}; report a bug")
+    return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it to ``path``, on any failure delete it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.open("xb").close()  # ordinary permissions (umask), unlike mkstemp's 0600
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write there ({e.strerror}); choose a writable folder") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Serialize ``proto`` to ``path`` (a single file; models over 2 GB are out of scope)."""
+    try:
+        path.write_bytes(proto.SerializeToString())
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write the ONNX file ({e.strerror}); free space or choose another folder") from None
+
+
+def export_onnx(
+    model_or_path: Any,
+    output_path: str | os.PathLike[str],
+    *,
+    metadata: ModelMetadata,
+    opset: int = 17,
+    layout: str = "nhwc",
+    check_inputs: np.ndarray | None = None,
+    tolerance: float = FP32_TOLERANCE,
+    slim: bool = False,
+) -> ExportReport:
+    """Export a Keras model (object or ``.keras`` path) to ``output_path`` and check it against Keras.
+
+    ``metadata`` is written under ``metadata_props["skinseg"]`` with ``layout``, ``export_options`` (opset,
+    layout, quantize) and ``source_model_sha256`` filled in. ``check_inputs`` (NHWC RGB 0–255) default to
+    two random images at ``metadata.tile_size``. Raises :class:`UsageError` for a bad opset, layout or output
+    path and :class:`ModelError` when ONNX and Keras differ by more than ``tolerance``; nothing is left on
+    disk on any failure.
+    """
+    start = time.perf_counter()
+    opset, layout = check_opset(opset), check_layout(layout)
+    out = check_output_path(output_path)
+    images = synthetic_images(metadata.tile_size) if check_inputs is None else as_image_batch(check_inputs)
+    model, sha = load_keras_model(model_or_path)
+
+    proto = convert(model, opset=opset, layout=layout, input_name=metadata.input_name, output_name=metadata.output_name)
+    if slim:
+        proto = graph.slim(proto)
+    options = {**metadata.export_options, "opset": opset, "layout": layout, "quantize": "none", "slim": slim}
+    final = dataclasses.replace(metadata, layout=layout, export_options=options, source_model_sha256=sha)
+    graph.set_metadata(proto, METADATA_KEY, final.to_json())
+    warnings = tuple(f"dilated convolution left as a SpaceToDepth chain: {n}" for n in graph.dilation_chain_ops(proto))
+
+    with atomic_output(out) as tmp:
+        save_model(proto, tmp)
+        diff = max_abs_diff(keras_predict(model, images), onnx_predict(onnx_session(tmp), images, layout), str(out))
+        if not diff <= tolerance:
+            raise ModelError(
+                f"{out}: ONNX output differs from Keras by {diff:.3g} (max abs) on {len(images)} check images, "
+                f"more than the allowed {tolerance:g}; nothing was written. The model may use a layer tf2onnx "
+                f"converts inexactly; report it with the model"
+            )
+        size = tmp.stat().st_size
+    return ExportReport(
+        path=out,
+        opset=opset,
+        layout=layout,
+        max_abs_diff=diff,
+        check_images=len(images),
+        check_shape=tuple(images.shape),
+        size_bytes=size,
+        seconds=time.perf_counter() - start,
+        source_model_sha256=sha,
+        op_counts=graph.op_counts(proto),
+        warnings=warnings,
+    )

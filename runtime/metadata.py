@@ -1,0 +1,142 @@
+"""The self-description a skinseg ONNX model carries.
+
+One JSON document under the ONNX ``metadata_props`` key ``skinseg``. The exporter writes it with
+:meth:`ModelMetadata.to_json`; the runtime reads it with :func:`parse_metadata` (``json`` only, never ``eval``).
+This module is the single source of truth for the schema, shared by ``exporters`` and ``runtime``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from runtime.errors import ModelError
+
+METADATA_KEY = "skinseg"
+FORMAT_VERSION = 1
+LAYOUTS = ("nhwc", "nchw")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How an image is brought to the model's working scale.
+
+    ``mode`` is one of:
+    - ``"native"``: the image is used at its own resolution;
+    - ``"factor"``: both sides are multiplied by ``value`` (e.g. 0.25);
+    - ``"long_side"``: the image is resized so its longer side is ``value`` pixels (aspect kept).
+    """
+
+    mode: str
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("native", "factor", "long_side"):
+            raise ValueError(f"scale mode must be native, factor or long_side, got {self.mode!r}")
+        if self.mode != "native" and (self.value is None or not self.value > 0):
+            raise ValueError(f"scale {self.mode} needs a positive value, got {self.value!r}")
+
+    @classmethod
+    def parse(cls, text: str | float | int) -> Scale:
+        """Parse the CLI form: ``native``, a factor such as ``0.25`` (≤ 8), or a long side in pixels (``1024``)."""
+        s = str(text).strip().lower()
+        if s == "native":
+            return cls("native")
+        try:
+            v = float(s)
+        except ValueError:
+            raise ValueError(
+                f"scale must be 'native', a factor such as 0.25, or a long side in pixels such as 1024, got {text!r}"
+            ) from None
+        if not v > 0:
+            raise ValueError(f"scale must be positive, got {text!r}")
+        return cls("factor", v) if v <= 8 else cls("long_side", v)
+
+    def factor_for(self, width: int, height: int) -> float:
+        """The resize factor this scale gives for an image of ``width`` × ``height``."""
+        if self.mode == "native":
+            return 1.0
+        if self.mode == "factor":
+            return float(self.value)
+        return float(self.value) / max(width, height)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "value": self.value}
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What the runtime needs to use a model without its training config, and what a user wants to know."""
+
+    tile_size: tuple[int, int]  # (height, width) the model was trained at
+    train_scale: Scale
+    threshold: float = 0.5
+    input_name: str = "image"
+    output_name: str = "mask"
+    layout: str = "nhwc"
+    color_order: str = "rgb"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    class_names: tuple[str, ...] = ("lesion",)
+    skinseg_version: str = ""
+    format_version: int = FORMAT_VERSION
+    training_data: dict[str, Any] = field(default_factory=dict)
+    validation_metrics: dict[str, float] = field(default_factory=dict)
+    export_options: dict[str, Any] = field(default_factory=dict)
+    source_model_sha256: str = ""
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["train_scale"] = self.train_scale.to_dict()
+        d["tile_size"] = list(self.tile_size)
+        d["value_range"] = list(self.value_range)
+        d["class_names"] = list(self.class_names)
+        return json.dumps(d, sort_keys=True)
+
+
+def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
+    """Parse and validate the ``skinseg`` metadata JSON; raise :class:`ModelError` naming ``source`` if bad."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{source}: skinseg metadata is not valid JSON ({e.msg} at char {e.pos}); re-export the model") from None
+    if not isinstance(d, dict):
+        raise ModelError(f"{source}: skinseg metadata must be a JSON object; re-export the model")
+    version = d.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(
+            f"{source}: skinseg metadata format_version {version!r} is not supported (this skinseg reads "
+            f"{FORMAT_VERSION}); upgrade skinseg or re-export the model"
+        )
+    try:
+        tile = tuple(int(v) for v in d["tile_size"])
+        if len(tile) != 2 or min(tile) <= 0:
+            raise ValueError(f"tile_size must be two positive integers, got {d['tile_size']!r}")
+        scale_d = d["train_scale"]
+        scale = Scale(str(scale_d["mode"]), None if scale_d.get("value") is None else float(scale_d["value"]))
+        layout = str(d.get("layout", "nhwc")).lower()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        threshold = float(d.get("threshold", 0.5))
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        return ModelMetadata(
+            tile_size=tile,  # type: ignore[arg-type]
+            train_scale=scale,
+            threshold=threshold,
+            input_name=str(d.get("input_name", "image")),
+            output_name=str(d.get("output_name", "mask")),
+            layout=layout,
+            color_order=str(d.get("color_order", "rgb")).lower(),
+            value_range=tuple(float(v) for v in d.get("value_range", (0.0, 255.0))),  # type: ignore[arg-type]
+            class_names=tuple(str(c) for c in d.get("class_names", ("lesion",))),
+            skinseg_version=str(d.get("skinseg_version", "")),
+            format_version=FORMAT_VERSION,
+            training_data=dict(d.get("training_data") or {}),
+            validation_metrics={str(k): float(v) for k, v in (d.get("validation_metrics") or {}).items()},
+            export_options=dict(d.get("export_options") or {}),
+            source_model_sha256=str(d.get("source_model_sha256", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        missing = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise ModelError(f"{source}: invalid skinseg metadata ({missing}); re-export the model") from None

@@ -1,0 +1,140 @@
+"""From probabilities to a clean mask, its statistics and pictures of it.
+
+Masks are ``H×W`` uint8 arrays with values 0 and 255. Probability maps are float (0–1) or uint8 (0–255,
+what :class:`~runtime.segmenter.Segmenter` returns to save memory); every function here accepts both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["contours_json", "fill_holes", "keep_largest_component", "mask_stats", "overlay", "threshold"]
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    if mask.ndim != 2:
+        raise ValueError(f"expected an H×W mask, got shape {mask.shape}")
+    if mask.dtype != np.uint8:
+        mask = np.where(mask > 0, np.uint8(255), np.uint8(0))
+    return mask
+
+
+def threshold(prob: np.ndarray, t: float = 0.5) -> np.ndarray:
+    """Mask of the pixels whose probability is strictly above ``t`` (``prob`` float 0–1 or uint8 0–255)."""
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"threshold must be within [0, 1], got {t!r}")
+    cut = t * 255.0 if prob.dtype == np.uint8 else t
+    return np.where(prob > cut, np.uint8(255), np.uint8(0))
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected foreground component (an empty mask stays empty)."""
+    mask = _as_mask(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 2:  # background only, or a single component
+        return mask.copy()
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.where(labels == largest, np.uint8(255), np.uint8(0))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions that do not touch the image border (holes inside the lesion)."""
+    mask = _as_mask(mask)
+    # Flood the background from outside a one-pixel frame; what the flood cannot reach is a hole.
+    framed = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(framed, None, (0, 0), 255)
+    out = mask.copy()
+    out[framed[1:-1, 1:-1] == 0] = 255
+    return out
+
+
+def mask_stats(mask: np.ndarray, prob: np.ndarray | None = None) -> dict[str, Any]:
+    """Area, fraction of the image, bounding box, component count and mean probability inside the mask.
+
+    ``bbox`` is ``[x, y, w, h]`` in pixels (``None`` for an empty mask); ``mean_prob`` is within 0–1
+    (``None`` without ``prob`` or for an empty mask).
+    """
+    mask = _as_mask(mask)
+    height, width = mask.shape
+    fg = mask > 0
+    area = int(np.count_nonzero(fg))
+    n_components = cv2.connectedComponents(mask, connectivity=8)[0] - 1 if area else 0
+    bbox = list(cv2.boundingRect(fg.view(np.uint8))) if area else None
+    mean_prob = None
+    if prob is not None and area:
+        if prob.shape != mask.shape:
+            raise ValueError(f"prob has shape {prob.shape}, the mask {mask.shape}")
+        mean_prob = float(prob[fg].mean(dtype=np.float64)) / (255.0 if prob.dtype == np.uint8 else 1.0)
+    return {
+        "width": width,
+        "height": height,
+        "area_px": area,
+        "fraction": area / float(height * width),
+        "bbox": bbox,
+        "n_components": int(n_components),
+        "mean_prob": mean_prob,
+    }
+
+
+def overlay(
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = (0, 255, 0),
+    alpha: float = 0.4,
+    *,
+    thickness: int | None = None,
+) -> np.ndarray:
+    """The image with the mask tinted by ``color`` (``alpha`` of it) and outlined by a contour line.
+
+    Blending is done in float32 on the masked pixels only, so there is no uint8 wrap-around and memory grows
+    with the lesion, not the photo. ``thickness`` defaults to about 1/500 of the longer side (at least 1 px).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    mask = _as_mask(mask)
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask has shape {mask.shape}, the image {rgb.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within [0, 1], got {alpha!r}")
+    out = rgb.copy()
+    fg = mask > 0
+    tint = np.asarray(color, np.float32) * alpha
+    blended = out[fg].astype(np.float32) * (1.0 - alpha) + tint
+    out[fg] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    if thickness is None:
+        thickness = max(1, round(max(mask.shape) / 500))
+    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness, lineType=cv2.LINE_AA)
+    return out
+
+
+def contours_json(mask: np.ndarray, *, epsilon: float = 0.0) -> dict[str, Any]:
+    """The mask as polygons: ``{"width", "height", "polygons": [{"exterior", "holes", "area"}]}``.
+
+    Points are ``[x, y]`` pixel coordinates. ``epsilon`` > 0 simplifies each ring with Douglas–Peucker
+    (maximum deviation in pixels). Polygons are sorted by area, largest first.
+    """
+    mask = _as_mask(mask)
+
+    def ring(c: np.ndarray) -> list[list[int]]:
+        if epsilon > 0:
+            c = cv2.approxPolyDP(c, epsilon, True)
+        return c.reshape(-1, 2).tolist()
+
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    if hierarchy is not None:
+        h = hierarchy[0]  # [next, previous, first_child, parent]
+        for i, c in enumerate(contours):
+            if h[i][3] != -1:
+                continue  # a hole; collected with its parent
+            holes, child = [], h[i][2]
+            while child != -1:
+                holes.append(ring(contours[child]))
+                child = h[child][0]
+            polygons.append({"exterior": ring(c), "holes": holes, "area": float(cv2.contourArea(c))})
+    polygons.sort(key=lambda p: p["area"], reverse=True)
+    return {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "polygons": polygons}

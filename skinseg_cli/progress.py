@@ -1,0 +1,88 @@
+"""Progress display for the CLI: rich bars on a terminal, one plain line per unit otherwise (cron, pipes).
+
+The core reports progress through callbacks and event dicts; only this module knows about rich.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def use_bars(console: Console, quiet: bool) -> bool:
+    return console.is_terminal and not quiet
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+@contextlib.contextmanager
+def progress_callback(
+    description: str, *, total: int, quiet: bool, console: Console
+) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback drawing a bar on a terminal, silent otherwise."""
+    if not use_bars(console, quiet):
+        yield lambda done, n: None
+        return
+    with make_progress(console) as progress:
+        task = progress.add_task(description, total=total, info="")
+        yield lambda done, n: progress.update(task, completed=done, total=n)
+
+
+def _fmt_logs(logs: dict[str, float], keys: tuple[str, ...] = ("loss", "val_loss")) -> str:
+    shown = [k for k in logs if k in keys or (k.startswith("val_") and k != "val_loss")][:5]
+    return " ".join(f"{k} {logs[k]:.4f}" for k in shown)
+
+
+class TrainProgress:
+    """Handles trainer events: a bar per epoch on a terminal, one line per epoch otherwise."""
+
+    def __init__(self, *, console: Console, quiet: bool):
+        self.console = console
+        self.bars = use_bars(console, quiet)
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> TrainProgress:
+        if self.bars:
+            self.progress = make_progress(self.console)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _line(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "warning":
+            self._line(f"[yellow]warning:[/yellow] {escape(event['message'])}")
+        elif kind == "data" and event.get("phase") == "ready":
+            self._line(f"data: {event['train']} training and {event['valid']} validation pairs; "
+                       f"{event['steps']} steps per epoch; {event['params']:,} parameters")
+        elif kind == "batch" and self.progress is not None:
+            desc = f"epoch {event['epoch']}/{event['epochs']}"
+            if self.task is None or self.progress.tasks[self.task].description != desc:
+                self.task = self.progress.add_task(desc, total=event["steps"], info="")
+            self.progress.update(self.task, completed=event["step"], info=_fmt_logs(event["logs"], ("loss",)))
+        elif kind == "epoch":
+            mark = " *" if event["improved"] else ""
+            self._line(f"epoch {event['epoch']}/{event['epochs']} {_fmt_logs(event['logs'])} "
+                       f"lr {event['logs'].get('learning_rate', 0):.2g} {event['seconds']:.1f}s{mark}")

@@ -1,0 +1,166 @@
+"""Find image/mask pairs and split them into train, validation and test sets.
+
+Pure file-system logic (no TensorFlow): the evaluation command and the tests use it too.
+A mask pairs with an image when its stem is the image's stem, optionally followed by ``_segmentation`` (ISIC, any
+letter case), ``_lesion`` (PH2) or ``_mask``. Nothing is dropped silently: unpaired files are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+MASK_SUFFIXES = ("_segmentation", "_lesion", "_mask")
+_MASK_SUFFIX_RE = re.compile(r"(?i)(?:" + "|".join(MASK_SUFFIXES) + r")$")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: an image, its mask, and the stem that identifies it across folders."""
+
+    image: Path
+    mask: Path
+
+    @property
+    def stem(self) -> str:
+        return self.image.stem
+
+
+@dataclass
+class PairingReport:
+    pairs: list[Pair] = field(default_factory=list)
+    images_without_mask: list[Path] = field(default_factory=list)
+    masks_without_image: list[Path] = field(default_factory=list)
+    ambiguous: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        out = [
+            f"{p}: no mask found (expected <stem>.png or <stem>_segmentation.png)"
+            for p in self.images_without_mask
+        ]
+        out += [f"{p}: mask without an image" for p in self.masks_without_image]
+        out += self.ambiguous
+        return out
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (any letter case of the extension), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def mask_key(mask_path: Path) -> str:
+    """The image stem a mask file belongs to: ``ISIC_1_Segmentation.png`` -> ``ISIC_1``."""
+    return _MASK_SUFFIX_RE.sub("", mask_path.stem)
+
+
+def pair_folders(images_dir: Path, masks_dir: Path) -> PairingReport:
+    """Pair every image in ``images_dir`` with its mask in ``masks_dir``."""
+    for folder, what in ((images_dir, "images"), (masks_dir, "masks")):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: {what} folder not found; check the data paths in the config")
+    report = PairingReport()
+    masks: dict[str, list[Path]] = {}
+    for m in list_images(masks_dir):
+        masks.setdefault(mask_key(m), []).append(m)
+    used: set[Path] = set()
+    for img in list_images(images_dir):
+        candidates = masks.get(img.stem, [])
+        if images_dir.resolve() == masks_dir.resolve():
+            candidates = [c for c in candidates if c != img]
+        if not candidates:
+            if images_dir.resolve() != masks_dir.resolve() or not _MASK_SUFFIX_RE.search(img.stem):
+                report.images_without_mask.append(img)
+            continue
+        if len(candidates) > 1:
+            names = ", ".join(c.name for c in candidates)
+            report.ambiguous.append(f"{img}: several masks match ({names}); keep one")
+            continue
+        report.pairs.append(Pair(img, candidates[0]))
+        used.add(candidates[0])
+    if images_dir.resolve() != masks_dir.resolve():
+        report.masks_without_image = sorted(m for group in masks.values() for m in group if m not in used)
+    return report
+
+
+def pair_many(
+    folders: Iterable[tuple[Path, Path]], *, skip_bad: bool = False
+) -> tuple[list[Pair], list[str]]:
+    """Pair several (images, masks) folders; raise DataError listing problems unless ``skip_bad``.
+
+    Returns the pairs and the warnings (problems skipped with ``skip_bad``).
+    """
+    pairs: list[Pair] = []
+    problems: list[str] = []
+    for images_dir, masks_dir in folders:
+        report = pair_folders(images_dir, masks_dir)
+        pairs += report.pairs
+        problems += report.problems
+    if problems and not skip_bad:
+        raise DataError(_problem_summary(problems, "pass --skip-bad to train without them"))
+    return pairs, problems
+
+
+def _problem_summary(problems: Sequence[str], fix: str) -> str:
+    shown = "; ".join(problems[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return f"{len(problems)} unusable file(s): {shown}{more}; fix them or {fix}"
+
+
+def check_readable(pairs: Sequence[Pair], *, skip_bad: bool = False) -> tuple[list[Pair], list[str]]:
+    """Read each image's and mask's header: unreadable files, or masks of another size, are problems."""
+    from runtime.imageio import image_size  # header-only: fast on large photos
+
+    good: list[Pair] = []
+    problems: list[str] = []
+    for pair in pairs:
+        try:
+            isize = image_size(pair.image)
+            msize = image_size(pair.mask)
+        except Exception as e:  # noqa: BLE001  ImageError or a decoder error: report, do not crash
+            problems.append(str(e))
+            continue
+        if isize != msize:
+            problems.append(
+                f"{pair.mask}: mask is {msize[0]}×{msize[1]} but its image is {isize[0]}×{isize[1]}"
+            )
+            continue
+        good.append(pair)
+    if problems and not skip_bad:
+        raise DataError(_problem_summary(problems, "pass --skip-bad to train without them"))
+    return good, problems
+
+
+def stable_fraction(stem: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (stem, seed): the split does not depend on file order or platform."""
+    digest = hashlib.sha256(f"{seed}:{stem}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_by_stem(pairs: Sequence[Pair], *, valid_ratio: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded train/validation split by stem: every copy of a stem lands on the same side."""
+    train = [p for p in pairs if stable_fraction(p.stem, seed) >= valid_ratio]
+    valid = [p for p in pairs if stable_fraction(p.stem, seed) < valid_ratio]
+    if not train or not valid:
+        raise DataError(
+            f"splitting {len(pairs)} pair(s) with valid_ratio {valid_ratio} left one side empty; "
+            "add images or change [train] valid_ratio"
+        )
+    return train, valid
+
+
+def read_stem_list(path: Path) -> set[str]:
+    """Stems listed one per line (``#`` comments allowed): e.g. a held-out test split."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DataError(
+            f"{path}: cannot read the stem list ({e.strerror}); check [train] exclude_stems_file"
+        ) from None
+    return {s for line in lines if (s := line.split("#", 1)[0].strip())}

@@ -1,0 +1,421 @@
+"""Train the UNet from a validated :class:`~skinseg_cli.config.Config` into a run directory.
+
+The run directory holds everything needed to reproduce or continue the run:
+
+- ``best_model.keras`` (best validation loss; written atomically), ``last.keras`` (with optimizer state, for
+  ``--resume``), ``state.json`` (epoch, best value, schedule counters);
+- ``config.given.ini`` (the file as given), ``config.resolved.ini`` (after CLI overrides);
+- ``versions.json`` (Python, TensorFlow, Keras, skinseg), ``split.json`` (the stems of each split);
+- ``history.csv`` (per-epoch losses and metrics) and ``curves.png`` (refreshed each epoch).
+
+Ctrl-C, or a file named ``STOP`` in the run directory, ends training cleanly after the current step with the
+best model saved. Progress reaches the caller through ``on_event`` callbacks: no printing here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError, DataError, UsageError
+from skinseg_cli import __version__
+from skinseg_cli.config import Config, render_config, require_dir
+from skinseg_cli.training import pairing
+from skinseg_cli.training.pairing import Pair
+
+BEST = "best_model.keras"
+LAST = "last.keras"
+STATE = "state.json"
+STOP_FILE = "STOP"
+
+Event = dict[str, Any]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_run: int
+    best_epoch: int
+    best_value: float
+    monitor: str
+    stopped_by: str  # "epochs", "early_stopping", "stop_file", "interrupt"
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class DataSplits:
+    train: list[Pair]
+    valid: list[Pair]
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def _folders(images: list[Path] | None, masks: list[Path] | None, what: str) -> list[tuple[Path, Path]]:
+    if not images or not masks:
+        return []
+    if len(images) != len(masks):
+        raise ConfigError(f"[{what}] image_datapath has {len(images)} folder(s) but mask_datapath has {len(masks)}")
+    for p in [*images, *masks]:
+        require_dir(p, f"[{what}] data folder", "fix the path in the config (relative paths start at its folder)")
+    return list(zip(images, masks, strict=True))
+
+
+def find_splits(cfg: Config, *, skip_bad: bool = False) -> DataSplits:
+    """Pair and split the data the config names. Order of precedence:
+
+    1. ``[train] data_root`` with ``<root>/{train,valid}/{images,masks}`` (the seed's layout);
+    2. ``[train]`` image/mask folders, with ``[eval]`` folders as validation when given,
+       else a seeded split of the train pairs by stem (``valid_ratio``).
+    Stems listed in ``exclude_stems_file`` (e.g. a held-out test split) never enter training or validation.
+    """
+    t = cfg.train
+    excluded = pairing.read_stem_list(t.exclude_stems_file) if t.exclude_stems_file else set()
+    warnings: list[str] = []
+    if t.data_root is not None:
+        root = require_dir(t.data_root, "[train] data_root", "point it at a folder with train/ and valid/ inside")
+        train_f = [(root / "train" / "images", root / "train" / "masks")]
+        valid_f = [(root / "valid" / "images", root / "valid" / "masks")]
+    else:
+        train_f = _folders(_as_list(t.image_datapath), _as_list(t.mask_datapath), "train")
+        if not train_f:
+            raise ConfigError(
+                f"{cfg.source or 'config'}: no training data: set [train] image_datapath and mask_datapath, "
+                "or [train] data_root"
+            )
+        valid_f = _folders(_as_list(cfg.eval.image_datapath), _as_list(cfg.eval.mask_datapath), "eval")
+    train, w1 = pairing.pair_many(train_f, skip_bad=skip_bad)
+    warnings += w1
+    if valid_f:
+        valid, w2 = pairing.pair_many(valid_f, skip_bad=skip_bad)
+        warnings += w2
+    else:
+        train, valid = pairing.split_by_stem(train, valid_ratio=t.valid_ratio, seed=t.seed)
+    train = [p for p in train if p.stem not in excluded]
+    valid = [p for p in valid if p.stem not in excluded]
+    overlap = {p.stem for p in train} & {p.stem for p in valid}
+    if overlap:
+        warnings.append(f"{len(overlap)} stem(s) are in both train and validation (e.g. {sorted(overlap)[0]})")
+    train, w3 = pairing.check_readable(train, skip_bad=skip_bad)
+    valid, w4 = pairing.check_readable(valid, skip_bad=skip_bad)
+    warnings += w3 + w4
+    if not train or not valid:
+        raise DataError(f"no usable {'training' if not train else 'validation'} pairs left; check the data folders")
+    return DataSplits(train, valid, warnings)
+
+
+def _as_list(v: Any) -> list[Path] | None:
+    if v is None:
+        return None
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+# ---------------------------------------------------------------------------------------------- run dir
+
+def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
+    """Create the run directory; an existing run is kept unless ``force`` (or continued with ``resume``)."""
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise UsageError(f"{run_dir}: nothing to resume ({LAST} not found); start a new run without --resume")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise UsageError(
+                f"{run_dir}: a run already exists there; choose another --output, --resume it, or pass --force"
+            )
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{run_dir}: cannot create the run directory ({e.strerror}); choose another --output") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
+    """Write the config as given and resolved, the versions and the split."""
+    import keras
+    import tensorflow as tf
+
+    if cfg.source and cfg.source.is_file():
+        shutil.copyfile(cfg.source, run_dir / "config.given.ini")
+    (run_dir / "config.resolved.ini").write_text(render_config(cfg, comments=False), encoding="utf-8")
+    write_json_atomic(run_dir / "versions.json", {
+        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+        "skinseg": __version__, "platform": platform.platform(),
+    })
+    write_json_atomic(run_dir / "split.json", {
+        "train": sorted(p.stem for p in splits.train),
+        "valid": sorted(p.stem for p in splits.valid),
+        "train_files": [str(p.image) for p in splits.train],
+        "valid_files": [str(p.image) for p in splits.valid],
+        "warnings": splits.warnings,
+    })
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def augment_params(cfg: Config):
+    """Map the seed's [augmentor] and sub-sections onto :class:`AugmentParams` (True means probability 0.5)."""
+    from skinseg_cli.training.augment import AugmentParams
+
+    a = cfg.augmentor
+
+    def p(v: Any, default_on: float = 0.5) -> float:
+        if v is None or v is False:
+            return 0.0
+        return default_on if v is True else float(v)
+
+    deformation_on = a.deformation if a.deformation is not False else a.transformer
+    d = cfg.deformation
+    use_aug_section = "deformation" not in cfg.present and a.transformer is not False
+    alpha = a.alpha if use_aug_section else d.alpha
+    sigmas = (a.sigmoids or [a.sigmoid]) if use_aug_section else (d.sigmoids or [d.sigmoid])
+    return AugmentParams(
+        hflip=p(a.hflip), vflip=p(a.vflip), rotation=p(a.rotation), angles=tuple(a.angles),
+        shrink=p(a.shrink if a.shrink is not None else bool(a.shrinks)), shrinks=tuple(a.shrinks) or (1.0,),
+        shear=p(a.shear if a.shear is not None else bool(a.shears)), shears=tuple(a.shears) or (0.0,),
+        deformation=p(deformation_on), alpha=float(alpha), sigmas=tuple(float(s) for s in sigmas),
+        distortion=p(a.distortion), distortion_rsigma=cfg.distortion.gaussian_filter_rsigma,
+        distortion_sigma=cfg.distortion.gaussian_filter_sigma, distortions=tuple(cfg.distortion.distortions),
+        barrel=p(a.barrdistortion), barrel_radius=cfg.barrdistortion.radius, barrel_amount=cfg.barrdistortion.amount,
+        barrel_centers=tuple(cfg.barrdistortion.centers),
+        pincushion=p(a.pincdistortion), pincushion_radius=cfg.pincdistortion.radius,
+        pincushion_amount=cfg.pincdistortion.amount, pincushion_centers=tuple(cfg.pincdistortion.centers),
+        brightness_contrast=p(a.brightening), contrast_alpha=cfg.brightening.alpha,
+        brightness_beta=cfg.brightening.beta, sharpen=p(a.sharpening), sharpen_k=cfg.sharpening.k,
+        gamma=p(a.gamma), hue_saturation=p(a.hue_saturation), blur=p(a.blur), noise=p(a.noise),
+    )
+
+
+def sample_spec(cfg: Config):
+    from skinseg_cli.training.data import SampleSpec
+
+    return SampleSpec(
+        tile=(cfg.model.image_height, cfg.model.image_width),
+        train_scale=cfg.train.train_scale,
+        mask_threshold=cfg.mask.threshold,
+    )
+
+
+def build_model(cfg: Config):
+    """The UNet the config describes, compiled."""
+    from skinseg_cli.training.losses import compile_model
+    from skinseg_cli.training.model import build_unet
+
+    m = cfg.model
+    model = build_unet(
+        image_height=m.image_height, image_width=m.image_width, image_channels=m.image_channels,
+        num_classes=m.num_classes, base_filters=m.base_filters, num_layers=m.num_layers,
+        base_kernels=m.base_kernels, dilation=m.dilation, dropout_rate=m.dropout_rate,
+        batch_norm=m.normalization, activation=m.activation, seed=cfg.train.seed,
+    )
+    compile_model(model, loss=m.loss, metrics=list(m.metrics), learning_rate=m.learning_rate,
+                  clipvalue=m.clipvalue, optimizer=m.optimizer)
+    return model
+
+
+def train(
+    cfg: Config,
+    *,
+    run_dir: Path,
+    force: bool = False,
+    resume: bool = False,
+    skip_bad: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+) -> TrainResult:
+    """Train as the config says; write the run directory; return a summary.
+
+    ``on_event`` receives dicts: ``{"event": "data", ...}``, ``{"event": "batch", "epoch", "step", "steps",
+    "logs"}``, ``{"event": "epoch", "epoch", "epochs", "logs", "best", "seconds"}``, ``{"event": "warning", "message"}``.
+    """
+    emit = on_event or (lambda e: None)
+    started = time.perf_counter()
+    prepare_run_dir(run_dir, force=force, resume=resume)
+    splits = find_splits(cfg, skip_bad=skip_bad)
+    for w in splits.warnings:
+        emit({"event": "warning", "message": w})
+
+    import keras
+
+    keras.utils.set_random_seed(cfg.train.seed)
+
+    from skinseg_cli.training.augment import Augmenter
+    from skinseg_cli.training.data import ExampleSource, make_dataset, steps_for
+
+    spec = sample_spec(cfg)
+    emit({"event": "data", "train": len(splits.train), "valid": len(splits.valid), "phase": "loading"})
+    train_src = ExampleSource(splits.train, spec, on_load=lambda i, n: emit({"event": "load", "i": i, "n": n}))
+    valid_src = ExampleSource(splits.valid, spec)
+    augmenter = Augmenter(augment_params(cfg)) if cfg.generator.augmentation else None
+    bs = cfg.train.batch_size
+    train_ds = make_dataset(train_src, batch_size=bs, seed=cfg.train.seed, train=True, augmenter=augmenter)
+    valid_ds = make_dataset(valid_src, batch_size=bs, seed=cfg.train.seed, train=False)
+    steps = cfg.train.steps_per_epoch or steps_for(len(train_src), bs)
+    val_steps = min(cfg.train.validation_steps or 10**9, steps_for(len(valid_src), bs))
+
+    state = _load_state(run_dir) if resume else {}
+    if resume:
+        from skinseg_cli.training.model import load_model
+
+        model = load_model(run_dir / LAST)
+    else:
+        model = build_model(cfg)
+        record_run(run_dir, cfg, splits)
+    emit({"event": "data", "train": len(splits.train), "valid": len(splits.valid), "phase": "ready",
+          "steps": steps, "params": model.count_params()})
+
+    tracker = _RunTracker(run_dir, cfg, emit, steps=steps, state=state)
+    callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
+    if cfg.train.learning_rate_reducer:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=cfg.train.reducer_factor, patience=cfg.train.reducer_patience, verbose=0))
+    initial_epoch = int(state.get("epoch", 0))
+    try:
+        model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  validation_data=valid_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0)
+    except KeyboardInterrupt:
+        tracker.stopped_by = "interrupt"
+    if tracker.best_weights is not None:
+        model.set_weights(tracker.best_weights)  # restore the best epoch (EarlyStopping semantics)
+    return TrainResult(
+        run_dir=run_dir, epochs_run=tracker.epoch, best_epoch=tracker.best_epoch, best_value=tracker.best,
+        monitor=tracker.monitor, stopped_by=tracker.stopped_by, history=tracker.history,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _load_state(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / STATE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _make_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class _RunTracker(_make_callback_base()):  # type: ignore[misc]
+    """Best/last checkpoints, early stopping, CSV log, curves, STOP file, and progress events, in one place."""
+
+    def __init__(self, run_dir: Path, cfg: Config, emit: Callable[[Event], None], *, steps: int,
+                 state: dict[str, Any]):
+        super().__init__()
+        self.run_dir = run_dir
+        self.emit = emit
+        self.steps = steps
+        self.epochs = cfg.train.epochs
+        self.patience = cfg.train.patience
+        self.monitor = "val_loss"
+        self.best = float(state.get("best", math.inf))
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.wait = int(state.get("wait", 0))
+        self.epoch = int(state.get("epoch", 0))
+        self.history: list[dict[str, float]] = _read_history(run_dir / "history.csv")
+        self.best_weights = None
+        self.stopped_by = "epochs"
+        self._t0 = time.perf_counter()
+
+    def _stop_requested(self) -> bool:
+        return (self.run_dir / STOP_FILE).exists()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.emit({"event": "batch", "epoch": self.epoch + 1, "epochs": self.epochs, "step": batch + 1,
+                   "steps": self.steps, "logs": {k: float(v) for k, v in (logs or {}).items()}})
+        if self._stop_requested():
+            self.stopped_by = "stop_file"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        from skinseg_cli.training.model import save_model_atomic
+
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        lr = self.model.optimizer.learning_rate
+        logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+        self.epoch = epoch + 1
+        value = logs.get(self.monitor, math.inf)
+        improved = value < self.best
+        if improved:
+            self.best, self.best_epoch, self.wait = value, self.epoch, 0
+            self.best_weights = self.model.get_weights()
+            save_model_atomic(self.model, self.run_dir / BEST)
+        else:
+            self.wait += 1
+        save_model_atomic(self.model, self.run_dir / LAST)
+        self.history.append({"epoch": self.epoch, **logs})
+        _write_history(self.run_dir / "history.csv", self.history)
+        write_json_atomic(self.run_dir / STATE, {"epoch": self.epoch, "best": self.best,
+                                                 "best_epoch": self.best_epoch, "wait": self.wait})
+        _plot_curves(self.run_dir / "curves.png", self.history)
+        self.emit({"event": "epoch", "epoch": self.epoch, "epochs": self.epochs, "logs": logs, "improved": improved,
+                   "best": self.best, "best_epoch": self.best_epoch, "seconds": time.perf_counter() - self._t0})
+        if self.wait >= self.patience:
+            self.stopped_by = "early_stopping"
+            self.model.stop_training = True
+        if self._stop_requested():
+            self.stopped_by = "stop_file"
+            self.model.stop_training = True
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
+    """Loss and metric curves, train and validation, one panel each (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in rows[0] if k not in ("epoch", "learning_rate") and not k.startswith("val_")]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    epochs = [r["epoch"] for r in rows]
+    for ax, name in zip(axes[0], names, strict=True):
+        ax.plot(epochs, [r.get(name, math.nan) for r in rows], label="train")
+        if any(f"val_{name}" in r for r in rows):
+            ax.plot(epochs, [r.get(f"val_{name}", math.nan) for r in rows], label="validation")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

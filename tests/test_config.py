@@ -1,0 +1,123 @@
+"""Config loading: the seed file loads as is, errors name file/line/key and a fix, nothing is evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import ConfigError
+from skinseg_cli.config import (
+    Config,
+    apply_overrides,
+    default_config_text,
+    load_config,
+    parse_config,
+    parse_literal,
+    render_config,
+)
+
+SEED = Path(__file__).parent / "data" / "seed_train_eval_infer.config"
+
+
+def test_seed_config_loads_as_is():
+    cfg = load_config(SEED)
+    assert cfg.model.image_width == 512 and cfg.model.image_height == 512
+    assert cfg.model.base_kernels == (5, 5) and cfg.model.dilation == (2, 2)
+    assert cfg.model.num_layers == 7 and cfg.model.base_filters == 16
+    assert cfg.model.loss == "bce_dice_loss" and cfg.model.metrics == ["binary_accuracy"]
+    assert cfg.train.epochs == 100 and cfg.train.save_weights_only is True
+    assert cfg.segmentation.blursize is None
+    assert cfg.augmentor.angles == [0, 90, 180, 270]
+    assert cfg.augmentor.alpha == 1300  # spelled `alpah` in the file
+    assert any("alpah" in w and ":75:" in w for w in cfg.warnings)
+
+
+def test_relative_paths_resolve_against_the_config_folder_and_are_not_checked(tmp_path):
+    cfg = load_config(SEED)
+    expected = (SEED.parent / "../../../dataset/Skin-Cancer/train/images/").resolve()
+    assert cfg.train.image_datapath == [expected] or cfg.train.image_datapath == expected
+    assert not expected.exists()  # loading did not require it
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("[model]\nlearning_rat = 0.1\n", [":2:", "learning_rat", "did you mean `learning_rate`"]),
+        ("[modle]\n", ["unknown section [modle]", "did you mean `model`"]),
+        ("[model]\nimage_width = \"abc\"\n", [":2:", "image_width", "expected int"]),
+        ("[model]\nbase_kernels = (5, 5, 5)\n", ["base_kernels", "tuple of 2"]),
+        ("[train]\nepochs = 0\n", ["epochs", "positive"]),
+        ("[augmentor]\nhflip = 1.5\n", ["hflip", "probability"]),
+        ("[model]\nimage_width = 5\nimage_width = 6\n", [":3:", "set twice", "line 2"]),
+        ("image_width = 5\n", ["before any [section]"]),
+        ("[model]\nthis is not ini\n", [":2:", "cannot read"]),
+    ],
+)
+def test_bad_config_errors_name_line_key_and_fix(text, fragments):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="my.config")
+    message = str(info.value)
+    assert message.startswith("my.config")
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '__import__("os").system("touch PWNED")',
+        "open('/etc/passwd').read()",
+        "[x for x in ().__class__.__base__.__subclasses__()]",
+        "lambda: 1",
+        "1 if True else 2",
+    ],
+)
+def test_code_in_values_is_a_config_error_not_code(payload, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"[model]\nloss = {payload}\n", source="evil.config")
+    assert "not a literal" in str(info.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_literals_and_bare_strings():
+    assert parse_literal("(5,5)", expects_str=False) == (5, 5)
+    assert parse_literal("None", expects_str=False) is None
+    assert parse_literal('"x" ; comment', expects_str=True) == "x"
+    assert parse_literal("relu", expects_str=True) == "relu"
+    with pytest.raises(ValueError):
+        parse_literal("relu", expects_str=False)
+
+
+def test_probability_values_accept_bool_or_float():
+    cfg = parse_config("[augmentor]\nhflip = 0.25\nvflip = False\n")
+    assert cfg.augmentor.hflip == 0.25 and cfg.augmentor.vflip is False
+
+
+def test_overrides_win_and_are_checked():
+    cfg = load_config(SEED)
+    apply_overrides(cfg, {"train.epochs": 3, "train.batch_size": None, "model.learning_rate": 0.01})
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 4 and cfg.model.learning_rate == 0.01
+    with pytest.raises(ConfigError):
+        apply_overrides(cfg, {"train.epochs": 0})
+    with pytest.raises(ConfigError, match="did you mean"):
+        apply_overrides(cfg, {"train.epoch": 3})
+
+
+def test_render_round_trips():
+    cfg = load_config(SEED)
+    again = parse_config(render_config(cfg), source="again")
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_default_config_is_valid():
+    cfg = parse_config(default_config_text(), source="default")
+    assert cfg.to_dict() == Config().to_dict() | {"train": cfg.to_dict()["train"]}
+    assert cfg.model.image_width % 2 ** (cfg.model.num_layers - 1) == 0
+
+
+def test_missing_file_says_how_to_create_one(tmp_path):
+    with pytest.raises(ConfigError, match="skinseg config init"):
+        load_config(tmp_path / "nope.config")
