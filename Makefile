@@ -50,8 +50,7 @@ fixup: $(STAMP_ALL)
 demo: $(STAMP_ALL)
 	rm -rf demo_output
 	$(VENV)/bin/skinseg synth demo_output/data --count 24 --size 128x96 --seed 0 --quiet
-	$(VENV)/bin/skinseg config init demo_output/demo.config --force
-	$(VENV)/bin/skinseg train --config configs/demo.config --output demo_output/run --quiet
+	$(VENV)/bin/skinseg train --config configs/demo.config --quiet
 	@echo "demo: run directory demo_output/run (best_model.keras, history.csv, curves.png)"
 
 bench: $(STAMP_ALL)

@@ -29,6 +29,8 @@ from runtime.errors import ImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_EXTENSIONS",
+    "ImageInfo",
+    "image_info",
     "image_size",
     "is_supported",
     "read_image",
@@ -233,18 +235,33 @@ def _header(path: Path, f: BinaryIO) -> _Header | None:
         raise ImageError(f"{path}: not a readable image ({e})") from None
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(width, height)`` of an image as :func:`read_image` would return it, read from the header only.
+class ImageInfo(NamedTuple):
+    """What the header says: ``format`` (png, jpeg, bmp, webp, tiff) and the size as :func:`read_image` returns
+    it, i.e. after the EXIF orientation."""
 
-    JPEG and PNG EXIF orientations 5–8 (rotations by 90°) swap the two. Raises :class:`ImageError` for a file
-    that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
+    format: str
+    width: int
+    height: int
+
+
+def image_info(path: str | os.PathLike[str]) -> ImageInfo:
+    """Format and oriented size of an image, read from its header only (nothing is decoded).
+
+    JPEG and PNG EXIF orientations 5–8 (rotations by 90°) swap width and height. Raises :class:`ImageError` for
+    a file that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
     """
     path = Path(path)
     with _open(path) as f:
         info = _header(path, f)
     if info is None:
         raise ImageError(f"{path}: not a PNG, JPEG, BMP, WebP or TIFF file")
-    return _oriented(info.width, info.height, info.orientation)
+    return ImageInfo(info.format, *_oriented(info.width, info.height, info.orientation))
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` would return it, from the header only."""
+    info = image_info(path)
+    return info.width, info.height
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:

@@ -1,0 +1,123 @@
+"""End-to-end training on synthetic data: the loss falls, the run directory is complete, STOP and resume work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from skinseg_cli.cli import app  # noqa: E402
+from skinseg_cli.synth import write_dataset  # noqa: E402
+
+pytestmark = pytest.mark.train
+runner = CliRunner()
+
+CONFIG = """\
+[model]
+image_width = 64
+image_height = 64
+base_filters = 8
+num_layers = 3
+base_kernels = (3, 3)
+dilation = (2, 2)
+dropout_rate = 0.0
+learning_rate = 0.005
+loss = "bce_dice_loss"
+metrics = ["binary_accuracy", "dice_coef"]
+normalization = True
+
+[train]
+epochs = {epochs}
+batch_size = 4
+patience = 10
+model_dir = "run"
+image_datapath = "data/images"
+mask_datapath = "data/masks"
+valid_ratio = 0.25
+seed = 3
+
+[augmentor]
+hflip = True
+vflip = True
+rotation = True
+angles = [90, 180, 270]
+shrinks = []
+shears = []
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    write_dataset(root / "data", count=16, size=(96, 80), seed=5)
+    return root
+
+
+def _config(workdir: Path, epochs: int) -> Path:
+    path = workdir / f"train{epochs}.config"
+    path.write_text(CONFIG.format(epochs=epochs))
+    return path
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
+    run = workdir / "run_a"
+    result = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "--output", str(run),
+                                 "--steps-per-epoch", "6", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = _history(run)
+    assert len(rows) == 2
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+    for name in ("best_model.keras", "last.keras", "config.given.ini", "config.resolved.ini", "versions.json",
+                 "split.json", "curves.png", "state.json"):
+        assert (run / name).is_file(), name
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["valid"]) and len(split["train"]) + len(split["valid"]) == 16
+    assert "epochs = 2" in (run / "config.resolved.ini").read_text().replace("  ", " ").replace("  ", " ")
+
+    again = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "--output", str(run), "--quiet"])
+    assert again.exit_code == 2 and "--force" in again.output  # never overwrites an old run silently
+
+    resumed = runner.invoke(app, ["train", "--config", str(_config(workdir, 3)), "--output", str(run),
+                                  "--steps-per-epoch", "6", "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]
+
+
+def test_stop_file_ends_training_with_best_model(workdir):
+    run = workdir / "run_stop"
+    run.mkdir()
+    (run / "STOP").touch()
+    result = runner.invoke(app, ["train", "--config", str(_config(workdir, 5)), "--output", str(run), "--force",
+                                 "--steps-per-epoch", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "stop file" in result.output
+    assert len(_history(run)) == 1 and (run / "best_model.keras").is_file()
+
+
+def test_same_seed_same_first_epoch(workdir):
+    losses = []
+    for name in ("run_s1", "run_s2"):
+        result = runner.invoke(app, ["train", "--config", str(_config(workdir, 1)), "--output", str(workdir / name),
+                                     "--steps-per-epoch", "3", "--quiet"])
+        assert result.exit_code == 0, result.output
+        losses.append(float(_history(workdir / name)[0]["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_missing_data_folder_is_a_clear_error(workdir, tmp_path):
+    cfg = tmp_path / "c.config"
+    cfg.write_text(CONFIG.format(epochs=1))
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--output", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 2
+    assert "data folder" in result.output and "data/images" in result.output
