@@ -266,3 +266,29 @@ def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
     """One ``metadata_props`` value, or None."""
     return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
+def topological_sort(model: onnx.ModelProto) -> None:
+    """Reorder the main graph's nodes so every node follows its producers (ONNX requires it), in place."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    placed: set[int] = set()
+    order: list[int] = []
+
+    def place(index: int) -> None:
+        stack = [(index, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if i in placed:
+                continue
+            if expanded:
+                placed.add(i)
+                order.append(i)
+                continue
+            stack.append((i, True))
+            stack.extend((producer[name], False) for name in nodes[i].input if name in producer and producer[name] not in placed)
+
+    for i in range(len(nodes)):
+        place(i)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)

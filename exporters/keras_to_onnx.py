@@ -232,7 +232,9 @@ def onnx_session(path: str | os.PathLike[str]) -> Any:
     """A CPU onnxruntime session for ``path``."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no initializer-clean-up chatter
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(reference: np.ndarray, candidate: np.ndarray, source: str) -> float:

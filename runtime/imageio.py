@@ -1,16 +1,18 @@
 """Reading and writing images: RGB uint8 in, atomic files out.
 
-- :func:`read_image` decodes any supported file to an ``H×W×3`` uint8 **RGB** array with its EXIF orientation
-  applied. 16-bit images are scaled to 8 bits (``round(v / 257)``), grayscale is repeated to three channels and
-  an alpha channel is **dropped** (not composited: dermoscopy photos have no meaningful transparency, and the
-  colour under a transparent pixel is what the camera saw). CMYK JPEGs are converted by OpenCV.
+- :func:`read_image` decodes any supported file to an ``H×W×3`` uint8 **RGB** array with its EXIF
+  orientation applied. 16-bit images are scaled to 8 bits (``round(v / 257)``), grayscale is repeated to three
+  channels and an alpha channel is **dropped** (not composited: dermoscopy photos have no meaningful
+  transparency, and the colour under a transparent pixel is what the camera saw). CMYK JPEGs are converted
+  by OpenCV.
 - The pixel count is checked from the file header **before** decoding (:func:`image_size`), so a decompression
   bomb is refused without allocating it.
 - Every failure raises :class:`~runtime.errors.ImageError` with a one-line message naming the file.
-- Writers go through a temporary file in the destination folder and :func:`os.replace`, so a crash never leaves
-  a half-written output under the final name.
+- Writers go through a temporary file in the destination folder and :func:`os.replace`, so a crash never
+  leaves a half-written output under the final name.
 
-Files are read with Python's ``open`` and decoded with :func:`cv2.imdecode`, so non-ASCII paths work everywhere.
+Files are read with Python's ``open`` and decoded with :func:`cv2.imdecode`, so non-ASCII paths work
+everywhere.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ __all__ = [
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 DEFAULT_MAX_PIXELS = 250_000_000
 REDUCE_FACTORS = (1, 2, 4, 8)
-_REDUCED_FLAGS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_REDUCED_FLAGS = {
+    1: 0,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
 
@@ -236,8 +243,8 @@ def _header(path: Path, f: BinaryIO) -> _Header | None:
 
 
 class ImageInfo(NamedTuple):
-    """What the header says: ``format`` (png, jpeg, bmp, webp, tiff) and the size as :func:`read_image` returns
-    it, i.e. after the EXIF orientation."""
+    """What the header says: ``format`` (png, jpeg, bmp, webp, tiff) and the size as :func:`read_image`
+    returns it, i.e. after the EXIF orientation."""
 
     format: str
     width: int
@@ -247,8 +254,8 @@ class ImageInfo(NamedTuple):
 def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     """Format and oriented size of an image, read from its header only (nothing is decoded).
 
-    JPEG and PNG EXIF orientations 5–8 (rotations by 90°) swap width and height. Raises :class:`ImageError` for
-    a file that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
+    JPEG and PNG EXIF orientations 5–8 (rotations by 90°) swap width and height. Raises :class:`ImageError`
+    for a file that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
     """
     path = Path(path)
     with _open(path) as f:
@@ -288,7 +295,7 @@ def _read_checked(path: Path, max_pixels: int) -> tuple[bytes, _Header | None]:
         except OSError as e:
             raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
     if info is not None and info.format == "jpeg" and data.find(b"\xff\xd9", info.data_offset) < 0:
-        # libjpeg pads a truncated scan with grey and reports success; a complete JPEG ends with an EOI marker.
+        # libjpeg fills a truncated scan with grey and reports success; a whole JPEG ends with an EOI marker.
         raise ImageError(f"{path}: the JPEG is truncated (no end-of-image marker); re-copy or re-export it")
     return data, info
 
@@ -299,12 +306,15 @@ def _decode_failed(path: Path, info: _Header | None) -> ImageError:
     return ImageError(f"{path}: the {info.format.upper()} data cannot be decoded (truncated or corrupt file)")
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce: int = 1) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce: int = 1
+) -> np.ndarray:
     """Read an image as an ``H×W×3`` uint8 RGB array, EXIF orientation applied.
 
-    ``reduce`` ∈ {1, 2, 4, 8} decodes at 1/reduce of the size (each side rounded up). For JPEG this uses
-    libjpeg's scaled DCT and is several times faster than decoding at full size and resizing. ``max_pixels``
-    bounds the **full** size and is checked from the header before anything is decoded.
+    ``reduce`` ∈ {1, 2, 4, 8} decodes at 1/reduce of the size. For JPEG this is libjpeg's scaled DCT decoding,
+    several times faster than a full decode (sides rounded up); other formats are decoded whole and shrunk by
+    OpenCV (sides rounded down). ``max_pixels`` bounds the **full** size and is checked from the header
+    before anything is decoded.
     """
     path = Path(path)
     if reduce not in REDUCE_FACTORS:
@@ -330,8 +340,16 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     return image
 
 
-def read_mask(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read a mask as ``H×W`` uint8 with values 0 or 255 (pixels > 127 are foreground)."""
+def read_mask(
+    path: str | os.PathLike[str], *, threshold: int = 128, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Read a mask as ``H×W`` uint8 with values 0 or 255 (pixels >= ``threshold`` are foreground).
+
+    The default 128 makes anything above mid-grey foreground; the EXIF orientation is applied as for
+    :func:`read_image`, so a mask lines up with its photo.
+    """
+    if not 1 <= threshold <= 255:
+        raise ValueError(f"mask threshold must be within 1–255, got {threshold!r}")
     path = Path(path)
     data, info = _read_checked(path, max_pixels)
     try:
@@ -342,13 +360,15 @@ def read_mask(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIX
         raise _decode_failed(path, info)
     if info is None:
         _check_pixels(path, mask.shape[1], mask.shape[0], max_pixels)
-    return np.where(mask > 127, np.uint8(255), np.uint8(0))
+    return np.where(mask >= threshold, np.uint8(255), np.uint8(0))
 
 
 # --------------------------------------------------------------------------------------------------- writing
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, fsync: bool = False) -> None:
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, fsync: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically: a hidden ``.name.*.tmp`` file in the same folder, then a rename.
 
     On any error the temporary file is removed and the error propagates; ``path`` is then untouched.
@@ -376,24 +396,30 @@ def _encode(ext: str, image: np.ndarray, params: list[int]) -> bytes:
     return buf.tobytes()
 
 
-def write_png_atomic(path: str | os.PathLike[str], array: np.ndarray, *, bits: int = 8, compression: int = 3) -> None:
+def write_png_atomic(
+    path: str | os.PathLike[str], array: np.ndarray, *, bits: int = 8, compression: int | None = None
+) -> None:
     """Write a uint8 ``H×W`` (gray) or ``H×W×3`` (RGB) array as PNG, atomically.
 
-    ``bits=1`` writes a bilevel PNG for masks (pixels > 127 become white), typically several times smaller than an
-    8-bit one and read back by any viewer as 0/255.
+    ``bits=1`` writes a bilevel PNG for masks (pixels > 127 become white): smaller than an 8-bit one, and read
+    back by any viewer (and :func:`read_mask`) as 0/255. ``compression`` is zlib's level 0–9; the default is
+    3 for 8 bits (fast on large photos) and 9 for 1 bit (bilevel data is small, so it costs little).
     """
     if array.dtype != np.uint8:
         raise ValueError(f"write_png_atomic needs a uint8 array, got {array.dtype}")
     if bits == 1:
         if array.ndim != 2:
             raise ValueError(f"bits=1 needs a 2-D mask, got shape {array.shape}")
-        data = _encode(".png", (array > 127).view(np.uint8), [cv2.IMWRITE_PNG_BILEVEL, 1])
+        level = 9 if compression is None else compression
+        params = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, level]
+        data = _encode(".png", (array > 127).view(np.uint8), params)
     elif bits == 8:
         if array.ndim == 3 and array.shape[2] == 3:
             array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
         elif array.ndim != 2:
             raise ValueError(f"write_png_atomic needs an H×W or H×W×3 array, got shape {array.shape}")
-        data = _encode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+        level = 3 if compression is None else compression
+        data = _encode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, level])
     else:
         raise ValueError(f"bits must be 1 or 8, got {bits!r}")
     write_bytes_atomic(path, data)

@@ -59,7 +59,9 @@ def resolve_providers(device: str = "auto", available: Sequence[str] | None = No
         for candidate in _AUTO_ORDER:
             if PROVIDER_CHAINS[candidate][0] in available:
                 return [p for p in PROVIDER_CHAINS[candidate] if p in available]
-        raise UsageError(f"onnxruntime offers no usable execution provider ({_short(available)}); {_INSTALL_HINT[CPU]}")
+        raise UsageError(
+            f"onnxruntime offers no usable execution provider ({_short(available)}); {_INSTALL_HINT[CPU]}"
+        )
     chain = PROVIDER_CHAINS[name]
     if chain[0] not in available:
         raise UsageError(
@@ -72,8 +74,8 @@ def resolve_providers(device: str = "auto", available: Sequence[str] | None = No
 def check_provider_used(device: str, requested: Sequence[str], used: Sequence[str]) -> None:
     """Raise :class:`UsageError` if an explicitly named device's provider did not load.
 
-    onnxruntime silently falls back to the CPU when, say, the CUDA libraries are missing; with ``--device cuda``
-    that should be an error, not a slow run. ``auto`` accepts whatever loaded.
+    onnxruntime silently falls back to the CPU when, say, the CUDA libraries are missing; with
+    ``--device cuda`` that should be an error, not a slow run. ``auto`` accepts whatever loaded.
     """
     if str(device).strip().lower() == "auto" or not requested or requested[0] in used:
         return

@@ -51,10 +51,16 @@ class TileSpec:
 
 
 def _pair(tile: int | Sequence[int], name: str = "tile") -> tuple[int, int]:
-    th, tw = (tile, tile) if isinstance(tile, (int, np.integer)) else tuple(tile)
-    if int(th) != th or int(tw) != tw or th < 1 or tw < 1:
+    values = (
+        (tile, tile)
+        if isinstance(tile, (int, np.integer))
+        else tuple(tile)
+        if not isinstance(tile, str)
+        else ()
+    )
+    if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
         raise ValueError(f"{name} must be one or two positive integers (height, width), got {tile!r}")
-    return int(th), int(tw)
+    return int(values[0]), int(values[1])
 
 
 def _check_overlap(overlap: float) -> float:
@@ -93,7 +99,9 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], overlap: floa
     ]
 
 
-def extract_tiles(image: np.ndarray, specs: Sequence[TileSpec], *, dtype: np.dtype | type = np.float32) -> np.ndarray:
+def extract_tiles(
+    image: np.ndarray, specs: Sequence[TileSpec], *, dtype: np.dtype | type = np.float32
+) -> np.ndarray:
     """Cut ``specs`` out of an ``H×W×C`` (or ``H×W``) image into an ``N×th×tw×C`` (or ``N×th×tw``) batch.
 
     Tiles that stick out of the image are filled by mirror reflection of its border.
@@ -165,7 +173,7 @@ class Stitcher:
         if batch_probs.ndim != 3 or len(batch_probs) != len(specs):
             raise ValueError(f"expected an N×th×tw batch with N={len(specs)}, got shape {batch_probs.shape}")
         assert self._sum is not None and self._wsum is not None
-        for prob, s in zip(batch_probs, specs):
+        for prob, s in zip(batch_probs, specs, strict=True):
             if prob.shape != (s.th, s.tw):
                 raise ValueError(f"tile prediction has shape {prob.shape}, expected {(s.th, s.tw)}")
             region = (slice(s.y, s.y + s.h), slice(s.x, s.x + s.w))
@@ -200,9 +208,9 @@ def tiled_predict(
     """Predict an ``H×W`` float32 probability map for an ``H×W×C`` image, tile by tile.
 
     ``predict_fn`` gets ``N×th×tw×C`` float32 batches (values as in ``image``, e.g. 0–255) with
-    ``N ≤ batch_size`` and returns ``N×th×tw`` (or ``N×th×tw×1``) probabilities. Overlapping predictions are
-    blended with ``weights`` (default :class:`GaussianWeights` of the tile). ``on_tile(done, total)`` is called
-    after each batch.
+    ``N ≤ batch_size`` and returns ``N×th×tw`` (or ``N×th×tw×1``) probabilities. Overlapping predictions
+    are blended with ``weights`` (default :class:`GaussianWeights` of the tile). ``on_tile(done, total)`` is
+    called after each batch.
     """
     if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"expected an H×W or H×W×C image, got shape {image.shape}")

@@ -11,8 +11,8 @@ import pytest
 from skinseg_cli.training.augment import (
     GEOMETRIC_OPS,
     PHOTOMETRIC_OPS,
-    AugmentParams,
     Augmenter,
+    AugmentParams,
     describe_ops,
     preview_grid,
 )
@@ -94,9 +94,37 @@ def test_flips_and_right_angle_rotations_are_exact() -> None:
     out_image, out_mask = Augmenter(params(hflip=1.0))(image, mask, np.random.default_rng(0))
     np.testing.assert_array_equal(out_image, image[:, ::-1])
     np.testing.assert_array_equal(out_mask, mask[:, ::-1])
-    out_image, out_mask = Augmenter(params(rotation=1.0, angles=(90.0,)))(image, mask, np.random.default_rng(0))
+    out_image, out_mask = Augmenter(params(rotation=1.0, angles=(90.0,)))(
+        image, mask, np.random.default_rng(0)
+    )
     assert any(np.array_equal(out_mask, np.rot90(mask, k)) for k in (1, 3))
     assert any(np.array_equal(out_image, np.rot90(image, k)) for k in (1, 3))
+
+
+@pytest.mark.parametrize("angle", [0.0, 90.0, 180.0, 270.0])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_pixel_permuting_shortcut_matches_the_general_warp(angle: float, shape: tuple[int, int]) -> None:
+    """Flips and right-angle turns skip resampling; a hair-off angle forces warpAffine for comparison."""
+    image, mask = lesion_pair(*shape)
+    for seed in range(4):
+        fast = Augmenter(params(hflip=0.5, vflip=0.5, rotation=1.0, angles=(angle,)))
+        slow = Augmenter(params(hflip=0.5, vflip=0.5, rotation=1.0, angles=(angle + 1e-7,)))
+        for got, expected in zip(
+            fast(image, mask, np.random.default_rng(seed)), slow(image, mask, np.random.default_rng(seed))
+        ):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_non_rigid_map_reproduces_the_affine_warp() -> None:
+    """An identity non-rigid op sends the affine through the control-grid remap: same pixels, edges too."""
+    image, mask = lesion_pair(96, 128)
+    affine = dict(rotation=1.0, angles=(30.0,), shear=1.0, shrink=1.0)
+    direct = Augmenter(params(**affine))(image, mask, np.random.default_rng(0))
+    remapped = Augmenter(params(**affine, barrel=1.0, barrel_amount=0.0))(
+        image, mask, np.random.default_rng(0)
+    )
+    assert np.abs(direct[0].astype(int) - remapped[0].astype(int)).max() <= 1
+    assert np.count_nonzero(direct[1] != remapped[1]) <= 2
 
 
 def test_mask_is_neither_dilated_nor_eroded() -> None:

@@ -13,6 +13,7 @@ pytest.importorskip("tensorflow")
 from typer.testing import CliRunner  # noqa: E402
 
 from skinseg_cli.cli import app  # noqa: E402
+from skinseg_cli.config import parse_config  # noqa: E402
 from skinseg_cli.synth import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
@@ -83,7 +84,8 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
         assert (run / name).is_file(), name
     split = json.loads((run / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["valid"]) and len(split["train"]) + len(split["valid"]) == 16
-    assert "epochs = 2" in (run / "config.resolved.ini").read_text().replace("  ", " ").replace("  ", " ")
+    resolved = parse_config((run / "config.resolved.ini").read_text(), source="resolved")
+    assert resolved.train.epochs == 2 and resolved.train.steps_per_epoch == 6  # the CLI overrides are recorded
 
     again = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "--output", str(run), "--quiet"])
     assert again.exit_code == 2 and "--force" in again.output  # never overwrites an old run silently
@@ -95,14 +97,21 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
 
 
 def test_stop_file_ends_training_with_best_model(workdir):
+    from skinseg_cli.config import load_config
+    from skinseg_cli.training.trainer import STOP_FILE, train
+
     run = workdir / "run_stop"
-    run.mkdir()
-    (run / "STOP").touch()
-    result = runner.invoke(app, ["train", "--config", str(_config(workdir, 5)), "--output", str(run), "--force",
-                                 "--steps-per-epoch", "3", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert "stop file" in result.output
-    assert len(_history(run)) == 1 and (run / "best_model.keras").is_file()
+
+    def touch_stop(event):  # a user creates STOP while the first epoch runs
+        if event["event"] == "batch":
+            (run / STOP_FILE).touch()
+
+    cfg = load_config(_config(workdir, 5))
+    cfg.train.steps_per_epoch = 3
+    result = train(cfg, run_dir=run, on_event=touch_stop)
+    assert result.stopped_by == "stop_file"
+    assert result.epochs_run == 1 and len(_history(run)) == 1
+    assert (run / "best_model.keras").is_file()
 
 
 def test_same_seed_same_first_epoch(workdir):

@@ -263,31 +263,45 @@ def _centred_affine(linear: np.ndarray, width: int, height: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _ControlGrid:
-    """Control points every ``step`` px covering an image; a smooth map is evaluated only there."""
+    """Control points every ``step`` px covering an image; a smooth map is evaluated only there.
+
+    The nodes sit where ``cv2.resize`` by the integer factor ``step`` puts its source samples, offset by
+    ``margin`` px so that the first node is at or before pixel 0 and the last at or after the last pixel:
+    resizing and cropping then interpolates the map bilinearly everywhere, with no edge clamping.
+    """
 
     height: int
     width: int
     step: int
 
     @property
+    def margin(self) -> int:
+        return self.step // 2
+
+    @property
+    def origin(self) -> float:
+        """Position of the first node in output pixels (in ``(-1, 0]``)."""
+        return (self.step - 1) / 2.0 - self.margin
+
+    @property
     def shape(self) -> tuple[int, int]:
-        rows = max(2, math.ceil((self.height - 1) / self.step) + 1)
-        cols = max(2, math.ceil((self.width - 1) / self.step) + 1)
-        return rows, cols
+        def count(size: int) -> int:
+            return max(2, math.ceil((size - 1 - self.origin) / self.step) + 1)
+
+        return count(self.height), count(self.width)
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = self.shape
-        xs = np.arange(cols, dtype=np.float32) * self.step
-        ys = np.arange(rows, dtype=np.float32) * self.step
+        xs = self.origin + self.step * np.arange(cols, dtype=np.float32)
+        ys = self.origin + self.step * np.arange(rows, dtype=np.float32)
         return np.meshgrid(xs, ys)
 
     def upsample(self, coarse: np.ndarray) -> np.ndarray:
         """Bilinear interpolation of a ``(rows, cols, 2)`` map to ``(height, width, 2)``."""
-        scale = np.array([[1.0 / self.step, 0.0, 0.0], [0.0, 1.0 / self.step, 0.0]])
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        return cv2.warpAffine(
-            coarse, scale, (self.width, self.height), flags=flags, borderMode=cv2.BORDER_REPLICATE
-        )
+        rows, cols = self.shape
+        fine = cv2.resize(coarse, (cols * self.step, rows * self.step), interpolation=cv2.INTER_LINEAR)
+        top = left = self.margin
+        return fine[top : top + self.height, left : left + self.width]
 
 
 @dataclass(frozen=True)
@@ -535,16 +549,41 @@ class Augmenter:
         linear = np.eye(2) if plan.linear is None else plan.linear
         backward = cv2.invertAffineTransform(_centred_affine(linear, width, height))
         if plan.coarse_map is None:
+            if _is_grid_symmetry(linear, width, height):
+                return _apply_grid_symmetry(image, linear), _apply_grid_symmetry(mask, linear)
             flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
             return tuple(
                 cv2.warpAffine(a, backward, (width, height), flags=flags, borderMode=self._border)
                 for a in (image, mask)
             )
         coarse = cv2.transform(plan.coarse_map, backward.astype(np.float32))
-        sample_at = plan.grid.upsample(coarse)
+        sample_at = np.ascontiguousarray(plan.grid.upsample(coarse))
         return tuple(
             cv2.remap(a, sample_at, None, cv2.INTER_LINEAR, borderMode=self._border) for a in (image, mask)
         )
+
+
+def _is_grid_symmetry(linear: np.ndarray, width: int, height: int) -> bool:
+    """Whether a centred linear map just permutes pixels (flips, and right-angle turns if square)."""
+    rounded = np.round(linear)
+    if not np.allclose(linear, rounded, atol=1e-9) or abs(abs(np.linalg.det(rounded)) - 1) > 1e-9:
+        return False
+    diagonal = rounded[0, 1] == rounded[1, 0] == 0
+    return bool(diagonal or (rounded[0, 0] == rounded[1, 1] == 0 and width == height))
+
+
+def _apply_grid_symmetry(array: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """Apply a pixel-permuting centred linear map exactly, with cv2.transpose and cv2.flip."""
+    (a, b), (c, d) = np.round(linear).astype(int)
+    if b == 0:  # diagonal: output (x, y) = (a x, d y) about the centre
+        flip_cols, flip_rows, source = a < 0, d < 0, array
+    else:  # anti-diagonal: output x comes from source y and output y from source x
+        flip_cols, flip_rows, source = b < 0, c < 0, cv2.transpose(array)
+    if flip_cols and flip_rows:
+        return cv2.flip(source, -1)
+    if flip_cols or flip_rows:
+        return cv2.flip(source, 1 if flip_cols else 0)
+    return source.copy()
 
 
 # --------------------------------------------------------------------------------------------------

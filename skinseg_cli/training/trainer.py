@@ -381,7 +381,10 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return rows
 
 
 def _write_history(path: Path, rows: list[dict[str, float]]) -> None:

@@ -1,0 +1,258 @@
+"""Image reading and writing: orientation, bit depths, bad files, headers, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.errors import ImageError
+from runtime.imageio import (
+    SUPPORTED_EXTENSIONS,
+    image_info,
+    image_size,
+    is_supported,
+    read_image,
+    read_mask,
+    write_bytes_atomic,
+    write_jpeg_atomic,
+    write_png_atomic,
+)
+
+# Orientation n as numpy: the decoded image is what the EXIF tag says to display.
+ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def quadrants(h: int = 32, w: int = 48) -> np.ndarray:
+    """An RGB image with four flat, distinct quadrants (survives JPEG; any flip or turn is visible)."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[: h // 2, : w // 2] = (220, 30, 30)
+    img[: h // 2, w // 2 :] = (30, 220, 30)
+    img[h // 2 :, : w // 2] = (30, 30, 220)
+    img[h // 2 :, w // 2 :] = (220, 220, 30)
+    return img
+
+
+def exif_block(orientation: int, endian: str = "MM") -> bytes:
+    e = ">" if endian == "MM" else "<"
+    ifd = (
+        struct.pack(e + "H", 1)
+        + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0)
+        + struct.pack(e + "I", 0)
+    )
+    return endian.encode() + struct.pack(e + "HI", 42, 8) + ifd
+
+
+def jpeg_bytes(rgb: np.ndarray, orientation: int | None = None, endian: str = "MM") -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = buf.tobytes()
+    if orientation is None:
+        return data
+    payload = b"Exif\x00\x00" + exif_block(orientation, endian)
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation(tmp_path, orientation):
+    src = quadrants()
+    path = write(tmp_path / f"o{orientation}.jpg", jpeg_bytes(src, orientation))
+    expected = ORIENT[orientation](src)
+    assert image_size(path) == (expected.shape[1], expected.shape[0])
+    img = read_image(path)
+    assert img.shape == expected.shape and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - expected).mean() < 4
+    reduced = read_image(path, reduce=2)
+    assert reduced.shape == (expected.shape[0] // 2, expected.shape[1] // 2, 3)
+
+
+def test_little_endian_exif_and_png_exif(tmp_path):
+    src = quadrants()
+    path = write(tmp_path / "le.jpg", jpeg_bytes(src, 6, endian="II"))
+    assert image_size(path) == (32, 48)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(src, cv2.COLOR_RGB2BGR))
+    data = buf.tobytes()
+    png = write(tmp_path / "o8.png", data[:33] + png_chunk(b"eXIf", exif_block(8)) + data[33:])
+    assert image_info(png) == ("png", 32, 48)
+    np.testing.assert_array_equal(read_image(png), ORIENT[8](src))
+
+
+def test_png_is_rgb_and_lossless(tmp_path):
+    src = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    write_png_atomic(tmp_path / "a.png", src)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), src)
+
+
+def test_16bit_gray_and_rgba(tmp_path):
+    v16 = np.random.default_rng(0).integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "16.png"), v16[..., ::-1])
+    img = read_image(tmp_path / "16.png")
+    assert img.dtype == np.uint8
+    np.testing.assert_array_equal(img, np.round(v16 / 257).astype(np.uint8))
+
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png"), np.repeat(gray[..., None], 3, axis=2))
+
+    rgba = np.zeros((5, 6, 4), np.uint8)
+    rgba[..., :3] = (10, 20, 30)  # RGB under a fully transparent alpha: kept, alpha dropped
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    img = read_image(tmp_path / "a.png")
+    assert img.shape == (5, 6, 3)
+    np.testing.assert_array_equal(img, rgba[..., :3])
+
+
+@pytest.mark.parametrize("ext", [".bmp", ".tiff", ".webp"])
+def test_header_sizes_of_other_formats(tmp_path, ext):
+    src = np.random.default_rng(0).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / f"x{ext}"), src)
+    assert image_size(tmp_path / f"x{ext}") == (34, 21)
+    assert read_image(tmp_path / f"x{ext}").shape == (21, 34, 3)
+
+
+def test_lossy_webp_header(tmp_path):
+    cv2.imwrite(str(tmp_path / "x.webp"), quadrants(30, 50), [cv2.IMWRITE_WEBP_QUALITY, 80])
+    assert image_size(tmp_path / "x.webp") == (50, 30)
+
+
+def test_reduce_sizes(tmp_path):
+    write(tmp_path / "a.jpg", jpeg_bytes(quadrants(201, 301)))
+    for r, shape in [(2, (101, 151)), (4, (51, 76)), (8, (26, 38))]:
+        assert read_image(tmp_path / "a.jpg", reduce=r).shape == (*shape, 3)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        read_image(tmp_path / "a.jpg", reduce=3)
+
+
+def bad(path: Path, match: str) -> str:
+    with pytest.raises(ImageError, match=match) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "\n" not in message and path.name in message
+    return message
+
+
+def test_bad_files_raise_one_line_image_errors(tmp_path):
+    jpg = jpeg_bytes(quadrants(64, 64))
+    ok, png = cv2.imencode(".png", quadrants(64, 64))
+    bad(write(tmp_path / "half.jpg", jpg[: len(jpg) // 2]), "truncated")
+    bad(write(tmp_path / "noeoi.jpg", jpg[:-2]), "truncated")
+    bad(write(tmp_path / "half.png", png.tobytes()[: len(png) // 2]), "truncated or corrupt")
+    bad(write(tmp_path / "header.png", png.tobytes()[:20]), "truncated")
+    bad(write(tmp_path / "empty.jpg", b""), "empty")
+    bad(write(tmp_path / "noise.jpg", np.random.default_rng(0).bytes(4096)), "not an image")
+    bad(tmp_path / "missing.png", "not found")
+    bad(tmp_path, "directory")
+    with pytest.raises(ImageError, match="empty"):
+        image_size(tmp_path / "empty.jpg")
+    with pytest.raises(ImageError, match="not a PNG, JPEG"):
+        image_size(tmp_path / "noise.jpg")
+
+
+def test_huge_png_header_refused_before_decoding(tmp_path):
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
+    path = write(tmp_path / "bomb.png", data)
+    assert image_size(path) == (100_000, 100_000)
+    message = bad(path, "exceeds --max-pixels")
+    assert "100000×100000 = 10,000 MP" in message and "250 MP" in message
+    with pytest.raises(ImageError, match="exceeds"):
+        read_mask(path)
+
+
+def test_huge_jpeg_header_refused(tmp_path):
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 60_000, 60_000, 1) + b"\x01\x11\x00"
+    path = write(tmp_path / "bomb.jpg", b"\xff\xd8" + sof + b"\xff\xd9")
+    assert image_size(path) == (60_000, 60_000)
+    bad(path, "exceeds --max-pixels")
+
+
+def test_small_max_pixels(tmp_path):
+    write(tmp_path / "a.jpg", jpeg_bytes(quadrants()))
+    with pytest.raises(ImageError, match="raise --max-pixels"):
+        read_image(tmp_path / "a.jpg", max_pixels=1000)
+    assert read_image(tmp_path / "a.jpg", max_pixels=32 * 48).shape == (32, 48, 3)
+
+
+def test_non_ascii_and_space_paths(tmp_path):
+    folder = tmp_path / "dossier été 画像"
+    folder.mkdir()
+    src = quadrants()
+    write_png_atomic(folder / "lésion 1.png", src)
+    write_jpeg_atomic(folder / "lésion 1.JPG", src, quality=95)
+    np.testing.assert_array_equal(read_image(folder / "lésion 1.png"), src)
+    assert np.abs(read_image(folder / "lésion 1.JPG").astype(int) - src).mean() < 4
+    assert image_size(folder / "lésion 1.JPG") == (48, 32)
+
+
+def test_mask_round_trip_1bit(tmp_path):
+    mask = np.zeros((400, 600), np.uint8)
+    cv2.fillPoly(mask, [np.array([[100, 80], [450, 60], [520, 300], [150, 350]], np.int32)], 255)
+    cv2.circle(mask, (300, 200), 40, 0, -1)
+    write_png_atomic(tmp_path / "m1.png", mask, bits=1)
+    write_png_atomic(tmp_path / "m8.png", mask)
+    assert (tmp_path / "m1.png").read_bytes()[24] == 1  # IHDR bit depth
+    assert (tmp_path / "m1.png").stat().st_size < (tmp_path / "m8.png").stat().st_size
+    np.testing.assert_array_equal(read_mask(tmp_path / "m1.png"), mask)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "m1.png"), cv2.IMREAD_UNCHANGED), mask)
+
+
+def test_read_mask_binarizes(tmp_path):
+    gray = np.array([[0, 127, 128, 255]], np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    np.testing.assert_array_equal(read_mask(tmp_path / "g.png"), [[0, 0, 255, 255]])
+    np.testing.assert_array_equal(read_mask(tmp_path / "g.png", threshold=200), [[0, 0, 0, 255]])
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path, monkeypatch):
+    write_bytes_atomic(tmp_path / "a.bin", b"one")
+    write_bytes_atomic(tmp_path / "a.bin", b"two")
+    assert (tmp_path / "a.bin").read_bytes() == b"two"
+    with pytest.raises(ValueError):
+        write_png_atomic(tmp_path / "b.png", np.zeros((4, 4), np.float32))
+    with pytest.raises(FileNotFoundError):
+        write_bytes_atomic(tmp_path / "no" / "c.bin", b"x")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_jpeg_atomic(tmp_path / "a.bin", quadrants())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    assert (tmp_path / "a.bin").read_bytes() == b"two"
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_supported_extensions():
+    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"} == SUPPORTED_EXTENSIONS
+    assert is_supported("A.JPG") and is_supported("b.TiFf") and not is_supported("c.gif")
