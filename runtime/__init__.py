@@ -1,8 +1,57 @@
 """skinseg runtime: onnxruntime inference on large dermoscopy images.
 
 This package never imports TensorFlow, Keras or tf2onnx: it is what `pip install skinseg` (no extras) runs.
+Everything but the exceptions is imported lazily (``runtime.Segmenter`` loads OpenCV and onnxruntime on
+first use), so ``from runtime.errors import ...`` stays cheap for the CLI.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import ImageError, ModelError, SkinsegError, UsageError
 
-__all__ = ["ImageError", "ModelError", "SkinsegError", "UsageError"]
+if TYPE_CHECKING:
+    from runtime.imageio import image_size, read_image, read_mask, write_png_atomic
+    from runtime.providers import resolve_providers
+    from runtime.segmenter import Result, Segmenter
+    from runtime.tiling import tiled_predict
+
+_LAZY = {
+    "Segmenter": "runtime.segmenter",
+    "Result": "runtime.segmenter",
+    "read_image": "runtime.imageio",
+    "read_mask": "runtime.imageio",
+    "image_size": "runtime.imageio",
+    "write_png_atomic": "runtime.imageio",
+    "resolve_providers": "runtime.providers",
+    "tiled_predict": "runtime.tiling",
+}
+
+__all__ = [
+    "ImageError",
+    "ModelError",
+    "Result",
+    "Segmenter",
+    "SkinsegError",
+    "UsageError",
+    "image_size",
+    "read_image",
+    "read_mask",
+    "resolve_providers",
+    "tiled_predict",
+    "write_png_atomic",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -189,13 +189,13 @@ def _tiff_header(f: BinaryIO) -> _Header:
     values: dict[int, int] = {}
     for i in range(count):
         tag, typ, _n = struct.unpack_from(e + "HHI", entries, 12 * i)
-        if tag in (256, 257) and typ in (3, 4):
+        if tag in (256, 257, 274) and typ in (3, 4):
             fmt = e + ("H" if typ == 3 else "I")
             values[tag] = struct.unpack_from(fmt, entries, 12 * i + 8)[0]
     if 256 not in values or 257 not in values:
         raise _HeaderError("TIFF without ImageWidth/ImageLength tags")
-    # OpenCV does not rotate TIFFs by their orientation tag, so neither do we.
-    return _Header("tiff", values[256], values[257])
+    orientation = values.get(274, 1)  # OpenCV (libtiff) applies the TIFF orientation tag
+    return _Header("tiff", values[256], values[257], orientation if 1 <= orientation <= 8 else 1)
 
 
 def _sniff(f: BinaryIO) -> _Header | None:
@@ -254,8 +254,8 @@ class ImageInfo(NamedTuple):
 def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     """Format and oriented size of an image, read from its header only (nothing is decoded).
 
-    JPEG and PNG EXIF orientations 5–8 (rotations by 90°) swap width and height. Raises :class:`ImageError`
-    for a file that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
+    JPEG, PNG and TIFF orientations 5–8 (rotations by 90°) swap width and height (a WebP's is not read).
+    Raises :class:`ImageError` for a file that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
     """
     path = Path(path)
     with _open(path) as f:

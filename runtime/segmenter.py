@@ -270,7 +270,8 @@ class Segmenter:
                 f"{self.model_path}: output {self.output_name!r} has shape {list(y.shape)} for {n} tiles of "
                 f"{self.tile[0]}×{self.tile[1]}; a skinseg model returns one probability channel per pixel"
             )
-        return np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
+        y = np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
+        return np.nan_to_num(y, copy=False, nan=0.0)  # a NaN pixel is background, not undefined uint8
 
     def segment(self, image: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> Result:
         """Segment an ``H×W×3`` uint8 RGB image (gray and RGBA are accepted). ``on_tile(done, total)`` reports

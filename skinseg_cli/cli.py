@@ -50,11 +50,23 @@ def cli_errors(fn):
 
 
 def require_tensorflow(hint: str = TRAIN_EXTRA_HINT) -> None:
-    """Fail with one line when TensorFlow is not installed."""
+    """Fail with one line when TensorFlow is not installed; otherwise import it without its start-up chatter."""
     import importlib.util
+    import os
 
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
         raise MissingExtraError(hint)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ layer logs oneDNN/CUDA notices to fd 2 before any setting applies: mute fd 2 while importing.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _version(value: bool) -> None:

@@ -256,3 +256,19 @@ def test_atomic_write_respects_umask(tmp_path):
 def test_supported_extensions():
     assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"} == SUPPORTED_EXTENSIONS
     assert is_supported("A.JPG") and is_supported("b.TiFf") and not is_supported("c.gif")
+
+
+def test_tiff_orientation_tag(tmp_path):
+    src = quadrants()
+    ok, buf = cv2.imencode(".tiff", cv2.cvtColor(src, cv2.COLOR_RGB2BGR))
+    data = bytearray(buf.tobytes())
+    e = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(e + "I", data, 4)
+    (count,) = struct.unpack_from(e + "H", data, ifd)
+    for i in range(count):  # turn PlanarConfiguration (284, default 1) into Orientation (274) = 6
+        if struct.unpack_from(e + "H", data, ifd + 2 + 12 * i)[0] == 284:
+            struct.pack_into(e + "HHIHH", data, ifd + 2 + 12 * i, 274, 3, 1, 6, 0)
+    path = write(tmp_path / "o6.tif", bytes(data))
+    img = read_image(path)
+    assert image_size(path) == (img.shape[1], img.shape[0]) == (32, 48)
+    np.testing.assert_array_equal(img, ORIENT[6](src))

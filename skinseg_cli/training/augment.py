@@ -91,7 +91,8 @@ class AugmentParams:
     deformation: float = 0.0
     alpha: float = 1300.0
     sigmas: tuple[float, ...] = (8.0,)
-    # smooth distortion: largest displacement is ``distortion * max(H, W)`` px
+    # smooth distortion: largest displacement is a ``distortions`` value times max(H, W) px, and the image
+    # alone gets a light blur of ``distortion_sigma`` px (the toolkit computed that blur but discarded it)
     distortion: float = 0.0
     distortion_rsigma: float = 40.0
     distortion_sigma: float = 0.5
@@ -557,7 +558,7 @@ class Augmenter:
                 for a in (image, mask)
             )
         coarse = cv2.transform(plan.coarse_map, backward.astype(np.float32))
-        sample_at = np.ascontiguousarray(plan.grid.upsample(coarse))
+        sample_at = plan.grid.upsample(coarse)  # a cropped view: cv2 handles the row stride
         return tuple(
             cv2.remap(a, sample_at, None, cv2.INTER_LINEAR, borderMode=self._border) for a in (image, mask)
         )

@@ -257,6 +257,9 @@ def train(
     from skinseg_cli.training.augment import Augmenter
     from skinseg_cli.training.data import ExampleSource, make_dataset, steps_for
 
+    import cv2
+
+    cv2.setNumThreads(1)  # tf.data runs several augmentation workers; one OpenCV thread each is fastest
     spec = sample_spec(cfg)
     emit({"event": "data", "train": len(splits.train), "valid": len(splits.valid), "phase": "loading"})
     train_src = ExampleSource(splits.train, spec, on_load=lambda i, n: emit({"event": "load", "i": i, "n": n}))
@@ -287,7 +290,8 @@ def train(
     initial_epoch = int(state.get("epoch", 0))
     try:
         model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  validation_data=valid_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0)
+                  validation_data=valid_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0,
+                  shuffle=False)
     except KeyboardInterrupt:
         tracker.stopped_by = "interrupt"
     if tracker.best_weights is not None:

@@ -1,0 +1,91 @@
+"""Post-processing on small masks whose answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.postprocess import (
+    contours_json,
+    fill_holes,
+    keep_largest_component,
+    mask_stats,
+    overlay,
+    threshold,
+)
+
+
+def two_blobs() -> np.ndarray:
+    m = np.zeros((20, 30), np.uint8)
+    m[2:12, 2:12] = 255  # 100 px
+    m[15:18, 20:23] = 255  # 9 px
+    return m
+
+
+def test_threshold_float_and_uint8_agree():
+    prob = np.array([[0.0, 0.5, 0.51, 1.0]], np.float32)
+    np.testing.assert_array_equal(threshold(prob, 0.5), [[0, 0, 255, 255]])
+    np.testing.assert_array_equal(
+        threshold(np.array([[0, 127, 128, 255]], np.uint8), 0.5), [[0, 0, 255, 255]]
+    )
+    assert threshold(prob, 0.5).dtype == np.uint8
+    with pytest.raises(ValueError, match="threshold must be within"):
+        threshold(prob, 1.5)
+
+
+def test_keep_largest_component():
+    out = keep_largest_component(two_blobs())
+    assert out.sum() // 255 == 100 and out[16, 21] == 0
+    empty = np.zeros((5, 5), np.uint8)
+    np.testing.assert_array_equal(keep_largest_component(empty), empty)
+
+
+def test_fill_holes_keeps_border_background():
+    m = np.zeros((20, 20), np.uint8)
+    m[3:15, 3:15] = 255
+    m[6:9, 6:9] = 0  # hole
+    m[0:5, 17:20] = 255  # touches the border: the background around it is not a hole
+    out = fill_holes(m)
+    assert out[7, 7] == 255 and out[0, 0] == 0 and out[19, 19] == 0
+    assert (out > 0).sum() == (m > 0).sum() + 9
+
+
+def test_mask_stats():
+    m = two_blobs()
+    prob = np.where(m > 0, np.uint8(204), np.uint8(10))
+    s = mask_stats(m, prob)
+    assert s["area_px"] == 109 and s["fraction"] == pytest.approx(109 / 600)
+    assert s["bbox"] == [2, 2, 21, 16] and s["n_components"] == 2
+    assert s["mean_prob"] == pytest.approx(0.8)
+    assert mask_stats(m, prob.astype(np.float32) / 255)["mean_prob"] == pytest.approx(0.8)
+    empty = mask_stats(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32))
+    assert empty["area_px"] == 0 and empty["bbox"] is None and empty["mean_prob"] is None
+    assert empty["n_components"] == 0
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_overlay_does_not_wrap(value):
+    rgb = np.full((50, 60, 3), value, np.uint8)
+    m = np.zeros((50, 60), np.uint8)
+    m[10:40, 10:50] = 255
+    out = overlay(rgb, m, color=(0, 255, 0), alpha=0.4)
+    inside = out[25, 30].astype(int)
+    expected = np.round(np.array([value, value, value]) * 0.6 + np.array([0, 255, 0]) * 0.4)
+    np.testing.assert_array_equal(inside, expected)
+    np.testing.assert_array_equal(out[0, 0], rgb[0, 0])  # outside untouched
+    assert out.dtype == np.uint8 and (out[10, 10:50] != rgb[10, 10:50]).any()  # contour drawn
+    np.testing.assert_array_equal(rgb, value)  # input not modified
+
+
+def test_contours_json_with_hole():
+    m = np.zeros((30, 30), np.uint8)
+    m[5:25, 5:25] = 255
+    m[12:16, 12:16] = 0
+    m[0:2, 28:30] = 255
+    doc = contours_json(m)
+    assert (doc["width"], doc["height"]) == (30, 30) and len(doc["polygons"]) == 2
+    big = doc["polygons"][0]
+    assert len(big["holes"]) == 1 and big["area"] > doc["polygons"][1]["area"]
+    xs = [p[0] for p in big["exterior"]]
+    assert (min(xs), max(xs)) == (5, 24)
+    assert contours_json(np.zeros((3, 3), np.uint8))["polygons"] == []

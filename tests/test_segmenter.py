@@ -1,0 +1,235 @@
+"""Segmenter end to end with stand-in ONNX models (mask = red / 255), and its model checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.errors import ImageError, ModelError, UsageError
+from runtime.metadata import Scale
+from runtime.segmenter import Segmenter
+from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
+from tests.test_imageio import jpeg_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN = {"keep_largest": False, "fill_holes": False, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "nhwc": save(identity_model(metadata=metadata_json((64, 64))), d / "nhwc.onnx"),
+        "nchw": save(
+            identity_model(layout="nchw", metadata=metadata_json((64, 64), layout="nchw")), d / "nchw.onnx"
+        ),
+        "bare": save(identity_model(), d / "bare.onnx"),
+        "half": save(identity_model(metadata=metadata_json((32, 32), Scale("factor", 0.5))), d / "half.onnx"),
+        "quarter": save(
+            identity_model(metadata=metadata_json((32, 32), Scale("factor", 0.25))), d / "q.onnx"
+        ),
+        "fixed": save(
+            identity_model(metadata=metadata_json((48, 48)), spatial=(48, 48), batch=1), d / "fixed.onnx"
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+
+
+def smooth(h: int, w: int) -> np.ndarray:
+    """A gentle gradient: resizing it changes values by at most a grey level or two."""
+    y, x = np.mgrid[0:h, 0:w]
+    red = 40 + 170 * (x / w) * (0.5 + 0.5 * y / h)
+    return np.stack([red, np.full_like(red, 90), 255 - red], axis=-1).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_identity_at_native_scale_is_exact(models, image, layout):
+    seg = Segmenter(models[layout], **PLAIN)
+    assert seg.layout == layout and seg.provider == "CPUExecutionProvider" and seg.tile == (64, 64)
+    result = seg.segment(image)
+    assert result.prob.dtype == np.uint8 and result.prob.shape == (200, 300)
+    np.testing.assert_array_equal(result.prob, image[..., 0])
+    np.testing.assert_array_equal(result.mask, np.where(image[..., 0] > 127.5, 255, 0))
+    assert result.scale_factor == 1.0 and result.working_size == (300, 200) and result.tiles > 1
+    assert result.stats["area_px"] == int((image[..., 0] >= 128).sum())
+    assert result.provider == "CPUExecutionProvider" and result.seconds > 0
+
+
+def test_scaled_model_returns_full_size(models):
+    img = smooth(203, 301)
+    calls = []
+    result = Segmenter(models["half"], **PLAIN).segment(img, on_tile=lambda d, t: calls.append((d, t)))
+    assert result.mask.shape == (203, 301) and result.working_size == (150, 102)
+    assert np.abs(result.prob.astype(int) - img[..., 0]).max() <= 3
+    assert calls[-1][0] == calls[-1][1] == result.tiles
+
+
+def test_segment_file_uses_reduced_jpeg_decode(models, tmp_path):
+    img = smooth(240, 320)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(jpeg_bytes(img))
+    result = Segmenter(models["quarter"], **PLAIN).segment_file(path)
+    assert result.extra["decode_reduce"] == 4 and result.mask.shape == (240, 320)
+    assert result.working_size == (80, 60)
+    assert np.abs(result.prob.astype(int) - img[..., 0]).mean() < 3
+
+    path.write_bytes(jpeg_bytes(img, orientation=6))  # turned 90°: the mask follows the displayed photo
+    turned = Segmenter(models["quarter"], **PLAIN).segment_file(path)
+    assert turned.mask.shape == (320, 240)
+    assert np.abs(turned.prob.astype(int) - np.rot90(img, -1)[..., 0]).mean() < 3
+
+
+def test_segment_file_png_is_full_decode(models, tmp_path):
+    img = smooth(64, 96)
+    cv2.imwrite(str(tmp_path / "a.png"), img[..., ::-1])
+    result = Segmenter(models["half"], **PLAIN).segment_file(tmp_path / "a.png")
+    assert result.extra["decode_reduce"] == 1 and result.mask.shape == (64, 96)
+    with pytest.raises(ImageError, match="not found"):
+        Segmenter(models["half"], **PLAIN).segment_file(tmp_path / "missing.png")
+
+
+def test_postprocessing_defaults_on(models):
+    img = np.zeros((80, 80, 3), np.uint8)
+    img[10:50, 10:50, 0] = 255
+    img[25:30, 25:30, 0] = 0  # hole
+    img[65:70, 65:70, 0] = 255  # speck
+    seg = Segmenter(models["nhwc"], threads=1)
+    assert seg.keep_largest and seg.fill_holes
+    result = seg.segment(img)
+    assert result.stats["n_components"] == 1 and result.stats["area_px"] == 40 * 40
+
+
+def test_model_without_metadata_needs_tile_and_scale(models, image):
+    with pytest.raises(ModelError, match="no skinseg metadata.*--tile 256 --scale") as info:
+        Segmenter(models["bare"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModelError, match="no skinseg metadata"):
+        Segmenter(models["bare"], tile=64)
+    seg = Segmenter(models["bare"], tile=64, scale="native", **PLAIN)
+    assert seg.metadata is None and seg.threshold == 0.5
+    np.testing.assert_array_equal(seg.segment(image).prob, image[..., 0])
+
+
+def test_metadata_threshold_colour_order_and_value_range(tmp_path, image):
+    path = save(identity_model(metadata=metadata_json(threshold=0.8)), tmp_path / "t.onnx")
+    seg = Segmenter(path, **PLAIN)
+    assert seg.threshold == 0.8
+    assert (seg.segment(image).mask > 0).sum() == (image[..., 0] > 204).sum()
+    assert Segmenter(path, threshold=0.3, **PLAIN).threshold == 0.3
+
+    bgr = save(identity_model(metadata=metadata_json(color_order="bgr")), tmp_path / "bgr.onnx")
+    np.testing.assert_array_equal(Segmenter(bgr, **PLAIN).segment(image).prob, image[..., 2])
+
+    unit = save(
+        affine_model(weights=(1.0, 0.0, 0.0), metadata=metadata_json(value_range=[0.0, 1.0])),
+        tmp_path / "unit.onnx",
+    )
+    np.testing.assert_array_equal(Segmenter(unit, **PLAIN).segment(image).prob, image[..., 0])
+
+
+def test_fixed_size_model(models, image):
+    seg = Segmenter(models["fixed"], batch_size=4, **PLAIN)
+    assert seg.batch_size == 1
+    np.testing.assert_array_equal(seg.segment(image).prob, image[..., 0])
+    with pytest.raises(ModelError, match="fixed at 48 px but the tile is 64×64; use --tile 48"):
+        Segmenter(models["fixed"], tile=64)
+
+
+def test_fixed_batch_of_two_pads_the_last_batch(tmp_path, image):
+    path = save(identity_model(metadata=metadata_json((64, 64)), batch=2), tmp_path / "b2.onnx")
+    seg = Segmenter(path, **PLAIN)
+    assert seg.batch_size == 2
+    np.testing.assert_array_equal(seg.segment(image[:100, :130]).prob, image[:100, :130, 0])
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        (["N", "H", "W"], "rank 3.*4-D image batch"),
+        (["N", "H", "W", 4], "3-channel"),
+        (["N", 1, "H", "W"], "3-channel"),
+        (["N", "C", "H", "W"], "3-channel"),
+    ],
+)
+def test_wrong_input_shapes(tmp_path, shape, match):
+    path = save(odd_input_model(shape), tmp_path / "odd.onnx")
+    with pytest.raises(ModelError, match=match) as info:
+        Segmenter(path, tile=64, scale="native")
+    assert "odd.onnx" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_model_files(tmp_path, models):
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(models["nhwc"].read_bytes()[:150])
+    for path in (text, cut):
+        with pytest.raises(ModelError, match="not a loadable ONNX model") as info:
+            Segmenter(path)
+        assert path.name in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ModelError, match="file not found"):
+        Segmenter(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="is a directory"):
+        Segmenter(tmp_path)
+
+
+def test_bad_metadata_and_options(tmp_path, models):
+    broken = save(identity_model(metadata="{not json"), tmp_path / "broken.onnx")
+    with pytest.raises(ModelError, match="broken.onnx: skinseg metadata is not valid JSON"):
+        Segmenter(broken)
+    future = save(identity_model(metadata=json.dumps({"format_version": 99})), tmp_path / "f.onnx")
+    with pytest.raises(ModelError, match="format_version 99"):
+        Segmenter(future)
+    for kwargs, match in [
+        ({"overlap": 1.0}, "--overlap"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"threads": 0}, "--threads"),
+        ({"threshold": 2.0}, "--threshold"),
+        ({"scale": "big"}, "--scale"),
+        ({"tile": (0, 5)}, "--tile"),
+        ({"device": "gpu"}, "--device"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            Segmenter(models["nhwc"], **kwargs)
+
+
+def test_bad_image_arrays(models):
+    seg = Segmenter(models["nhwc"], **PLAIN)
+    with pytest.raises(ImageError, match="uint8"):
+        seg.segment(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ImageError, match="H×W×3"):
+        seg.segment(np.zeros((10, 10, 2), np.uint8))
+    gray = np.full((20, 20), 200, np.uint8)
+    np.testing.assert_array_equal(seg.segment(gray).prob, gray)
+
+
+def test_runtime_never_imports_tensorflow(models, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import runtime
+        from runtime.segmenter import Segmenter
+        from runtime.tiling import tiled_predict
+        seg = Segmenter({str(models["nhwc"])!r}, threads=1)
+        seg.segment(np.zeros((70, 90, 3), np.uint8))
+        tiled_predict(np.zeros((9, 9, 3)), lambda b: b[..., 0], tile=4)
+        bad = sorted(m for m in ("tensorflow", "keras", "tf2onnx", "onnx") if m in sys.modules)
+        print("IMPORTED:", bad)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "IMPORTED: []" in out.stdout, out.stdout + out.stderr
