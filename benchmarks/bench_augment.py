@@ -62,10 +62,7 @@ def main() -> None:
     if args.threads is not None:
         cv2.setNumThreads(args.threads)
     pairs = synthetic_pairs(args.size, min(args.count, 16), np.random.default_rng(args.seed))
-    print(
-        f"{args.size}x{args.size}, {args.count} pairs, "
-        f"OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads"
-    )
+    print(f"{args.size}x{args.size}, {args.count} pairs, OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads")
     for name, params in CONFIGS.items():
         rate = pairs_per_second(Augmenter(params), pairs, args.count, args.seed)
         print(f"{name:>14}: {rate:8.1f} pairs/s  ({1000.0 / rate:6.2f} ms/pair)")

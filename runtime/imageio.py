@@ -306,9 +306,7 @@ def _decode_failed(path: Path, info: _Header | None) -> ImageError:
     return ImageError(f"{path}: the {info.format.upper()} data cannot be decoded (truncated or corrupt file)")
 
 
-def read_image(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce: int = 1
-) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce: int = 1) -> np.ndarray:
     """Read an image as an ``H×W×3`` uint8 RGB array, EXIF orientation applied.
 
     ``reduce`` ∈ {1, 2, 4, 8} decodes at 1/reduce of the size. For JPEG this is libjpeg's scaled DCT decoding,

@@ -99,7 +99,9 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ModelError(f"{source}: skinseg metadata is not valid JSON ({e.msg} at char {e.pos}); re-export the model") from None
+        raise ModelError(
+            f"{source}: skinseg metadata is not valid JSON ({e.msg} at char {e.pos}); re-export the model"
+        ) from None
     if not isinstance(d, dict):
         raise ModelError(f"{source}: skinseg metadata must be a JSON object; re-export the model")
     version = d.get("format_version")

@@ -59,9 +59,7 @@ def resolve_providers(device: str = "auto", available: Sequence[str] | None = No
         for candidate in _AUTO_ORDER:
             if PROVIDER_CHAINS[candidate][0] in available:
                 return [p for p in PROVIDER_CHAINS[candidate] if p in available]
-        raise UsageError(
-            f"onnxruntime offers no usable execution provider ({_short(available)}); {_INSTALL_HINT[CPU]}"
-        )
+        raise UsageError(f"onnxruntime offers no usable execution provider ({_short(available)}); {_INSTALL_HINT[CPU]}")
     chain = PROVIDER_CHAINS[name]
     if chain[0] not in available:
         raise UsageError(

@@ -118,8 +118,7 @@ class Segmenter:
             self._session = ort.InferenceSession(name, sess_options=options, providers=self._requested)
         except Exception as e:  # onnxruntime raises its own exception types for every kind of bad file
             raise ModelError(
-                f"{name}: not a loadable ONNX model ({_first_line(e)}); "
-                "check the file is complete or re-export it"
+                f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
             ) from None
         check_provider_used(device, self._requested, self._session.get_providers())
 
@@ -132,11 +131,7 @@ class Segmenter:
             )
         try:
             self.scale = (
-                meta.train_scale
-                if scale is None
-                else scale
-                if isinstance(scale, Scale)
-                else Scale.parse(scale)
+                meta.train_scale if scale is None else scale if isinstance(scale, Scale) else Scale.parse(scale)
             )
         except ValueError as e:
             raise UsageError(f"--scale: {e}") from None
@@ -166,8 +161,7 @@ class Segmenter:
             inp = inputs[0]
         else:
             raise ModelError(
-                f"{name}: the model has {len(inputs)} inputs ({', '.join(by_name)}); "
-                "a skinseg model takes one image"
+                f"{name}: the model has {len(inputs)} inputs ({', '.join(by_name)}); a skinseg model takes one image"
             )
         shape = list(inp.shape)
         if len(shape) != 4:
@@ -190,9 +184,7 @@ class Segmenter:
                 "NHWC [N, H, W, 3] or NCHW [N, 3, H, W]"
             )
         if inp.type not in _INPUT_TYPES:
-            raise ModelError(
-                f"{name}: input {inp.name!r} is {inp.type}; skinseg feeds float, float16 or uint8"
-            )
+            raise ModelError(f"{name}: input {inp.name!r} is {inp.type}; skinseg feeds float, float16 or uint8")
         spatial = (shape[1], shape[2]) if layout == "nhwc" else (shape[2], shape[3])
         fixed = (_static(spatial[0]), _static(spatial[1]))
 
@@ -212,9 +204,7 @@ class Segmenter:
                 )
         outputs = self._session.get_outputs()
         out_names = [o.name for o in outputs]
-        self.output_name = (
-            meta.output_name if meta is not None and meta.output_name in out_names else out_names[0]
-        )
+        self.output_name = meta.output_name if meta is not None and meta.output_name in out_names else out_names[0]
         self.input_name = inp.name
         self.layout = layout
         self.tile: tuple[int, int] = (int(t[0]), int(t[1]))
@@ -280,9 +270,7 @@ class Segmenter:
         image = _as_rgb(image)
         return self._segment(image, (image.shape[1], image.shape[0]), on_tile, start)
 
-    def segment_file(
-        self, path: str | os.PathLike[str], on_tile: Callable[[int, int], None] | None = None
-    ) -> Result:
+    def segment_file(self, path: str | os.PathLike[str], on_tile: Callable[[int, int], None] | None = None) -> Result:
         """Read and segment an image file; the mask has the file's full (EXIF-oriented) size.
 
         A JPEG that the model sees at ≤ 1/2 of its size is decoded directly at 1/2, 1/4 or 1/8 (libjpeg's
@@ -322,9 +310,7 @@ class Segmenter:
             work = image
         else:
             shrinking = work_size[0] < image.shape[1]
-            work = cv2.resize(
-                image, work_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-            )
+            work = cv2.resize(image, work_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
         del image  # the caller may still hold it; we need only the working copy
         tiles = len(plan_tiles(work_size[1], work_size[0], self.tile, self.overlap))
         prob_work = tiled_predict(

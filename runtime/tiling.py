@@ -51,13 +51,7 @@ class TileSpec:
 
 
 def _pair(tile: int | Sequence[int], name: str = "tile") -> tuple[int, int]:
-    values = (
-        (tile, tile)
-        if isinstance(tile, (int, np.integer))
-        else tuple(tile)
-        if not isinstance(tile, str)
-        else ()
-    )
+    values = (tile, tile) if isinstance(tile, (int, np.integer)) else tuple(tile) if not isinstance(tile, str) else ()
     if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
         raise ValueError(f"{name} must be one or two positive integers (height, width), got {tile!r}")
     return int(values[0]), int(values[1])
@@ -99,9 +93,7 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], overlap: floa
     ]
 
 
-def extract_tiles(
-    image: np.ndarray, specs: Sequence[TileSpec], *, dtype: np.dtype | type = np.float32
-) -> np.ndarray:
+def extract_tiles(image: np.ndarray, specs: Sequence[TileSpec], *, dtype: np.dtype | type = np.float32) -> np.ndarray:
     """Cut ``specs`` out of an ``H×W×C`` (or ``H×W``) image into an ``N×th×tw×C`` (or ``N×th×tw``) batch.
 
     Tiles that stick out of the image are filled by mirror reflection of its border.

@@ -32,7 +32,9 @@ app.add_typer(config_app, name="config")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-TRAIN_EXTRA_HINT = "skinseg train needs TensorFlow: install the train extra with `pip install 'skinseg[train]'` (or `make install`)"
+TRAIN_EXTRA_HINT = (
+    "skinseg train needs TensorFlow: install the train extra with `pip install 'skinseg[train]'` (or `make install`)"
+)
 
 
 def cli_errors(fn):
@@ -104,6 +106,7 @@ def _load(config: Path, overrides: dict[str, Any] | None = None):
 
 # ---------------------------------------------------------------------------------------------- config
 
+
 @config_app.command("show")
 @cli_errors
 def config_show(
@@ -144,6 +147,7 @@ def config_init(
 
 # ---------------------------------------------------------------------------------------------- synth
 
+
 @app.command()
 @cli_errors
 def synth(
@@ -168,6 +172,7 @@ def synth(
 
 # ---------------------------------------------------------------------------------------------- augment-preview
 
+
 @app.command("augment-preview")
 @cli_errors
 def augment_preview(
@@ -185,7 +190,7 @@ def augment_preview(
     from runtime.imageio import write_png_atomic
     from skinseg_cli.training.augment import Augmenter, preview_grid
     from skinseg_cli.training.data import load_example
-    from skinseg_cli.training.trainer import augment_params, find_splits, sample_spec
+    from skinseg_cli.training.recipe import augment_params, find_splits, sample_spec
 
     cfg = _load(config, {"train.seed": seed})
     splits = find_splits(cfg, skip_bad=True)
@@ -207,20 +212,32 @@ def augment_preview(
 
 # ---------------------------------------------------------------------------------------------- train
 
+
 @app.command()
 @cli_errors
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="The train_eval_infer.config to train from.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (overrides [train] model_dir).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Run directory (overrides [train] model_dir).")
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides [train] epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Overrides [train] batch_size.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate", help="Overrides [model] learning_rate.")] = None,
-    steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", min=1, help="Overrides [train] steps_per_epoch.")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", help="Overrides [model] learning_rate.")
+    ] = None,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option("--steps-per-epoch", min=1, help="Overrides [train] steps_per_epoch.")
+    ] = None,
     patience: Annotated[int | None, typer.Option("--patience", min=1, help="Overrides [train] patience.")] = None,
     seed: SeedOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run in the run directory.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory, optimizer state included.")] = False,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Warn about unpaired or unreadable files instead of stopping.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in the run directory, optimizer state included."),
+    ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Warn about unpaired or unreadable files instead of stopping.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train the UNet a config describes; the run directory gets the best model, curves, logs and the split.
@@ -230,18 +247,26 @@ def train(
     Example: skinseg train --config configs/isic.config --epochs 30 --output runs/isic
     """
     require_tensorflow()
-    cfg = _load(config, {
-        "train.epochs": epochs, "train.batch_size": batch_size, "model.learning_rate": learning_rate,
-        "train.steps_per_epoch": steps_per_epoch, "train.patience": patience, "train.seed": seed,
-        "train.model_dir": output,
-    })
+    cfg = _load(
+        config,
+        {
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "model.learning_rate": learning_rate,
+            "train.steps_per_epoch": steps_per_epoch,
+            "train.patience": patience,
+            "train.seed": seed,
+            "train.model_dir": output,
+        },
+    )
     from skinseg_cli.progress import TrainProgress
     from skinseg_cli.training.trainer import train as run_training
 
     run_dir = cfg.train.model_dir
     with TrainProgress(console=err, quiet=quiet) as progress:
-        result = run_training(cfg, run_dir=run_dir, force=force, resume=resume, skip_bad=skip_bad,
-                              on_event=progress.handle)
+        result = run_training(
+            cfg, run_dir=run_dir, force=force, resume=resume, skip_bad=skip_bad, on_event=progress.handle
+        )
     out.print(
         f"{result.stopped_by.replace('_', ' ')} after {result.epochs_run} epoch(s) in {result.seconds:.0f} s; "
         f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; run directory: {run_dir}"

@@ -350,12 +350,13 @@ def parse_literal(text: str, *, expects_str: bool) -> Any:
     if expects_str and _BARE_STRING_RE.match(stripped):
         return stripped.strip()
     raise ValueError(
-        f"{stripped[:60]!r} is not a literal (number, \"string\", True/False, None, tuple or list); "
+        f'{stripped[:60]!r} is not a literal (number, "string", True/False, None, tuple or list); '
         "nothing in a config is evaluated as code"
     )
 
 
 # ---------------------------------------------------------------------------------------------- typing
+
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -433,6 +434,7 @@ def _suggest(name: str, valid: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file. Raises :class:`ConfigError` with file, line, key and a fix."""
     path = Path(path)
@@ -459,7 +461,9 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         for key, rv in entries.items():
             name = ALIASES.get((section, key)) or ALIASES.get(("*", key)) or key
             if name != key:
-                cfg.warnings.append(f"{source}:{rv.line}: [{section}] `{key}` is read as `{name}` (the seed's spelling)")
+                cfg.warnings.append(
+                    f"{source}:{rv.line}: [{section}] `{key}` is read as `{name}` (the seed's spelling)"
+                )
             if name not in hints:
                 raise ConfigError(
                     f"{source}:{rv.line}: unknown key `{key}` in [{section}]; {_suggest(name, list(hints))}"
@@ -501,9 +505,24 @@ def _check_ranges(cfg: Config, source: str) -> None:
         ("train", "reducer_factor", 0 < cfg.train.reducer_factor < 1, "within (0, 1)"),
         ("mask", "threshold", 0 <= cfg.mask.threshold <= 255, "within [0, 255]"),
     ]
-    for name in ("vflip", "hflip", "rotation", "shrink", "shear", "transformer", "deformation", "distortion",
-                 "barrdistortion", "pincdistortion", "brightening", "sharpening", "gamma", "hue_saturation",
-                 "blur", "noise"):
+    for name in (
+        "vflip",
+        "hflip",
+        "rotation",
+        "shrink",
+        "shear",
+        "transformer",
+        "deformation",
+        "distortion",
+        "barrdistortion",
+        "pincdistortion",
+        "brightening",
+        "sharpening",
+        "gamma",
+        "hue_saturation",
+        "blur",
+        "noise",
+    ):
         v = getattr(cfg.augmentor, name)
         ok = v is None or isinstance(v, bool) or 0.0 <= v <= 1.0
         rules.append(("augmentor", name, ok, "True, False, or a probability within [0, 1]"))
@@ -514,6 +533,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- overrides
 
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return ``cfg`` with CLI values applied (CLI wins). Keys are ``section.key``; None values are ignored."""
     for dotted, value in overrides.items():
@@ -522,7 +542,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         section, _, key = dotted.partition(".")
         sub = getattr(cfg, section)
         if key not in {f.name for f in dataclasses.fields(sub)}:
-            raise ConfigError(f"override `{dotted}`: no such key; {_suggest(key, [f.name for f in dataclasses.fields(sub)])}")
+            raise ConfigError(
+                f"override `{dotted}`: no such key; {_suggest(key, [f.name for f in dataclasses.fields(sub)])}"
+            )
         setattr(sub, key, value)
         cfg.present.setdefault(section, set()).add(key)
     _check_ranges(cfg, "command line")
@@ -539,6 +561,7 @@ def require_dir(path: Path | None, what: str, fix: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- writing
+
 
 def render_config(cfg: Config, *, comments: bool = True, only_present: bool = False) -> str:
     """The config as INI text, with each section's help as a comment. Round-trips through :func:`parse_config`."""

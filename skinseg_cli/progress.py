@@ -12,7 +12,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def use_bars(console: Console, quiet: bool) -> bool:
@@ -21,8 +28,14 @@ def use_bars(console: Console, quiet: bool) -> bool:
 
 def make_progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -75,8 +88,10 @@ class TrainProgress:
         if kind == "warning":
             self._line(f"[yellow]warning:[/yellow] {escape(event['message'])}")
         elif kind == "data" and event.get("phase") == "ready":
-            self._line(f"data: {event['train']} training and {event['valid']} validation pairs; "
-                       f"{event['steps']} steps per epoch; {event['params']:,} parameters")
+            self._line(
+                f"data: {event['train']} training and {event['valid']} validation pairs; "
+                f"{event['steps']} steps per epoch; {event['params']:,} parameters"
+            )
         elif kind == "batch" and self.progress is not None:
             desc = f"epoch {event['epoch']}/{event['epochs']}"
             if self.task is None or self.progress.tasks[self.task].description != desc:
@@ -84,5 +99,7 @@ class TrainProgress:
             self.progress.update(self.task, completed=event["step"], info=_fmt_logs(event["logs"], ("loss",)))
         elif kind == "epoch":
             mark = " *" if event["improved"] else ""
-            self._line(f"epoch {event['epoch']}/{event['epochs']} {_fmt_logs(event['logs'])} "
-                       f"lr {event['logs'].get('learning_rate', 0):.2g} {event['seconds']:.1f}s{mark}")
+            self._line(
+                f"epoch {event['epoch']}/{event['epochs']} {_fmt_logs(event['logs'])} "
+                f"lr {event['logs'].get('learning_rate', 0):.2g} {event['seconds']:.1f}s{mark}"
+            )

@@ -94,9 +94,7 @@ class _Lesion:
     def outline(self) -> np.ndarray:
         """Polygon vertices (N, 2) in full-resolution pixels."""
         cx, cy = self.center
-        return np.stack(
-            [cx + self.radii * np.cos(self.angles), cy + self.radii * np.sin(self.angles)], axis=1
-        )
+        return np.stack([cx + self.radii * np.cos(self.angles), cy + self.radii * np.sin(self.angles)], axis=1)
 
     def rho(self, grid: _Grid) -> np.ndarray:
         """Normalised radius on the working grid: 0 at the centre, 1 on the outline."""
@@ -179,9 +177,7 @@ def parse_size(text: str) -> tuple[int, int]:
     """Parse ``'640x480'`` into ``(640, 480)``; raise :class:`UsageError` for anything else."""
     match = _SIZE_RE.fullmatch(text)
     if match is None:
-        raise UsageError(
-            f"invalid size {text!r}: expected the form WxH with whole numbers of pixels, e.g. 640x480"
-        )
+        raise UsageError(f"invalid size {text!r}: expected the form WxH with whole numbers of pixels, e.g. 640x480")
     return _check_size((int(match[1]), int(match[2])), text)
 
 

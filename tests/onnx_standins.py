@@ -31,9 +31,7 @@ def metadata_json(
     **kwargs: object,
 ) -> str:
     """A valid ``skinseg`` metadata document."""
-    meta = ModelMetadata(
-        tile_size=tile, train_scale=scale or Scale("native"), threshold=threshold, layout=layout
-    )
+    meta = ModelMetadata(tile_size=tile, train_scale=scale or Scale("native"), threshold=threshold, layout=layout)
     text = meta.to_json()
     if kwargs:
         import json
@@ -45,9 +43,7 @@ def metadata_json(
 
 
 def _finish(graph: onnx.GraphProto, metadata: str | None) -> onnx.ModelProto:
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="skinseg-tests"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="skinseg-tests")
     model.ir_version = IR_VERSION
     if metadata is not None:
         helper.set_model_props(model, {"skinseg": metadata})

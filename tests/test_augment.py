@@ -94,9 +94,7 @@ def test_flips_and_right_angle_rotations_are_exact() -> None:
     out_image, out_mask = Augmenter(params(hflip=1.0))(image, mask, np.random.default_rng(0))
     np.testing.assert_array_equal(out_image, image[:, ::-1])
     np.testing.assert_array_equal(out_mask, mask[:, ::-1])
-    out_image, out_mask = Augmenter(params(rotation=1.0, angles=(90.0,)))(
-        image, mask, np.random.default_rng(0)
-    )
+    out_image, out_mask = Augmenter(params(rotation=1.0, angles=(90.0,)))(image, mask, np.random.default_rng(0))
     assert any(np.array_equal(out_mask, np.rot90(mask, k)) for k in (1, 3))
     assert any(np.array_equal(out_image, np.rot90(image, k)) for k in (1, 3))
 
@@ -120,9 +118,7 @@ def test_non_rigid_map_reproduces_the_affine_warp() -> None:
     image, mask = lesion_pair(96, 128)
     affine = dict(rotation=1.0, angles=(30.0,), shear=1.0, shrink=1.0)
     direct = Augmenter(params(**affine))(image, mask, np.random.default_rng(0))
-    remapped = Augmenter(params(**affine, barrel=1.0, barrel_amount=0.0))(
-        image, mask, np.random.default_rng(0)
-    )
+    remapped = Augmenter(params(**affine, barrel=1.0, barrel_amount=0.0))(image, mask, np.random.default_rng(0))
     assert np.abs(direct[0].astype(int) - remapped[0].astype(int)).max() <= 1
     assert np.count_nonzero(direct[1] != remapped[1]) <= 2
 

@@ -45,7 +45,7 @@ def test_relative_paths_resolve_against_the_config_folder_and_are_not_checked(tm
     [
         ("[model]\nlearning_rat = 0.1\n", [":2:", "learning_rat", "did you mean `learning_rate`"]),
         ("[modle]\n", ["unknown section [modle]", "did you mean `model`"]),
-        ("[model]\nimage_width = \"abc\"\n", [":2:", "image_width", "expected int"]),
+        ('[model]\nimage_width = "abc"\n', [":2:", "image_width", "expected int"]),
         ("[model]\nbase_kernels = (5, 5, 5)\n", ["base_kernels", "tuple of 2"]),
         ("[train]\nepochs = 0\n", ["epochs", "positive"]),
         ("[augmentor]\nhflip = 1.5\n", ["hflip", "probability"]),

@@ -49,11 +49,7 @@ def quadrants(h: int = 32, w: int = 48) -> np.ndarray:
 
 def exif_block(orientation: int, endian: str = "MM") -> bytes:
     e = ">" if endian == "MM" else "<"
-    ifd = (
-        struct.pack(e + "H", 1)
-        + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0)
-        + struct.pack(e + "I", 0)
-    )
+    ifd = struct.pack(e + "H", 1) + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(e + "I", 0)
     return endian.encode() + struct.pack(e + "HI", 42, 8) + ifd
 
 

@@ -169,9 +169,7 @@ def test_compile_model_sets_optimizer(name: str, cls: str) -> None:
 def test_compile_model_rejects_bad_settings() -> None:
     model = tiny_model()
     with pytest.raises(ConfigError, match=r"unknown optimizer 'Adamx'; did you mean 'Adam'"):
-        losses.compile_model(
-            model, loss="bce", metrics=[], learning_rate=1e-3, clipvalue=None, optimizer="Adamx"
-        )
+        losses.compile_model(model, loss="bce", metrics=[], learning_rate=1e-3, clipvalue=None, optimizer="Adamx")
     with pytest.raises(ConfigError, match="learning_rate 0 must be > 0"):
         losses.compile_model(model, loss="bce", metrics=[], learning_rate=0, clipvalue=None)
     with pytest.raises(ConfigError, match="unknown loss"):

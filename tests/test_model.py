@@ -135,10 +135,7 @@ def test_mish_fallback_matches_keras(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_activation_suggests_valid_names() -> None:
     with pytest.raises(ConfigError) as info:
         build_unet(**SMALL, activation="rellu")
-    assert (
-        str(info.value)
-        == "unknown activation 'rellu'; did you mean 'relu'? choose from: elu, gelu, mish, relu"
-    )
+    assert str(info.value) == "unknown activation 'rellu'; did you mean 'relu'? choose from: elu, gelu, mish, relu"
 
 
 # --- validation ----------------------------------------------------------------------------------------
@@ -213,9 +210,7 @@ def test_save_load_round_trip_keeps_predictions(tmp_path) -> None:
 
     loaded = unet.load_model(path)
     assert int(loaded.optimizer.iterations) == 1
-    np.testing.assert_allclose(
-        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     assert loaded.loss is losses.bce_dice_loss
     results = loaded.evaluate(x, np.zeros((2, 64, 64, 1), "float32"), verbose=0, return_dict=True)
     assert {"loss", "dice_coef", "iou_coef"} <= set(results)

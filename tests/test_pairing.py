@@ -27,8 +27,14 @@ def _touch_image(path: Path, size=(8, 6)) -> None:
 
 @pytest.mark.parametrize(
     ("name", "stem"),
-    [("ISIC_1_segmentation.png", "ISIC_1"), ("ISIC_1_Segmentation.png", "ISIC_1"), ("IMD002_lesion.bmp", "IMD002"),
-     ("a_mask.png", "a"), ("plain.png", "plain"), ("x_SEGMENTATION.PNG", "x")],
+    [
+        ("ISIC_1_segmentation.png", "ISIC_1"),
+        ("ISIC_1_Segmentation.png", "ISIC_1"),
+        ("IMD002_lesion.bmp", "IMD002"),
+        ("a_mask.png", "a"),
+        ("plain.png", "plain"),
+        ("x_SEGMENTATION.PNG", "x"),
+    ],
 )
 def test_mask_key(name, stem):
     assert mask_key(Path(name)) == stem

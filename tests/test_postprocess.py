@@ -25,9 +25,7 @@ def two_blobs() -> np.ndarray:
 def test_threshold_float_and_uint8_agree():
     prob = np.array([[0.0, 0.5, 0.51, 1.0]], np.float32)
     np.testing.assert_array_equal(threshold(prob, 0.5), [[0, 0, 255, 255]])
-    np.testing.assert_array_equal(
-        threshold(np.array([[0, 127, 128, 255]], np.uint8), 0.5), [[0, 0, 255, 255]]
-    )
+    np.testing.assert_array_equal(threshold(np.array([[0, 127, 128, 255]], np.uint8), 0.5), [[0, 0, 255, 255]])
     assert threshold(prob, 0.5).dtype == np.uint8
     with pytest.raises(ValueError, match="threshold must be within"):
         threshold(prob, 1.5)

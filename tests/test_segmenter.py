@@ -27,17 +27,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
     return {
         "nhwc": save(identity_model(metadata=metadata_json((64, 64))), d / "nhwc.onnx"),
-        "nchw": save(
-            identity_model(layout="nchw", metadata=metadata_json((64, 64), layout="nchw")), d / "nchw.onnx"
-        ),
+        "nchw": save(identity_model(layout="nchw", metadata=metadata_json((64, 64), layout="nchw")), d / "nchw.onnx"),
         "bare": save(identity_model(), d / "bare.onnx"),
         "half": save(identity_model(metadata=metadata_json((32, 32), Scale("factor", 0.5))), d / "half.onnx"),
-        "quarter": save(
-            identity_model(metadata=metadata_json((32, 32), Scale("factor", 0.25))), d / "q.onnx"
-        ),
-        "fixed": save(
-            identity_model(metadata=metadata_json((48, 48)), spatial=(48, 48), batch=1), d / "fixed.onnx"
-        ),
+        "quarter": save(identity_model(metadata=metadata_json((32, 32), Scale("factor", 0.25))), d / "q.onnx"),
+        "fixed": save(identity_model(metadata=metadata_json((48, 48)), spatial=(48, 48), batch=1), d / "fixed.onnx"),
     }
 
 

@@ -128,9 +128,7 @@ def test_parse_size_good(text: str, expected: tuple[int, int]) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize(
-    "text", ["640", "640x", "x480", "640*480", "-640x480", "64.5x48", "axb", "", "1x2x3"]
-)
+@pytest.mark.parametrize("text", ["640", "640x", "x480", "640*480", "-640x480", "64.5x48", "axb", "", "1x2x3"])
 def test_parse_size_bad_form(text: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_size(text)

@@ -36,9 +36,7 @@ def test_identity_is_exact(image, tile, overlap):
 
 @pytest.mark.parametrize("layout_overlap", [0.0, 0.25])
 def test_onnx_identity_and_affine_standins(image, layout_overlap):
-    ident = tiled_predict(
-        image, session_fn(identity_model()), tile=(64, 64), overlap=layout_overlap, batch_size=5
-    )
+    ident = tiled_predict(image, session_fn(identity_model()), tile=(64, 64), overlap=layout_overlap, batch_size=5)
     np.testing.assert_allclose(ident, image[..., 0] / 255.0, atol=1e-6)
     affine = tiled_predict(
         image,

@@ -73,14 +73,33 @@ def _history(run: Path) -> list[dict[str, str]]:
 
 def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
     run = workdir / "run_a"
-    result = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "--output", str(run),
-                                 "--steps-per-epoch", "6", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(_config(workdir, 2)),
+            "--output",
+            str(run),
+            "--steps-per-epoch",
+            "6",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = _history(run)
     assert len(rows) == 2
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])
-    for name in ("best_model.keras", "last.keras", "config.given.ini", "config.resolved.ini", "versions.json",
-                 "split.json", "curves.png", "state.json"):
+    for name in (
+        "best_model.keras",
+        "last.keras",
+        "config.given.ini",
+        "config.resolved.ini",
+        "versions.json",
+        "split.json",
+        "curves.png",
+        "state.json",
+    ):
         assert (run / name).is_file(), name
     split = json.loads((run / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["valid"]) and len(split["train"]) + len(split["valid"]) == 16
@@ -90,8 +109,20 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
     again = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "--output", str(run), "--quiet"])
     assert again.exit_code == 2 and "--force" in again.output  # never overwrites an old run silently
 
-    resumed = runner.invoke(app, ["train", "--config", str(_config(workdir, 3)), "--output", str(run),
-                                  "--steps-per-epoch", "6", "--resume", "--quiet"])
+    resumed = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(_config(workdir, 3)),
+            "--output",
+            str(run),
+            "--steps-per-epoch",
+            "6",
+            "--resume",
+            "--quiet",
+        ],
+    )
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]
 
@@ -117,8 +148,19 @@ def test_stop_file_ends_training_with_best_model(workdir):
 def test_same_seed_same_first_epoch(workdir):
     losses = []
     for name in ("run_s1", "run_s2"):
-        result = runner.invoke(app, ["train", "--config", str(_config(workdir, 1)), "--output", str(workdir / name),
-                                     "--steps-per-epoch", "3", "--quiet"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "--config",
+                str(_config(workdir, 1)),
+                "--output",
+                str(workdir / name),
+                "--steps-per-epoch",
+                "3",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
         losses.append(float(_history(workdir / name)[0]["loss"]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)

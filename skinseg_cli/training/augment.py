@@ -462,9 +462,7 @@ class Augmenter:
         finest = min(params.sigmas) if params.deformation > 0 else 8.0
         self._step = int(min(4, max(1, finest // 2)))
 
-    def __call__(
-        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augment one pair: HxWx3 uint8 RGB image and HxW uint8 {0, 255} mask, same shapes out."""
         _check_pair(image, mask)
         plan = self._plan_geometry(rng, *mask.shape)
@@ -501,9 +499,7 @@ class Augmenter:
                 linear = step if linear is None else step @ linear
         return linear
 
-    def _sample_nonrigid(
-        self, rng: np.random.Generator, grid: _ControlGrid
-    ) -> tuple[np.ndarray | None, float]:
+    def _sample_nonrigid(self, rng: np.random.Generator, grid: _ControlGrid) -> tuple[np.ndarray | None, float]:
         """Compose the non-rigid ops into one backward map on the control grid (None if none fired).
 
         Forward order is barrel, pincushion, then the random displacement (elastic + distortion, summed),
@@ -540,9 +536,7 @@ class Augmenter:
             xs, ys = warp(xs, ys, centre, radius, amount)
         return np.stack([xs, ys], axis=-1).astype(np.float32), image_blur
 
-    def _warp(
-        self, image: np.ndarray, mask: np.ndarray, plan: _GeometricPlan
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _warp(self, image: np.ndarray, mask: np.ndarray, plan: _GeometricPlan) -> tuple[np.ndarray, np.ndarray]:
         """Resample image and mask once each, with the same map, interpolation and border."""
         if plan.linear is None and plan.coarse_map is None:
             return image.copy(), mask.copy()
@@ -559,9 +553,7 @@ class Augmenter:
             )
         coarse = cv2.transform(plan.coarse_map, backward.astype(np.float32))
         sample_at = plan.grid.upsample(coarse)  # a cropped view: cv2 handles the row stride
-        return tuple(
-            cv2.remap(a, sample_at, None, cv2.INTER_LINEAR, borderMode=self._border) for a in (image, mask)
-        )
+        return tuple(cv2.remap(a, sample_at, None, cv2.INTER_LINEAR, borderMode=self._border) for a in (image, mask))
 
 
 def _is_grid_symmetry(linear: np.ndarray, width: int, height: int) -> bool:

@@ -64,8 +64,7 @@ def check_input_size(height: int, width: int, num_layers: int) -> None:
             below, above = size // step * step, (size // step + 1) * step
             fix = f"use {below} or {above}" if below else f"use {above}"
             raise ConfigError(
-                f"{name} {size} is not divisible by 2^({num_layers}-1)={step} "
-                f"(num_layers {num_layers}); {fix}"
+                f"{name} {size} is not divisible by 2^({num_layers}-1)={step} (num_layers {num_layers}); {fix}"
             )
 
 

@@ -41,10 +41,7 @@ class PairingReport:
 
     @property
     def problems(self) -> list[str]:
-        out = [
-            f"{p}: no mask found (expected <stem>.png or <stem>_segmentation.png)"
-            for p in self.images_without_mask
-        ]
+        out = [f"{p}: no mask found (expected <stem>.png or <stem>_segmentation.png)" for p in self.images_without_mask]
         out += [f"{p}: mask without an image" for p in self.masks_without_image]
         out += self.ambiguous
         return out
@@ -89,9 +86,7 @@ def pair_folders(images_dir: Path, masks_dir: Path) -> PairingReport:
     return report
 
 
-def pair_many(
-    folders: Iterable[tuple[Path, Path]], *, skip_bad: bool = False
-) -> tuple[list[Pair], list[str]]:
+def pair_many(folders: Iterable[tuple[Path, Path]], *, skip_bad: bool = False) -> tuple[list[Pair], list[str]]:
     """Pair several (images, masks) folders; raise DataError listing problems unless ``skip_bad``.
 
     Returns the pairs and the warnings (problems skipped with ``skip_bad``).
@@ -127,9 +122,7 @@ def check_readable(pairs: Sequence[Pair], *, skip_bad: bool = False) -> tuple[li
             problems.append(str(e))
             continue
         if isize != msize:
-            problems.append(
-                f"{pair.mask}: mask is {msize[0]}×{msize[1]} but its image is {isize[0]}×{isize[1]}"
-            )
+            problems.append(f"{pair.mask}: mask is {msize[0]}×{msize[1]} but its image is {isize[0]}×{isize[1]}")
             continue
         good.append(pair)
     if problems and not skip_bad:
@@ -160,7 +153,5 @@ def read_stem_list(path: Path) -> set[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise DataError(
-            f"{path}: cannot read the stem list ({e.strerror}); check [train] exclude_stems_file"
-        ) from None
+        raise DataError(f"{path}: cannot read the stem list ({e.strerror}); check [train] exclude_stems_file") from None
     return {s for line in lines if (s := line.split("#", 1)[0].strip())}

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, DataError, UsageError
+from runtime.errors import UsageError
 from skinseg_cli import __version__
-from skinseg_cli.config import Config, render_config, require_dir
-from skinseg_cli.training import pairing
-from skinseg_cli.training.pairing import Pair
+from skinseg_cli.config import Config, render_config
+from skinseg_cli.training.recipe import DataSplits, augment_params, find_splits, sample_spec
 
 BEST = "best_model.keras"
 LAST = "last.keras"
@@ -52,75 +51,8 @@ class TrainResult:
     seconds: float = 0.0
 
 
-@dataclass
-class DataSplits:
-    train: list[Pair]
-    valid: list[Pair]
-    warnings: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-def _folders(images: list[Path] | None, masks: list[Path] | None, what: str) -> list[tuple[Path, Path]]:
-    if not images or not masks:
-        return []
-    if len(images) != len(masks):
-        raise ConfigError(f"[{what}] image_datapath has {len(images)} folder(s) but mask_datapath has {len(masks)}")
-    for p in [*images, *masks]:
-        require_dir(p, f"[{what}] data folder", "fix the path in the config (relative paths start at its folder)")
-    return list(zip(images, masks, strict=True))
-
-
-def find_splits(cfg: Config, *, skip_bad: bool = False) -> DataSplits:
-    """Pair and split the data the config names. Order of precedence:
-
-    1. ``[train] data_root`` with ``<root>/{train,valid}/{images,masks}`` (the seed's layout);
-    2. ``[train]`` image/mask folders, with ``[eval]`` folders as validation when given,
-       else a seeded split of the train pairs by stem (``valid_ratio``).
-    Stems listed in ``exclude_stems_file`` (e.g. a held-out test split) never enter training or validation.
-    """
-    t = cfg.train
-    excluded = pairing.read_stem_list(t.exclude_stems_file) if t.exclude_stems_file else set()
-    warnings: list[str] = []
-    if t.data_root is not None:
-        root = require_dir(t.data_root, "[train] data_root", "point it at a folder with train/ and valid/ inside")
-        train_f = [(root / "train" / "images", root / "train" / "masks")]
-        valid_f = [(root / "valid" / "images", root / "valid" / "masks")]
-    else:
-        train_f = _folders(_as_list(t.image_datapath), _as_list(t.mask_datapath), "train")
-        if not train_f:
-            raise ConfigError(
-                f"{cfg.source or 'config'}: no training data: set [train] image_datapath and mask_datapath, "
-                "or [train] data_root"
-            )
-        valid_f = _folders(_as_list(cfg.eval.image_datapath), _as_list(cfg.eval.mask_datapath), "eval")
-    train, w1 = pairing.pair_many(train_f, skip_bad=skip_bad)
-    warnings += w1
-    if valid_f:
-        valid, w2 = pairing.pair_many(valid_f, skip_bad=skip_bad)
-        warnings += w2
-    else:
-        train, valid = pairing.split_by_stem(train, valid_ratio=t.valid_ratio, seed=t.seed)
-    train = [p for p in train if p.stem not in excluded]
-    valid = [p for p in valid if p.stem not in excluded]
-    overlap = {p.stem for p in train} & {p.stem for p in valid}
-    if overlap:
-        warnings.append(f"{len(overlap)} stem(s) are in both train and validation (e.g. {sorted(overlap)[0]})")
-    train, w3 = pairing.check_readable(train, skip_bad=skip_bad)
-    valid, w4 = pairing.check_readable(valid, skip_bad=skip_bad)
-    warnings += w3 + w4
-    if not train or not valid:
-        raise DataError(f"no usable {'training' if not train else 'validation'} pairs left; check the data folders")
-    return DataSplits(train, valid, warnings)
-
-
-def _as_list(v: Any) -> list[Path] | None:
-    if v is None:
-        return None
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
 # ---------------------------------------------------------------------------------------------- run dir
+
 
 def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
     """Create the run directory; an existing run is kept unless ``force`` (or continued with ``resume``)."""
@@ -137,7 +69,9 @@ def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{run_dir}: cannot create the run directory ({e.strerror}); choose another --output") from None
+        raise UsageError(
+            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another --output"
+        ) from None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -154,62 +88,29 @@ def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
     if cfg.source and cfg.source.is_file():
         shutil.copyfile(cfg.source, run_dir / "config.given.ini")
     (run_dir / "config.resolved.ini").write_text(render_config(cfg, comments=False), encoding="utf-8")
-    write_json_atomic(run_dir / "versions.json", {
-        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-        "skinseg": __version__, "platform": platform.platform(),
-    })
-    write_json_atomic(run_dir / "split.json", {
-        "train": sorted(p.stem for p in splits.train),
-        "valid": sorted(p.stem for p in splits.valid),
-        "train_files": [str(p.image) for p in splits.train],
-        "valid_files": [str(p.image) for p in splits.valid],
-        "warnings": splits.warnings,
-    })
+    write_json_atomic(
+        run_dir / "versions.json",
+        {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "skinseg": __version__,
+            "platform": platform.platform(),
+        },
+    )
+    write_json_atomic(
+        run_dir / "split.json",
+        {
+            "train": sorted(p.stem for p in splits.train),
+            "valid": sorted(p.stem for p in splits.valid),
+            "train_files": [str(p.image) for p in splits.train],
+            "valid_files": [str(p.image) for p in splits.valid],
+            "warnings": splits.warnings,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- training
-
-def augment_params(cfg: Config):
-    """Map the seed's [augmentor] and sub-sections onto :class:`AugmentParams` (True means probability 0.5)."""
-    from skinseg_cli.training.augment import AugmentParams
-
-    a = cfg.augmentor
-
-    def p(v: Any, default_on: float = 0.5) -> float:
-        if v is None or v is False:
-            return 0.0
-        return default_on if v is True else float(v)
-
-    deformation_on = a.deformation if a.deformation is not False else a.transformer
-    d = cfg.deformation
-    use_aug_section = "deformation" not in cfg.present and a.transformer is not False
-    alpha = a.alpha if use_aug_section else d.alpha
-    sigmas = (a.sigmoids or [a.sigmoid]) if use_aug_section else (d.sigmoids or [d.sigmoid])
-    return AugmentParams(
-        hflip=p(a.hflip), vflip=p(a.vflip), rotation=p(a.rotation), angles=tuple(a.angles),
-        shrink=p(a.shrink if a.shrink is not None else bool(a.shrinks)), shrinks=tuple(a.shrinks) or (1.0,),
-        shear=p(a.shear if a.shear is not None else bool(a.shears)), shears=tuple(a.shears) or (0.0,),
-        deformation=p(deformation_on), alpha=float(alpha), sigmas=tuple(float(s) for s in sigmas),
-        distortion=p(a.distortion), distortion_rsigma=cfg.distortion.gaussian_filter_rsigma,
-        distortion_sigma=cfg.distortion.gaussian_filter_sigma, distortions=tuple(cfg.distortion.distortions),
-        barrel=p(a.barrdistortion), barrel_radius=cfg.barrdistortion.radius, barrel_amount=cfg.barrdistortion.amount,
-        barrel_centers=tuple(cfg.barrdistortion.centers),
-        pincushion=p(a.pincdistortion), pincushion_radius=cfg.pincdistortion.radius,
-        pincushion_amount=cfg.pincdistortion.amount, pincushion_centers=tuple(cfg.pincdistortion.centers),
-        brightness_contrast=p(a.brightening), contrast_alpha=cfg.brightening.alpha,
-        brightness_beta=cfg.brightening.beta, sharpen=p(a.sharpening), sharpen_k=cfg.sharpening.k,
-        gamma=p(a.gamma), hue_saturation=p(a.hue_saturation), blur=p(a.blur), noise=p(a.noise),
-    )
-
-
-def sample_spec(cfg: Config):
-    from skinseg_cli.training.data import SampleSpec
-
-    return SampleSpec(
-        tile=(cfg.model.image_height, cfg.model.image_width),
-        train_scale=cfg.train.train_scale,
-        mask_threshold=cfg.mask.threshold,
-    )
 
 
 def build_model(cfg: Config):
@@ -219,13 +120,27 @@ def build_model(cfg: Config):
 
     m = cfg.model
     model = build_unet(
-        image_height=m.image_height, image_width=m.image_width, image_channels=m.image_channels,
-        num_classes=m.num_classes, base_filters=m.base_filters, num_layers=m.num_layers,
-        base_kernels=m.base_kernels, dilation=m.dilation, dropout_rate=m.dropout_rate,
-        batch_norm=m.normalization, activation=m.activation, seed=cfg.train.seed,
+        image_height=m.image_height,
+        image_width=m.image_width,
+        image_channels=m.image_channels,
+        num_classes=m.num_classes,
+        base_filters=m.base_filters,
+        num_layers=m.num_layers,
+        base_kernels=m.base_kernels,
+        dilation=m.dilation,
+        dropout_rate=m.dropout_rate,
+        batch_norm=m.normalization,
+        activation=m.activation,
+        seed=cfg.train.seed,
     )
-    compile_model(model, loss=m.loss, metrics=list(m.metrics), learning_rate=m.learning_rate,
-                  clipvalue=m.clipvalue, optimizer=m.optimizer)
+    compile_model(
+        model,
+        loss=m.loss,
+        metrics=list(m.metrics),
+        learning_rate=m.learning_rate,
+        clipvalue=m.clipvalue,
+        optimizer=m.optimizer,
+    )
     return model
 
 
@@ -241,7 +156,8 @@ def train(
     """Train as the config says; write the run directory; return a summary.
 
     ``on_event`` receives dicts: ``{"event": "data", ...}``, ``{"event": "batch", "epoch", "step", "steps",
-    "logs"}``, ``{"event": "epoch", "epoch", "epochs", "logs", "best", "seconds"}``, ``{"event": "warning", "message"}``.
+    "logs"}``, ``{"event": "epoch", "epoch", "epochs", "logs", "best", "seconds"}``,
+    ``{"event": "warning", "message"}``.
     """
     emit = on_event or (lambda e: None)
     started = time.perf_counter()
@@ -254,10 +170,10 @@ def train(
 
     keras.utils.set_random_seed(cfg.train.seed)
 
+    import cv2
+
     from skinseg_cli.training.augment import Augmenter
     from skinseg_cli.training.data import ExampleSource, make_dataset, steps_for
-
-    import cv2
 
     cv2.setNumThreads(1)  # tf.data runs several augmentation workers; one OpenCV thread each is fastest
     spec = sample_spec(cfg)
@@ -279,26 +195,53 @@ def train(
     else:
         model = build_model(cfg)
         record_run(run_dir, cfg, splits)
-    emit({"event": "data", "train": len(splits.train), "valid": len(splits.valid), "phase": "ready",
-          "steps": steps, "params": model.count_params()})
+    emit(
+        {
+            "event": "data",
+            "train": len(splits.train),
+            "valid": len(splits.valid),
+            "phase": "ready",
+            "steps": steps,
+            "params": model.count_params(),
+        }
+    )
 
-    tracker = _RunTracker(run_dir, cfg, emit, steps=steps, state=state)
+    tracker = _run_tracker(run_dir, cfg, emit, steps=steps, state=state)
     callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
     if cfg.train.learning_rate_reducer:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=cfg.train.reducer_factor, patience=cfg.train.reducer_patience, verbose=0))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=cfg.train.reducer_factor,
+                patience=cfg.train.reducer_patience,
+                verbose=0,
+            )
+        )
     initial_epoch = int(state.get("epoch", 0))
     try:
-        model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  validation_data=valid_ds, validation_steps=val_steps, callbacks=callbacks, verbose=0,
-                  shuffle=False)
+        model.fit(
+            train_ds,
+            epochs=cfg.train.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=valid_ds,
+            validation_steps=val_steps,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,
+        )
     except KeyboardInterrupt:
         tracker.stopped_by = "interrupt"
     if tracker.best_weights is not None:
         model.set_weights(tracker.best_weights)  # restore the best epoch (EarlyStopping semantics)
     return TrainResult(
-        run_dir=run_dir, epochs_run=tracker.epoch, best_epoch=tracker.best_epoch, best_value=tracker.best,
-        monitor=tracker.monitor, stopped_by=tracker.stopped_by, history=tracker.history,
+        run_dir=run_dir,
+        epochs_run=tracker.epoch,
+        best_epoch=tracker.best_epoch,
+        best_value=tracker.best,
+        monitor=tracker.monitor,
+        stopped_by=tracker.stopped_by,
+        history=tracker.history,
         seconds=time.perf_counter() - started,
     )
 
@@ -310,17 +253,20 @@ def _load_state(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _make_callback_base():
+def _run_tracker(*args: Any, **kwargs: Any):
+    """A :class:`keras.callbacks.Callback` (defined here so importing this module does not import Keras)."""
     import keras
 
-    return keras.callbacks.Callback
+    class RunTracker(_RunTrackerMixin, keras.callbacks.Callback):
+        pass
+
+    return RunTracker(*args, **kwargs)
 
 
-class _RunTracker(_make_callback_base()):  # type: ignore[misc]
+class _RunTrackerMixin:
     """Best/last checkpoints, early stopping, CSV log, curves, STOP file, and progress events, in one place."""
 
-    def __init__(self, run_dir: Path, cfg: Config, emit: Callable[[Event], None], *, steps: int,
-                 state: dict[str, Any]):
+    def __init__(self, run_dir: Path, cfg: Config, emit: Callable[[Event], None], *, steps: int, state: dict[str, Any]):
         super().__init__()
         self.run_dir = run_dir
         self.emit = emit
@@ -344,8 +290,16 @@ class _RunTracker(_make_callback_base()):  # type: ignore[misc]
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self.emit({"event": "batch", "epoch": self.epoch + 1, "epochs": self.epochs, "step": batch + 1,
-                   "steps": self.steps, "logs": {k: float(v) for k, v in (logs or {}).items()}})
+        self.emit(
+            {
+                "event": "batch",
+                "epoch": self.epoch + 1,
+                "epochs": self.epochs,
+                "step": batch + 1,
+                "steps": self.steps,
+                "logs": {k: float(v) for k, v in (logs or {}).items()},
+            }
+        )
         if self._stop_requested():
             self.stopped_by = "stop_file"
             self.model.stop_training = True
@@ -368,11 +322,23 @@ class _RunTracker(_make_callback_base()):  # type: ignore[misc]
         save_model_atomic(self.model, self.run_dir / LAST)
         self.history.append({"epoch": self.epoch, **logs})
         _write_history(self.run_dir / "history.csv", self.history)
-        write_json_atomic(self.run_dir / STATE, {"epoch": self.epoch, "best": self.best,
-                                                 "best_epoch": self.best_epoch, "wait": self.wait})
+        write_json_atomic(
+            self.run_dir / STATE,
+            {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
+        )
         _plot_curves(self.run_dir / "curves.png", self.history)
-        self.emit({"event": "epoch", "epoch": self.epoch, "epochs": self.epochs, "logs": logs, "improved": improved,
-                   "best": self.best, "best_epoch": self.best_epoch, "seconds": time.perf_counter() - self._t0})
+        self.emit(
+            {
+                "event": "epoch",
+                "epoch": self.epoch,
+                "epochs": self.epochs,
+                "logs": logs,
+                "improved": improved,
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "seconds": time.perf_counter() - self._t0,
+            }
+        )
         if self.wait >= self.patience:
             self.stopped_by = "early_stopping"
             self.model.stop_training = True
