@@ -137,7 +137,9 @@ def _set_dims(value_info: onnx.ValueInfoProto, dims: list[str | int]) -> dict[st
     return renamed
 
 
-def name_dynamic_dims(model: onnx.ModelProto, *, layout: str, in_channels: int = 3, out_channels: int = 1) -> None:
+def name_dynamic_dims(
+    model: onnx.ModelProto, *, layout: str, in_channels: int = 3, out_channels: int = 1
+) -> None:
     """Give the single input and output readable dims (``batch``, ``height``, ``width``), in place.
 
     The output of a segmentation model has the input's height and width. Intermediate ``value_info`` entries
@@ -203,7 +205,8 @@ def fold_input_rescaling(model: onnx.ModelProto) -> bool:
     """Fold Keras ``Rescaling(scale)`` (``Mul`` by a scalar, ``Add`` of 0) into the convolutions it feeds.
 
     Exact because ``Conv(s * x) == s * Conv(x)`` with zero padding. Applies only when every consumer is a
-    ``Conv`` reading it as data input (optionally through a ``Transpose``); returns whether it changed the graph.
+    ``Conv`` reading it as data input (optionally through a ``Transpose``). Returns whether the graph
+    changed.
     With ``layout="nchw"`` this makes the first node a ``Conv`` that reads the input directly.
     """
     prefix = _rescale_prefix(model)
@@ -286,7 +289,11 @@ def topological_sort(model: onnx.ModelProto) -> None:
                 order.append(i)
                 continue
             stack.append((i, True))
-            stack.extend((producer[name], False) for name in nodes[i].input if name in producer and producer[name] not in placed)
+            stack.extend(
+                (producer[name], False)
+                for name in nodes[i].input
+                if name in producer and producer[name] not in placed
+            )
 
     for i in range(len(nodes)):
         place(i)

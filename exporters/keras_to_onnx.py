@@ -128,7 +128,9 @@ def _import_tensorflow() -> tuple[Any, Any]:
         import tensorflow as tf
         import tf2onnx
     except ImportError as e:
-        raise MissingExtraError(f"exporting to ONNX needs TensorFlow and tf2onnx ({e.name} is missing); {_TRAIN_EXTRA}") from None
+        raise MissingExtraError(
+            f"exporting to ONNX needs TensorFlow and tf2onnx ({e.name} is missing); {_TRAIN_EXTRA}"
+        ) from None
     return tf, tf2onnx
 
 
@@ -138,14 +140,18 @@ def load_keras_model(model_or_path: Any) -> tuple[Any, str]:
         return model_or_path, sha256_weights(model_or_path)
     path = Path(model_or_path)
     if not path.is_file():
-        raise UsageError(f"{path}: Keras model file not found; give the .keras file written by `skinseg train`")
+        raise UsageError(
+            f"{path}: Keras model file not found; give the .keras file written by `skinseg train`"
+        )
     _import_tensorflow()
     import keras
 
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad archive
-        raise ModelError(f"{path}: cannot load as a Keras model ({type(e).__name__}: {e}); re-save it with model.save()") from None
+        raise ModelError(
+            f"{path}: cannot load as a Keras model ({type(e).__name__}: {e}); re-save it with model.save()"
+        ) from None
     return model, sha256_file(path)
 
 
@@ -153,12 +159,16 @@ def _check_signature(model: Any, source: str) -> int:
     """Check the model takes one NHWC RGB image and returns one tensor; return its channel count."""
     inputs, outputs = list(model.inputs), list(model.outputs)
     if len(inputs) != 1 or len(outputs) != 1:
-        raise UsageError(f"{source}: the model must have one input and one output, has {len(inputs)} and {len(outputs)}")
+        raise UsageError(
+            f"{source}: the model must have one input and one output, has {len(inputs)} and {len(outputs)}"
+        )
     in_shape, out_shape = tuple(inputs[0].shape), tuple(outputs[0].shape)
     if len(in_shape) != 4 or in_shape[-1] != 3:
         raise UsageError(f"{source}: the model input must be (batch, height, width, 3) RGB, is {in_shape}")
     if len(out_shape) != 4 or not out_shape[-1]:
-        raise UsageError(f"{source}: the model output must be (batch, height, width, classes), is {out_shape}")
+        raise UsageError(
+            f"{source}: the model output must be (batch, height, width, classes), is {out_shape}"
+        )
     return int(out_shape[-1])
 
 
@@ -173,7 +183,9 @@ def _quiet_tf2onnx() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def convert(model: Any, *, opset: int, layout: str, input_name: str = "image", output_name: str = "mask") -> onnx.ModelProto:
+def convert(
+    model: Any, *, opset: int, layout: str, input_name: str = "image", output_name: str = "mask"
+) -> onnx.ModelProto:
     """Convert a Keras model to an ONNX ``ModelProto`` (no metadata, no checks) and clean its graph."""
     tf, tf2onnx = _import_tensorflow()
     out_channels = _check_signature(model, "model")
@@ -216,7 +228,10 @@ def as_image_batch(images: np.ndarray, source: str = "check_inputs") -> np.ndarr
 
 def keras_predict(model: Any, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
     """Run the Keras model in inference mode (``training=False``) on an NHWC batch."""
-    parts = [np.asarray(model(images[i : i + batch_size], training=False), dtype=np.float32) for i in range(0, len(images), batch_size)]
+    parts = [
+        np.asarray(model(images[i : i + batch_size], training=False), dtype=np.float32)
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(parts)
 
 
@@ -240,7 +255,10 @@ def onnx_session(path: str | os.PathLike[str]) -> Any:
 def max_abs_diff(reference: np.ndarray, candidate: np.ndarray, source: str) -> float:
     """Largest absolute difference; ModelError if the shapes differ."""
     if reference.shape != candidate.shape:
-        raise ModelError(f"{source}: ONNX output shape {candidate.shape} differs from Keras {reference.shape}; report a bug")
+        raise ModelError(
+            f"{source}: ONNX output shape {candidate.shape} differs from Keras {reference.shape}; "
+            "report a bug"
+        )
     return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
 
 
@@ -264,7 +282,9 @@ def save_model(proto: onnx.ModelProto, path: Path) -> None:
     try:
         path.write_bytes(proto.SerializeToString())
     except OSError as e:
-        raise UsageError(f"{path}: cannot write the ONNX file ({e.strerror}); free space or choose another folder") from None
+        raise UsageError(
+            f"{path}: cannot write the ONNX file ({e.strerror}); free space or choose another folder"
+        ) from None
 
 
 def export_onnx(
@@ -292,22 +312,28 @@ def export_onnx(
     images = synthetic_images(metadata.tile_size) if check_inputs is None else as_image_batch(check_inputs)
     model, sha = load_keras_model(model_or_path)
 
-    proto = convert(model, opset=opset, layout=layout, input_name=metadata.input_name, output_name=metadata.output_name)
+    proto = convert(
+        model, opset=opset, layout=layout, input_name=metadata.input_name, output_name=metadata.output_name
+    )
     if slim:
         proto = graph.slim(proto)
     options = {**metadata.export_options, "opset": opset, "layout": layout, "quantize": "none", "slim": slim}
     final = dataclasses.replace(metadata, layout=layout, export_options=options, source_model_sha256=sha)
     graph.set_metadata(proto, METADATA_KEY, final.to_json())
-    warnings = tuple(f"dilated convolution left as a SpaceToDepth chain: {n}" for n in graph.dilation_chain_ops(proto))
+    warnings = tuple(
+        f"dilated convolution left as a SpaceToDepth chain: {n}" for n in graph.dilation_chain_ops(proto)
+    )
 
     with atomic_output(out) as tmp:
         save_model(proto, tmp)
-        diff = max_abs_diff(keras_predict(model, images), onnx_predict(onnx_session(tmp), images, layout), str(out))
+        diff = max_abs_diff(
+            keras_predict(model, images), onnx_predict(onnx_session(tmp), images, layout), str(out)
+        )
         if not diff <= tolerance:
             raise ModelError(
-                f"{out}: ONNX output differs from Keras by {diff:.3g} (max abs) on {len(images)} check images, "
-                f"more than the allowed {tolerance:g}; nothing was written. The model may use a layer tf2onnx "
-                f"converts inexactly; report it with the model"
+                f"{out}: ONNX output differs from Keras by {diff:.3g} (max abs) on {len(images)} "
+                f"check images, more than the allowed {tolerance:g}; nothing was written. The model may "
+                "use a layer tf2onnx converts inexactly; report it with the model"
             )
         size = tmp.stat().st_size
     return ExportReport(

@@ -23,7 +23,14 @@ import numpy as np
 import onnx
 
 from exporters import graph
-from exporters.keras_to_onnx import as_image_batch, atomic_output, check_output_path, onnx_predict, onnx_session, save_model
+from exporters.keras_to_onnx import (
+    as_image_batch,
+    atomic_output,
+    check_output_path,
+    onnx_predict,
+    onnx_session,
+    save_model,
+)
 from runtime.errors import ModelError, UsageError
 from runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
 
@@ -46,10 +53,14 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         return onnx.load(os.fspath(source))
     except Exception as e:  # protobuf DecodeError and friends
-        raise ModelError(f"{source}: not a readable ONNX file ({type(e).__name__}); re-export the model") from None
+        raise ModelError(
+            f"{source}: not a readable ONNX file ({type(e).__name__}); re-export the model"
+        ) from None
 
 
-def _write_with_metadata(model: onnx.ModelProto, out: Path, metadata: ModelMetadata, quantize: dict[str, Any]) -> None:
+def _write_with_metadata(
+    model: onnx.ModelProto, out: Path, metadata: ModelMetadata, quantize: dict[str, Any]
+) -> None:
     options = {**metadata.export_options, "quantize": quantize}
     graph.set_metadata(model, METADATA_KEY, dataclasses.replace(metadata, export_options=options).to_json())
     with atomic_output(out) as tmp:
@@ -109,7 +120,9 @@ def quantize_int8(
         raise UsageError("calibration_images: give at least one RGB image (a few dozen tiles is typical)")
     metadata = read_metadata(load_onnx(src), str(src))
     act, weight = _quant_type(activation_type), _quant_type(weight_type)
-    reader = ImageCalibrationReader(calibration_images, input_name=metadata.input_name, layout=metadata.layout)
+    reader = ImageCalibrationReader(
+        calibration_images, input_name=metadata.input_name, layout=metadata.layout
+    )
     with tempfile.TemporaryDirectory(prefix="skinseg-quant-") as work:
         source = src
         if preprocess:
@@ -193,7 +206,7 @@ def compare_models(
     cand_out, cand_s = _timed_predict(cand, batch)
     if ref_out.shape != cand_out.shape:
         raise ModelError(f"{cand}: output shape {cand_out.shape} differs from {ref}'s {ref_out.shape}")
-    ious = [mask_iou(r > threshold, c > threshold) for r, c in zip(ref_out, cand_out)]
+    ious = [mask_iou(r > threshold, c > threshold) for r, c in zip(ref_out, cand_out, strict=True)]
     return {
         "ref_size_mb": ref.stat().st_size / 1e6,
         "cand_size_mb": cand.stat().st_size / 1e6,

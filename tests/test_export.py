@@ -52,7 +52,9 @@ def _tiny_unet(filters: int = 4) -> keras.Model:
     c1 = layers.Conv2D(filters, 5, padding="same", dilation_rate=2, use_bias=False)(x)
     c1 = layers.Activation("relu")(layers.BatchNormalization()(c1))
     c1 = layers.Dropout(0.1)(c1)
-    c2 = layers.Conv2D(2 * filters, 5, padding="same", dilation_rate=2, activation="relu")(layers.MaxPooling2D()(c1))
+    c2 = layers.Conv2D(2 * filters, 5, padding="same", dilation_rate=2, activation="relu")(
+        layers.MaxPooling2D()(c1)
+    )
     up = layers.Conv2DTranspose(filters, 2, strides=2, padding="same")(c2)
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(layers.concatenate([up, c1]))
     mask = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
@@ -118,7 +120,7 @@ def test_fp32_parity_within_1e4(nhwc):
     assert report.size_bytes == path.stat().st_size
     assert not report.warnings
     probabilities = np.asarray(onnx_out := _session(path).run(None, {"image": _disks(1, seed=2)[0]})[0])
-    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0 and onnx_out.shape == (1, *TILE, 1)
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0 and onnx_out.shape == (1, *TILE, 1)
 
 
 @pytest.mark.train
@@ -154,7 +156,10 @@ def test_dynamic_batch_and_size(nhwc, model, batch, height, width):
 
 @pytest.mark.train
 def test_dims_have_readable_names(nhwc, nchw):
-    for (path, _), expected in [(nhwc, ["batch", "height", "width", 3]), (nchw, ["batch", 3, "height", "width"])]:
+    for (path, _), expected in [
+        (nhwc, ["batch", "height", "width", 3]),
+        (nchw, ["batch", 3, "height", "width"]),
+    ]:
         proto = onnx.load(os.fspath(path))
         dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
         assert proto.graph.input[0].name == "image" and dims == expected
@@ -194,12 +199,14 @@ def test_nchw_first_node_is_conv_on_the_input(nchw, model):
 def test_int8_agrees_with_fp32(nhwc, int8_path):
     images, truth = _disks(4, seed=6)
     fp32 = _session(nhwc[0]).run(None, {"image": images})[0] > 0.5
-    assert mask_iou(fp32, truth > 0.5) > 0.5  # the fitted model segments the disks: the IoU below is not vacuous
+    # The fitted model does segment the disks, so the int8-vs-fp32 IoU below is not vacuous.
+    assert mask_iou(fp32, truth > 0.5) > 0.5
     result = compare_models(nhwc[0], int8_path, images)
     assert result["mean_iou"] >= INT8_MIN_IOU, result
     print("int8 vs fp32:", result)
     proto = onnx.load(os.fspath(int8_path))
-    assert parse_metadata(graph.get_metadata(proto, METADATA_KEY) or "").export_options["quantize"]["type"] == "int8"
+    meta = parse_metadata(graph.get_metadata(proto, METADATA_KEY) or "")
+    assert meta.export_options["quantize"]["type"] == "int8"
     assert "QuantizeLinear" in graph.op_counts(proto)
     # Conv weights are stored as int8 (on this tiny model the QDQ scales outweigh the saving in bytes).
     assert any(init.data_type == onnx.TensorProto.INT8 and init.dims for init in proto.graph.initializer)
@@ -212,7 +219,7 @@ def test_fp16_parity_and_float32_io(nhwc, fp16_path):
     assert result["max_abs_diff"] <= FP16_MAX_DIFF, result
     print("fp16 vs fp32:", result)
     session = _session(fp16_path)
-    assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
+    assert session.get_inputs()[0].type == session.get_outputs()[0].type == "tensor(float)"
     meta = parse_metadata(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert meta.export_options["quantize"] == {"type": "fp16"}
 
