@@ -1,0 +1,106 @@
+"""The `skinseg` Typer app and what its commands share: consoles, error handling, option aliases.
+
+The command line is a thin shell that parses options, calls the core with keywords, and prints.
+
+Problems the user can fix arrive as :class:`runtime.errors.SkinsegError` and are printed as one red line
+(exit code 2 for usage errors, 1 otherwise). Heavy imports (TensorFlow) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from runtime.errors import MissingExtraError, SkinsegError
+from skinseg_cli import __version__
+
+app = typer.Typer(
+    name="skinseg",
+    help="Skin-lesion segmentation at the edge: train a UNet, export it to ONNX, segment large dermoscopy images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Read, check and write train_eval_infer.config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+TRAIN_EXTRA_HINT = (
+    "skinseg train needs TensorFlow: install the train extra with `pip install 'skinseg[train]'` (or `make install`)"
+)
+
+
+def cli_errors(fn):
+    """Turn a SkinsegError into one red line and its exit code; never a traceback for a user's mistake."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SkinsegError as e:
+            err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+def require_tensorflow(hint: str = TRAIN_EXTRA_HINT) -> None:
+    """Fail with one line when TensorFlow is not installed; otherwise import it without its start-up chatter."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        raise MissingExtraError(hint)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ layer logs oneDNN/CUDA notices to fd 2 before any setting applies: mute fd 2 while importing.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"skinseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """skinseg: train, export, infer, evaluate."""
+
+
+# ---------------------------------------------------------------------------------------------- shared options
+
+ConfigArg = Annotated[Path, typer.Argument(help="A train_eval_infer.config file.", show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides [train] seed).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines only, no progress bars.")]
+
+
+def _load(config: Path, overrides: dict[str, Any] | None = None):
+    from skinseg_cli.config import apply_overrides, load_config
+
+    cfg = load_config(config)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    for w in cfg.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
+    return cfg

@@ -1,0 +1,60 @@
+"""`skinseg augment-preview`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinseg_cli.app import (  # noqa: F401
+    ConfigArg,
+    QuietOpt,
+    SeedOpt,
+    _load,
+    app,
+    cli_errors,
+    config_app,
+    err,
+    out,
+    require_tensorflow,
+)
+
+# ---------------------------------------------------------------------------------------------- augment-preview
+
+
+@app.command("augment-preview")
+@cli_errors
+def augment_preview(
+    config: ConfigArg,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=256, help="Number of augmented pairs.")] = 16,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("augment_preview.png"),
+    seed: SeedOpt = None,
+) -> None:
+    """Draw augmented training pairs, mask outlines on the images, as one picture.
+
+    Example: skinseg augment-preview configs/isic.config --count 16 --output grid.png
+    """
+    import numpy as np
+
+    from runtime.imageio import write_png_atomic
+    from skinseg_cli.training.augment import Augmenter, preview_grid
+    from skinseg_cli.training.data import load_example
+    from skinseg_cli.training.recipe import augment_params, find_splits, sample_spec
+
+    cfg = _load(config, {"train.seed": seed})
+    splits = find_splits(cfg, skip_bad=True)
+    spec = sample_spec(cfg)
+    augmenter = Augmenter(augment_params(cfg))
+    rng = np.random.default_rng(cfg.train.seed)
+    pairs = []
+    for i in range(count):
+        pair = splits.train[i % len(splits.train)]
+        image, mask = load_example(pair, spec)
+        if spec.train_scale is not None:
+            from skinseg_cli.training.data import crop_tile
+
+            image, mask = crop_tile(image, mask, spec.tile, rng)
+        pairs.append(augmenter(image, mask, rng))
+    write_png_atomic(output, preview_grid(pairs))
+    out.print(f"wrote {output} ({count} augmented pairs)")

@@ -1,0 +1,61 @@
+"""`skinseg config show|init`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinseg_cli.app import (  # noqa: F401
+    ConfigArg,
+    QuietOpt,
+    SeedOpt,
+    _load,
+    app,
+    cli_errors,
+    config_app,
+    err,
+    out,
+    require_tensorflow,
+)
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+@cli_errors
+def config_show(
+    config: ConfigArg,
+    only_set: Annotated[bool, typer.Option("--only-set", help="Show only the keys the file sets.")] = False,
+) -> None:
+    """Print the resolved config: every key with its type-checked value, paths made absolute.
+
+    Example: skinseg config show configs/isic.config
+    """
+    from skinseg_cli.config import render_config
+
+    cfg = _load(config)
+    out.print(render_config(cfg, comments=False, only_present=only_set), markup=False, soft_wrap=True)
+
+
+@config_app.command("init")
+@cli_errors
+def config_init(
+    path: Annotated[Path, typer.Argument(help="Where to write the new config.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented default config to PATH.
+
+    Example: skinseg config init my.config
+    """
+    from runtime.errors import UsageError
+    from skinseg_cli.config import default_config_text
+
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists; pass --force to overwrite it")
+    try:
+        path.write_text(default_config_text(), encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write ({e.strerror}); choose another path") from None
+    out.print(f"wrote {path}")
