@@ -25,41 +25,55 @@ class Scale:
     ``mode`` is one of:
     - ``"native"``: the image is used at its own resolution;
     - ``"factor"``: both sides are multiplied by ``value`` (e.g. 0.25);
-    - ``"long_side"``: the image is resized so its longer side is ``value`` pixels (aspect kept).
+    - ``"long_side"``: the image is resized so its longer side is ``value`` pixels (aspect kept);
+    - ``"tile"``: the whole image is resized to the model's tile size, aspect not kept (how a model trained on
+      whole images squashed to the tile, the seed toolkit's way, saw its data).
     """
 
     mode: str
     value: float | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("native", "factor", "long_side"):
-            raise ValueError(f"scale mode must be native, factor or long_side, got {self.mode!r}")
-        if self.mode != "native" and (self.value is None or not self.value > 0):
+        if self.mode not in ("native", "factor", "long_side", "tile"):
+            raise ValueError(f"scale mode must be native, factor, long_side or tile, got {self.mode!r}")
+        if self.mode not in ("native", "tile") and (self.value is None or not self.value > 0):
             raise ValueError(f"scale {self.mode} needs a positive value, got {self.value!r}")
 
     @classmethod
     def parse(cls, text: str | float | int) -> Scale:
         """Parse the CLI form: ``native``, a factor such as ``0.25`` (≤ 8), or a long side in pixels (``1024``)."""
         s = str(text).strip().lower()
-        if s == "native":
-            return cls("native")
+        if s in ("native", "tile"):
+            return cls(s)
         try:
             v = float(s)
         except ValueError:
             raise ValueError(
-                f"scale must be 'native', a factor such as 0.25, or a long side in pixels such as 1024, got {text!r}"
+                "scale must be 'native', 'tile', a factor such as 0.25, or a long side in pixels such as 1024, "
+                f"got {text!r}"
             ) from None
         if not v > 0:
             raise ValueError(f"scale must be positive, got {text!r}")
         return cls("factor", v) if v <= 8 else cls("long_side", v)
 
-    def factor_for(self, width: int, height: int) -> float:
-        """The resize factor this scale gives for an image of ``width`` × ``height``."""
+    def factor_for(self, width: int, height: int, tile: tuple[int, int] | None = None) -> float:
+        """The resize factor this scale gives for an image of ``width`` × ``height`` (the larger one for ``tile``)."""
         if self.mode == "native":
             return 1.0
         if self.mode == "factor":
             return float(self.value)
+        if self.mode == "tile":
+            if tile is None:
+                raise ValueError("scale 'tile' needs the tile size")
+            return max(tile[1] / width, tile[0] / height)
         return float(self.value) / max(width, height)
+
+    def work_size(self, width: int, height: int, tile: tuple[int, int]) -> tuple[int, int]:
+        """(w, h) an image of ``width`` × ``height`` is resized to before tiling; ``tile`` is (height, width)."""
+        if self.mode == "tile":
+            return tile[1], tile[0]
+        f = self.factor_for(width, height)
+        return max(1, round(width * f)), max(1, round(height * f))
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "value": self.value}

@@ -279,7 +279,7 @@ class Segmenter:
         """
         start = time.perf_counter()
         info = image_info(path)
-        factor = self.scale.factor_for(info.width, info.height)
+        factor = self.scale.factor_for(info.width, info.height, self.tile)
         reduce = 1
         if info.format == "jpeg":
             reduce = max(r for r in (1, 2, 4, 8) if r * factor <= 1.0 + 1e-9)
@@ -304,8 +304,7 @@ class Segmenter:
         start: float,
     ) -> Result:
         width, height = size
-        factor = self.scale.factor_for(width, height)
-        work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        work_size = self.scale.work_size(width, height, self.tile)
         if (image.shape[1], image.shape[0]) == work_size:
             work = image
         else:

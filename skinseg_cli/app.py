@@ -31,8 +31,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Read, check and write train_eval_infer.config files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 TRAIN_EXTRA_HINT = (
     "skinseg train needs TensorFlow: install the train extra with `pip install 'skinseg[train]'` (or `make install`)"

@@ -1,0 +1,246 @@
+"""Export a training run: find its model, describe it (metadata), verify it, and make int8/fp16 variants.
+
+This is what ``skinseg export`` calls. The run directory written by ``skinseg train`` supplies the metadata:
+the tile size and training scale (from ``config.resolved.ini``), the data summary (``split.json``), the
+validation metrics of the best epoch (``history.csv``), and validation images for the parity check.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import UsageError
+from runtime.metadata import ModelMetadata, Scale
+
+BEST_MODEL = "best_model.keras"
+AGREEMENT_WARN = 0.98  # mean mask IoU of a quantized variant against fp32 below this is a warning (error with strict)
+
+
+@dataclass
+class VariantReport:
+    """A quantized variant and how it compares with the fp32 model on this machine."""
+
+    kind: str
+    path: Path
+    size_mb: float
+    speedup: float
+    mean_iou: float
+    max_abs_diff: float
+    images: int
+    warning: str = ""
+
+
+@dataclass
+class RunExport:
+    fp32_path: Path
+    max_abs_diff: float
+    check_images: int
+    size_mb: float
+    layout: str
+    opset: int
+    metadata: ModelMetadata
+    variants: list[VariantReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def locate_model(source: Path) -> tuple[Path, Path | None]:
+    """(the .keras file, its run directory or None) for a run directory or a model path."""
+    if source.is_dir():
+        model = source / BEST_MODEL
+        if not model.is_file():
+            raise UsageError(f"{source}: no {BEST_MODEL} in this run directory; train first or pass the .keras file")
+        return model, source
+    if not source.exists():
+        raise UsageError(f"{source}: no such run directory or model file")
+    if source.suffix.lower() != ".keras":
+        raise UsageError(f"{source}: expected a run directory or a .keras model (got {source.suffix or 'no'} suffix)")
+    run = source.parent if (source.parent / "config.resolved.ini").is_file() else None
+    return source, run
+
+
+def _best_epoch_metrics(history: Path) -> dict[str, float]:
+    if not history.is_file():
+        return {}
+    with history.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
+    if not rows:
+        return {}
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    out = {k: float(v) for k, v in best.items() if k.startswith("val_") and v not in ("", None)}
+    out["epoch"] = float(best.get("epoch", 0))
+    return out
+
+
+def run_config(run_dir: Path | None):
+    """The run's resolved config, or None without a run directory."""
+    if run_dir is None:
+        return None
+    from skinseg_cli.config import load_config
+
+    return load_config(run_dir / "config.resolved.ini")
+
+
+def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) -> ModelMetadata:
+    """Metadata for the exported file from the run directory (or, without one, from the model's input shape)."""
+    from skinseg_cli import __version__
+
+    cfg = run_config(run_dir)
+    if cfg is not None:
+        tile = (cfg.model.image_height, cfg.model.image_width)
+        scale = Scale("tile") if cfg.train.train_scale is None else Scale.parse(cfg.train.train_scale)
+        split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+        folders = sorted({str(Path(p).parent) for p in split.get("train_files", [])})
+        data = {
+            "train_images": len(split.get("train", [])),
+            "valid_images": len(split.get("valid", [])),
+            "folders": folders,
+            "seed": cfg.train.seed,
+            "augmentation": cfg.generator.augmentation,
+        }
+        metrics = _best_epoch_metrics(run_dir / "history.csv")
+    else:
+        shape = model.inputs[0].shape
+        if shape[1] is None or shape[2] is None:
+            raise UsageError("the model has no fixed input size and no run directory: export it from its run directory")
+        tile, scale, data, metrics = (int(shape[1]), int(shape[2])), Scale("tile"), {}, {}
+    return ModelMetadata(
+        tile_size=tile,
+        train_scale=scale,
+        threshold=threshold,
+        skinseg_version=__version__,
+        training_data=data,
+        validation_metrics=metrics,
+    )
+
+
+def load_tiles(paths: list[Path], tile: tuple[int, int], limit: int) -> np.ndarray:
+    """Up to ``limit`` images resized whole to ``tile`` (h, w): (N, h, w, 3) float32 RGB 0–255."""
+    import cv2
+
+    from runtime.errors import ImageError
+    from runtime.imageio import read_image
+
+    out = []
+    for p in paths:
+        if len(out) >= limit:
+            break
+        try:
+            image = read_image(p)
+        except ImageError:
+            continue
+        out.append(cv2.resize(image, (tile[1], tile[0]), interpolation=cv2.INTER_AREA))
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, *tile, 3), np.float32)
+
+
+def run_images(run_dir: Path | None, key: str) -> list[Path]:
+    """Image files of the run's split ``key`` (``valid_files`` or ``train_files``) that still exist."""
+    if run_dir is None or not (run_dir / "split.json").is_file():
+        return []
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    return [Path(p) for p in split.get(key, []) if Path(p).is_file()]
+
+
+def folder_images(folder: Path) -> list[Path]:
+    from skinseg_cli.training.pairing import list_images
+
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: --calibration must be a folder of images")
+    return list_images(folder)
+
+
+def export_run(
+    source: Path,
+    *,
+    output: Path | None = None,
+    opset: int = 17,
+    layout: str = "nhwc",
+    quantize: list[str] | None = None,
+    calibration: Path | None = None,
+    calibration_count: int = 32,
+    check_count: int = 8,
+    strict: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> RunExport:
+    """Export ``source`` (run directory or .keras) to fp32 ONNX, verify parity, then make the requested variants.
+
+    Variants are compared with fp32 on the validation images (mean mask IoU at the recommended threshold);
+    agreement below 0.98 is a warning, and an error with ``strict`` (the variant file is then removed).
+    """
+    from exporters.keras_to_onnx import export_onnx, load_keras_model
+    from exporters.quantize import compare_models, convert_fp16, quantize_int8
+
+    emit = on_event or (lambda e: None)
+    model_path, run_dir = locate_model(source)
+    output = output or (run_dir or model_path.parent) / "model.onnx"
+    emit({"event": "stage", "message": f"loading {model_path}"})
+    model, _ = load_keras_model(model_path)
+    meta = build_metadata(model, run_dir)
+    valid = load_tiles(run_images(run_dir, "valid_files"), meta.tile_size, check_count)
+    emit(
+        {
+            "event": "stage",
+            "message": f"converting (opset {opset}, {layout}); parity on {len(valid) or 'synthetic'} images",
+        }
+    )
+    report = export_onnx(
+        model_path, output, metadata=meta, opset=opset, layout=layout, check_inputs=valid if len(valid) else None
+    )
+    result = RunExport(
+        fp32_path=report.path,
+        max_abs_diff=report.max_abs_diff,
+        check_images=report.check_images,
+        size_mb=report.size_bytes / 1e6,
+        layout=layout,
+        opset=report.opset,
+        metadata=meta,
+        warnings=list(report.warnings),
+    )
+    compare_on = valid if len(valid) else _synthetic(meta.tile_size)
+    for kind in quantize or []:
+        path = output.with_name(f"{output.stem}.{kind}{output.suffix}")
+        emit({"event": "stage", "message": f"making the {kind} variant"})
+        if kind == "int8":
+            calib_paths = folder_images(calibration) if calibration else run_images(run_dir, "train_files")
+            calib = load_tiles(calib_paths, meta.tile_size, calibration_count)
+            if not len(calib):
+                raise UsageError("int8 needs calibration images: pass --calibration DIR (a folder of typical images)")
+            quantize_int8(report.path, path, list(calib))
+        elif kind == "fp16":
+            convert_fp16(report.path, path)
+        else:
+            raise UsageError(f"--quantize {kind}: choose int8 or fp16")
+        cmp = compare_models(report.path, path, compare_on, threshold=meta.threshold)
+        variant = VariantReport(
+            kind=kind,
+            path=path,
+            size_mb=cmp["cand_size_mb"],
+            speedup=cmp["speedup"],
+            mean_iou=cmp["mean_iou"],
+            max_abs_diff=cmp["max_abs_diff"],
+            images=len(compare_on),
+        )
+        if variant.mean_iou < AGREEMENT_WARN:
+            variant.warning = (
+                f"{path.name}: mean mask IoU against fp32 is {variant.mean_iou:.3f} (< {AGREEMENT_WARN}); "
+                "calibrate on more typical images (--calibration) or use fp32"
+            )
+            if strict:
+                path.unlink(missing_ok=True)
+                raise UsageError(variant.warning + " (--strict: the variant was not kept)")
+        result.variants.append(variant)
+    return result
+
+
+def _synthetic(tile: tuple[int, int], count: int = 4) -> np.ndarray:
+    """Dermoscopy-like stand-ins when the run's validation images are not available."""
+    from skinseg_cli.synth import synthesize
+
+    rng = np.random.default_rng(0)
+    return np.stack([synthesize(tile[1], tile[0], rng)[0] for _ in range(count)]).astype(np.float32)
