@@ -260,3 +260,12 @@ def test_load_wrong_suffix(tmp_path) -> None:
     path.write_bytes(b"onnx")
     with pytest.raises(ModelError, match=r"is not a \.keras file"):
         unet.load_model(path)
+
+
+def test_batch_norm_moving_statistics_adapt_within_an_epoch():
+    """With Keras' default momentum (0.99) a few dozen steps leave the moving statistics near their initial
+    values and the inference-mode model is useless on small datasets; skinseg's BN layers use 0.9."""
+    model = build_unet(**SMALL, batch_norm=True)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum <= 0.9 for layer in bns)
+    assert 0.9**70 < 0.01  # one epoch of 70 steps forgets the initial statistics

@@ -51,6 +51,9 @@ def mish(x: Any) -> Any:
     return x * ops.tanh(ops.softplus(x))
 
 
+BN_MOMENTUM = 0.9  # see _conv_block
+
+
 # --- validation ----------------------------------------------------------------------------------------
 
 
@@ -143,7 +146,10 @@ def _conv_block(
             name=f"{name}_conv{n}",
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{n}")(x)
+            # momentum 0.9, not Keras' 0.99: on datasets of a few hundred images (tens of steps per epoch) the
+            # moving statistics otherwise still carry their initial values after several epochs, and the
+            # inference-mode model (what is validated and exported) predicts nonsense.
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{n}")(x)
         if n == 1:
             x = layers.Dropout(rate, seed=seed, name=f"{name}_drop")(x)
     return x
