@@ -319,7 +319,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise ValueError(f"reduce must be one of {REDUCE_FACTORS}, got {reduce!r}")
     data, info = _read_checked(path, max_pixels)
     buf = np.frombuffer(data, np.uint8)
-    flags = cv2.IMREAD_COLOR_RGB | (_REDUCED_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_ANYDEPTH)
+    # Decode as BGR and convert here: OpenCV 5.0's IMREAD_COLOR_RGB scrambles 16-bit RGB TIFFs.
+    flags = cv2.IMREAD_COLOR | (_REDUCED_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_ANYDEPTH)
     try:
         image = cv2.imdecode(buf, flags)
     except cv2.error as e:
@@ -333,9 +334,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         image = cv2.convertScaleAbs(image, alpha=1.0 / 257.0)  # rounds and saturates to uint8
     elif image.dtype != np.uint8:
         raise ImageError(f"{path}: {image.dtype} pixels are not supported; convert the image to 8 or 16 bits")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    return image
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
 def read_mask(

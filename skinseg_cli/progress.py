@@ -6,6 +6,7 @@ The core reports progress through callbacks and event dicts; only this module kn
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -103,3 +104,80 @@ class TrainProgress:
                 f"epoch {event['epoch']}/{event['epochs']} {_fmt_logs(event['logs'])} "
                 f"lr {event['logs'].get('learning_rate', 0):.2g} {event['seconds']:.1f}s{mark}"
             )
+
+
+class InferProgress:
+    """Handles `skinseg infer` events.
+
+    - ``json``: one JSON object per image (``"event": "image"``) and one for the summary, on ``out``;
+    - bars (a terminal, not ``quiet``): an images bar and a tiles bar for the current image on ``console``,
+      with a line for each failed image;
+    - otherwise (cron, pipes, ``quiet``): one plain line per image and a summary line on ``out``.
+    """
+
+    def __init__(self, *, out: Console, console: Console, quiet: bool, log_format: str = "text"):
+        self.out = out
+        self.console = console
+        self.json = log_format == "json"
+        self.bars = not self.json and use_bars(console, quiet)
+        self.progress: Progress | None = None
+        self.images: Any = None
+        self.tiles: Any = None
+
+    def __enter__(self) -> InferProgress:
+        if self.bars:
+            self.progress = make_progress(self.console)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _line(self, text: str, *, style: str | None = None) -> None:
+        console = self.progress.console if self.progress is not None else self.out
+        console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "waiting":
+            self.console.print(f"waiting for another skinseg infer on {escape(event['output'])} to finish…")
+        elif self.json:
+            if kind == "image_done":
+                self._line(json.dumps({"event": "image", **event["row"]}, ensure_ascii=False))
+            elif kind == "summary":
+                self._line(json.dumps({"event": "summary", **event["summary"]}, ensure_ascii=False))
+        elif kind == "start":
+            total, model, provider = event["total"], event["model"], event["provider"]
+            self._line(f"segmenting {total} images with {model} on {provider} into {event['output']}")
+            if self.progress is not None:
+                self.images = self.progress.add_task("images", total=event["total"], info="")
+                self.tiles = self.progress.add_task("tiles", total=None, info="")
+        elif kind == "tiles" and self.progress is not None:
+            self.progress.update(self.tiles, completed=event["done"], total=event["total"], info=event["path"])
+        elif kind == "image_done":
+            row = event["row"]
+            if self.progress is not None:
+                self.progress.update(self.images, completed=event["done"], info=row["path"])
+            if self.progress is None or row["status"] == "failed":
+                self._line(format_image_line(row), style="red" if row["status"] == "failed" else None)
+        elif kind == "summary":
+            self._line(format_summary_line(event["summary"]))
+
+
+def format_image_line(row: dict[str, Any]) -> str:
+    """``ok      path  lesion 12.3%  0.84s`` (the reason instead of the lesion for a failed image)."""
+    status, path = row["status"], row["path"]
+    if status == "failed":
+        return f"failed  {path}  {row['error']}"
+    if status == "skipped":
+        return f"skipped {path}  (outputs up to date)"
+    return f"ok      {path}  lesion {100 * float(row['area_fraction']):.1f}%  {float(row['seconds']):.2f}s"
+
+
+def format_summary_line(s: dict[str, Any]) -> str:
+    """One line: counts, time, throughput, provider and where the report is."""
+    return (
+        f"{s['total']} images: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped in {s['seconds']:.1f}s "
+        f"({s['megapixels_per_second']:.2f} MP/s on {s['provider']}); report: {s['output']}/results.csv"
+    )

@@ -13,7 +13,16 @@ from skinseg_cli.cli import app
 
 runner = CliRunner()
 
-COMMANDS = [["train"], ["synth"], ["augment-preview"], ["config", "show"], ["config", "init"]]
+COMMANDS = [
+    ["train"],
+    ["export"],
+    ["infer"],
+    ["evaluate"],
+    ["synth"],
+    ["augment-preview"],
+    ["config", "show"],
+    ["config", "init"],
+]
 
 
 def test_version():

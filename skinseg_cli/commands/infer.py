@@ -1,0 +1,132 @@
+"""`skinseg infer`: segment files, folders or globs of images with an ONNX model (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def quiet_opencv() -> None:
+    """OpenCV logs errors only: a corrupt file becomes one failed row, not a screenful of WARN lines."""
+    import cv2
+
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    elif hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Let SIGTERM (cron's timeout, systemd stop) end the run like Ctrl-C: the report is written on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command()
+@cli_errors
+def infer(
+    sources: Annotated[
+        list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", metavar="SOURCE...")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed).")],
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="The .onnx model (default: the bundled model).")
+    ] = None,
+    device: Annotated[Device, typer.Option("--device", help="Where the model runs.")] = Device.auto,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="onnxruntime threads (default: one per core).")
+    ] = None,
+    tile: Annotated[int | None, typer.Option("--tile", min=1, help="Tile size in px (default: the model's).")] = None,
+    scale: Annotated[
+        str | None,
+        typer.Option("--scale", help="native, a factor such as 0.25, or a long side in px (default: the model's)."),
+    ] = None,
+    overlap: Annotated[float, typer.Option("--overlap", help="Fraction of a tile shared with its neighbours.")] = 0.25,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per model call.")] = 4,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Probability cut-off (default: the model's).")
+    ] = None,
+    keep_largest: Annotated[
+        bool, typer.Option("--keep-largest/--no-keep-largest", help="Keep only the largest lesion.")
+    ] = True,
+    fill_holes: Annotated[bool, typer.Option("--fill-holes/--no-fill-holes", help="Fill holes in the mask.")] = True,
+    save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")] = False,
+    contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
+    max_pixels: Annotated[
+        int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs are up to date.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for another run on the same --output to end.")] = False,
+    quiet: QuietOpt = False,
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", help="text lines or one JSON object per line.")
+    ] = LogFormat.text,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also search sub-folders.")] = False,
+) -> None:
+    """Segment images: a mask, an overlay and a report row for each, mirroring the input folders.
+
+    Writes <stem>_mask.png and <stem>_overlay.jpg per image, plus results.csv and summary.json.
+
+    A rerun skips images whose outputs are newer than the image, so cron can call it on a folder of new photos.
+
+    Exit code 0 when all images succeed, 1 when some failed (the others are done), 2 for usage errors.
+
+    Example: skinseg infer photos/ --recursive --model model.onnx --output masks/
+    """
+    quiet_opencv()
+    from runtime.batch import InferOptions, default_model_path, run_batch
+    from skinseg_cli.progress import InferProgress
+
+    options = InferOptions(
+        device=device.value,
+        threads=threads,
+        tile=tile,
+        scale=scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        keep_largest=keep_largest,
+        fill_holes=fill_holes,
+        save_prob=save_prob,
+        contours=contours,
+        overwrite=overwrite,
+        **({} if max_pixels is None else {"max_pixels": max_pixels}),
+    )
+    model_path = model if model is not None else default_model_path()
+    with sigterm_as_interrupt(), InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value) as p:
+        summary = run_batch(sources, model_path, output, options, recursive=recursive, wait=wait, on_event=p.handle)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)

@@ -1,0 +1,243 @@
+"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths, and a run killed mid-way."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from runtime.batch import output_lock
+from skinseg_cli.cli import app
+from skinseg_cli.progress import InferProgress
+from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
+from tests.test_batch import lesion_image, png_bit_depth, read_rows, write_png
+from tests.test_imageio import jpeg_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
+
+
+def infer(*args: object):
+    return runner.invoke(app, ["infer", *map(str, args), "--threads", "1"])
+
+
+def test_folder_tree_is_mirrored_exit_0(model, tmp_path):
+    src = tmp_path / "src"
+    for rel in ["top.png", "a/one.png", "a/b/two.png"]:
+        write_png(src / rel, lesion_image(seed=len(rel)))
+    out = tmp_path / "out"
+    result = infer(src, "--recursive", "--model", model, "--output", out)
+    assert result.exit_code == 0, result.output
+    for rel in ["top", "a/one", "a/b/two"]:
+        assert (out / f"{rel}_mask.png").is_file() and (out / f"{rel}_overlay.jpg").is_file()
+    lines = result.stdout.strip().splitlines()
+    assert "CPUExecutionProvider" in lines[0]
+    assert sum(line.startswith("ok ") for line in lines) == 3 and "lesion" in lines[1]
+    assert lines[-1].startswith("3 images: 3 ok, 0 failed, 0 skipped")
+    assert json.loads((out / "summary.json").read_text())["ok"] == 3
+
+    again = infer(src, "--recursive", "--model", model, "--output", out, "--log-format", "json")
+    assert again.exit_code == 0
+    objects = [json.loads(line) for line in again.stdout.strip().splitlines()]
+    assert [o["event"] for o in objects] == ["image", "image", "image", "summary"]
+    assert all(o["status"] == "skipped" and o["area_px"] > 0 for o in objects[:3]) and objects[-1]["skipped"] == 3
+
+
+def bad_inputs(src: Path) -> dict[str, str | None]:
+    """Every kind of awkward file; the value is the expected failure reason (None: it must succeed)."""
+    src.mkdir(parents=True)
+    rgb = lesion_image()
+    write_png(src / "good.png", rgb)
+    png = bytearray(cv2.imencode(".png", rgb)[1].tobytes())
+    at = png.find(b"IDAT") + 6
+    png[at : at + 16] = bytes(b ^ 0x55 for b in png[at : at + 16])
+    (src / "corrupt.png").write_bytes(bytes(png))
+    (src / "truncated.jpg").write_bytes(jpeg_bytes(rgb)[:400])
+    (src / "empty.jpeg").write_bytes(b"")
+    (src / "text.PNG").write_text("this is not an image\n")
+    wide = (rgb.astype(np.uint16) * 257)[..., ::-1]
+    (src / "deep16.png").write_bytes(cv2.imencode(".png", wide)[1].tobytes())
+    (src / "tiff16.tif").write_bytes(cv2.imencode(".tiff", wide)[1].tobytes())
+    (src / "gray.png").write_bytes(cv2.imencode(".png", rgb[..., 0])[1].tobytes())
+    rgba = np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 128, np.uint8)])
+    (src / "rgba.png").write_bytes(cv2.imencode(".png", rgba)[1].tobytes())
+    (src / "rotated.jpg").write_bytes(jpeg_bytes(rgb, orientation=6))
+    write_png(src / "huge.png", lesion_image(160, 200))
+    return {
+        "good.png": None,
+        "deep16.png": None,
+        "tiff16.tif": None,
+        "gray.png": None,
+        "rgba.png": None,
+        "rotated.jpg": None,
+        "corrupt.png": "cannot be decoded",
+        "truncated.jpg": "truncated",
+        "empty.jpeg": "empty",
+        "text.PNG": "not an image",
+        "huge.png": "exceeds --max-pixels",
+    }
+
+
+def test_every_bad_input_in_one_batch_exit_1(model, tmp_path):
+    expected = bad_inputs(tmp_path / "src")
+    out = tmp_path / "out"
+    result = infer(tmp_path / "src", "--model", model, "--output", out, "--max-pixels", 20000)
+    assert result.exit_code == 1, result.output
+    rows = read_rows(out)
+    assert set(rows) == set(expected)
+    for name, reason in expected.items():
+        row = rows[name]
+        if reason is None:
+            assert row["status"] == "ok", (name, row["error"])
+        else:
+            assert row["status"] == "failed" and reason in row["error"] and name in row["error"], (name, row)
+            assert f"failed  {name}" in result.stdout
+    assert "WARN" not in result.output
+    # Orientation: the 120×90 photo tagged "rotate 90°" gets a 90×120 mask that lines up with the turned photo.
+    mask = cv2.imread(str(out / "rotated_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (120, 90)
+    turned = np.rot90(lesion_image(), -1)[..., 0] > 127
+    assert ((mask > 127) == turned).mean() > 0.98
+    for name in ("gray.png", "rgba.png", "deep16.png"):
+        assert rows[name]["area_px"] == rows["good.png"]["area_px"], name
+
+
+def test_16bit_tiff_gives_the_same_mask_as_8bit(model, tmp_path):
+    rgb = lesion_image()
+    (tmp_path / "src").mkdir()
+    write_png(tmp_path / "src" / "eight.png", rgb)
+    wide = np.ascontiguousarray((rgb.astype(np.uint16) * 257)[..., ::-1])
+    (tmp_path / "src" / "sixteen.tif").write_bytes(cv2.imencode(".tiff", wide)[1].tobytes())
+    assert infer(tmp_path / "src", "--model", model, "--output", tmp_path / "out").exit_code == 0
+    rows = read_rows(tmp_path / "out")
+    assert rows["sixteen.tif"]["area_px"] == rows["eight.png"]["area_px"]
+
+
+def test_usage_errors_exit_2(model, tmp_path):
+    src = write_png(tmp_path / "a.png", lesion_image())
+    (tmp_path / "empty").mkdir()
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not onnx")
+    odd = save(odd_input_model([1, 10], metadata=metadata_json()), tmp_path / "odd.onnx")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        ([tmp_path / "empty", "--model", model, "--output", tmp_path / "o1"], "no images found"),
+        ([src, "--model", model, "--output", a_file / "sub"], "cannot be created or written"),
+        ([src, "--model", junk, "--output", tmp_path / "o2"], "not a loadable ONNX model"),
+        ([src, "--model", odd, "--output", tmp_path / "o3"], "4-D image batch"),
+        ([src, "--output", tmp_path / "o4"], "--model is required until a default model is installed"),
+        ([src, "--model", model, "--output", tmp_path / "o5", "--scale", "huge"], "--scale"),
+    ]
+    for args, message in cases:
+        result = infer(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.stderr.split()), (message, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    bad_device = infer(src, "--model", model, "--output", tmp_path / "o6", "--device", "tpu")
+    assert bad_device.exit_code == 2 and "openvino" in bad_device.output
+
+
+def test_locked_output_exits_2(model, tmp_path):
+    src = write_png(tmp_path / "a.png", lesion_image())
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out):
+        result = infer(src, "--model", model, "--output", out)
+    assert result.exit_code == 2 and "another skinseg infer" in result.stderr
+    assert infer(src, "--model", model, "--output", out, "--wait").exit_code == 0
+
+
+def test_spaces_and_non_ascii_paths(model, tmp_path):
+    src = tmp_path / "Patient Ünal 皮膚"
+    write_png(src / "läsion 1.png", lesion_image())
+    (src / "sub dir").mkdir()
+    (src / "sub dir" / "naevus é.jpg").write_bytes(jpeg_bytes(lesion_image(seed=3)))
+    out = tmp_path / "résultats finaux"
+    result = infer(src, "-r", "--model", model, "--output", out, "--contours")
+    assert result.exit_code == 0, result.output
+    assert (out / "läsion 1_mask.png").is_file() and (out / "sub dir" / "naevus é_contours.json").is_file()
+    assert set(read_rows(out)) == {"läsion 1.png", "sub dir/naevus é.jpg"}
+
+
+def test_bars_on_a_terminal():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    with InferProgress(out=console, console=console, quiet=False) as progress:
+        assert progress.bars
+        progress.handle({"event": "start", "total": 1, "model": "m.onnx", "provider": "CPU", "output": "o"})
+        progress.handle({"event": "tiles", "index": 0, "path": "a.png", "done": 2, "total": 4})
+        row = {"path": "a.png", "status": "failed", "error": "a.png: broken", "area_fraction": None, "seconds": 0.1}
+        progress.handle({"event": "image_done", "index": 0, "done": 1, "total": 1, "row": row})
+    assert "a.png: broken" in buf.getvalue() and "tiles" in buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------- kill and rerun
+
+
+def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    cy, cx = h * (0.3 + 0.04 * seed), w * 0.5
+    red = 60 + 180 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.2 * h) ** 2))
+    return np.dstack([red, np.full_like(red, 80), 200 - 0.5 * red]).astype(np.uint8)
+
+
+def cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "skinseg_cli", "infer", *map(str, args)]
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name.endswith(("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json"))
+    }
+
+
+def test_killed_run_resumes_to_identical_outputs(model, tmp_path):
+    src = tmp_path / "src"
+    for i in range(12):
+        write_png(src / f"img{i:02d}.png", smooth_image(900, 1200, i))
+    args = ("--model", model, "--threads", "1", "--save-prob", "--contours", "--quiet")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reference = tmp_path / "reference"
+    subprocess.run(cli(src, "--output", reference, *args), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        cli(src, "--output", out, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_mask.png")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("*_mask.png")))
+    assert 1 <= done < 12, f"the run should be killed part-way, {done} masks were written"
+
+    rerun = subprocess.run(cli(src, "--output", out, *args), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{12 - done} ok, 0 failed, {done} skipped" in rerun.stdout.splitlines()[-1]
+    assert outputs(out) == outputs(reference) and len(outputs(out)) == 48
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".skinseg-probe")]
+    assert leftovers == []
+    assert png_bit_depth(out / "img00_mask.png") == 1
+    rows = read_rows(out)
+    assert len(rows) == 12 and all(r["status"] in ("ok", "skipped") and r["area_px"] for r in rows.values())
