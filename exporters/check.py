@@ -53,12 +53,8 @@ def _load(path: Path) -> tuple[onnx.ModelProto | None, Finding]:
     except Exception as e:  # DecodeError, truncated files, random bytes
         return None, _error(f"{path}: not a readable ONNX file ({type(e).__name__}); re-export the model")
     if not model.graph.node:
-        return None, _error(
-            f"{path}: the ONNX graph is empty (truncated or not an ONNX model); re-export the model"
-        )
-    return model, _ok(
-        f"{path}: ONNX IR {model.ir_version}, opset {_opset(model)}, {len(model.graph.node)} nodes"
-    )
+        return None, _error(f"{path}: the ONNX graph is empty (truncated or not an ONNX model); re-export the model")
+    return model, _ok(f"{path}: ONNX IR {model.ir_version}, opset {_opset(model)}, {len(model.graph.node)} nodes")
 
 
 def _opset(model: onnx.ModelProto) -> int | None:
@@ -91,37 +87,25 @@ def _metadata(model: onnx.ModelProto, path: Path) -> tuple[ModelMetadata | None,
 
 
 def _dims(info: onnx.ValueInfoProto) -> list[int | str]:
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in info.type.tensor_type.shape.dim
-    ]
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim]
 
 
 def _io(model: onnx.ModelProto, meta: ModelMetadata | None, path: Path) -> list[Finding]:
     inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
     if len(inputs) != 1 or len(model.graph.output) != 1:
-        return [
-            _error(
-                f"{path}: expected one input and one output, "
-                f"found {len(inputs)} and {len(model.graph.output)}"
-            )
-        ]
+        return [_error(f"{path}: expected one input and one output, found {len(inputs)} and {len(model.graph.output)}")]
     image = inputs[0]
     dims, layout = _dims(image), meta.layout if meta else "nhwc"
     channel_axis = 1 if layout == "nchw" else 3
     findings = []
     if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        findings.append(
-            _error(f"{path}: input '{image.name}' must be float32 RGB 0–255; re-export the model")
-        )
+        findings.append(_error(f"{path}: input '{image.name}' must be float32 RGB 0–255; re-export the model"))
     if len(dims) != 4 or dims[channel_axis] != 3:
         findings.append(
             _error(f"{path}: input '{image.name}' must be a 4-D {layout.upper()} 3-channel image, is {dims}")
         )
     if meta and image.name != meta.input_name:
-        findings.append(
-            _error(f"{path}: input is named '{image.name}' but the metadata says '{meta.input_name}'")
-        )
+        findings.append(_error(f"{path}: input is named '{image.name}' but the metadata says '{meta.input_name}'"))
     if not findings:
         findings.append(
             _ok(
@@ -160,8 +144,7 @@ def _run(path: Path, meta: ModelMetadata | None) -> Finding:
             f"{path}: output values span [{out.min():.3g}, {out.max():.3g}], expected probabilities in [0, 1]"
         )
     return _ok(
-        f"{path}: onnxruntime run on a {height}×{width} image: "
-        f"output {out.shape} in [{out.min():.3f}, {out.max():.3f}]"
+        f"{path}: onnxruntime run on a {height}×{width} image: output {out.shape} in [{out.min():.3f}, {out.max():.3f}]"
     )
 
 

@@ -137,9 +137,7 @@ def _set_dims(value_info: onnx.ValueInfoProto, dims: list[str | int]) -> dict[st
     return renamed
 
 
-def name_dynamic_dims(
-    model: onnx.ModelProto, *, layout: str, in_channels: int = 3, out_channels: int = 1
-) -> None:
+def name_dynamic_dims(model: onnx.ModelProto, *, layout: str, in_channels: int = 3, out_channels: int = 1) -> None:
     """Give the single input and output readable dims (``batch``, ``height``, ``width``), in place.
 
     The output of a segmentation model has the input's height and width. Intermediate ``value_info`` entries
@@ -290,9 +288,7 @@ def topological_sort(model: onnx.ModelProto) -> None:
                 continue
             stack.append((i, True))
             stack.extend(
-                (producer[name], False)
-                for name in nodes[i].input
-                if name in producer and producer[name] not in placed
+                (producer[name], False) for name in nodes[i].input if name in producer and producer[name] not in placed
             )
 
     for i in range(len(nodes)):

@@ -140,9 +140,7 @@ def load_keras_model(model_or_path: Any) -> tuple[Any, str]:
         return model_or_path, sha256_weights(model_or_path)
     path = Path(model_or_path)
     if not path.is_file():
-        raise UsageError(
-            f"{path}: Keras model file not found; give the .keras file written by `skinseg train`"
-        )
+        raise UsageError(f"{path}: Keras model file not found; give the .keras file written by `skinseg train`")
     _import_tensorflow()
     import keras
 
@@ -166,9 +164,7 @@ def _check_signature(model: Any, source: str) -> int:
     if len(in_shape) != 4 or in_shape[-1] != 3:
         raise UsageError(f"{source}: the model input must be (batch, height, width, 3) RGB, is {in_shape}")
     if len(out_shape) != 4 or not out_shape[-1]:
-        raise UsageError(
-            f"{source}: the model output must be (batch, height, width, classes), is {out_shape}"
-        )
+        raise UsageError(f"{source}: the model output must be (batch, height, width, classes), is {out_shape}")
     return int(out_shape[-1])
 
 
@@ -256,8 +252,7 @@ def max_abs_diff(reference: np.ndarray, candidate: np.ndarray, source: str) -> f
     """Largest absolute difference; ModelError if the shapes differ."""
     if reference.shape != candidate.shape:
         raise ModelError(
-            f"{source}: ONNX output shape {candidate.shape} differs from Keras {reference.shape}; "
-            "report a bug"
+            f"{source}: ONNX output shape {candidate.shape} differs from Keras {reference.shape}; report a bug"
         )
     return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
 
@@ -312,23 +307,17 @@ def export_onnx(
     images = synthetic_images(metadata.tile_size) if check_inputs is None else as_image_batch(check_inputs)
     model, sha = load_keras_model(model_or_path)
 
-    proto = convert(
-        model, opset=opset, layout=layout, input_name=metadata.input_name, output_name=metadata.output_name
-    )
+    proto = convert(model, opset=opset, layout=layout, input_name=metadata.input_name, output_name=metadata.output_name)
     if slim:
         proto = graph.slim(proto)
     options = {**metadata.export_options, "opset": opset, "layout": layout, "quantize": "none", "slim": slim}
     final = dataclasses.replace(metadata, layout=layout, export_options=options, source_model_sha256=sha)
     graph.set_metadata(proto, METADATA_KEY, final.to_json())
-    warnings = tuple(
-        f"dilated convolution left as a SpaceToDepth chain: {n}" for n in graph.dilation_chain_ops(proto)
-    )
+    warnings = tuple(f"dilated convolution left as a SpaceToDepth chain: {n}" for n in graph.dilation_chain_ops(proto))
 
     with atomic_output(out) as tmp:
         save_model(proto, tmp)
-        diff = max_abs_diff(
-            keras_predict(model, images), onnx_predict(onnx_session(tmp), images, layout), str(out)
-        )
+        diff = max_abs_diff(keras_predict(model, images), onnx_predict(onnx_session(tmp), images, layout), str(out))
         if not diff <= tolerance:
             raise ModelError(
                 f"{out}: ONNX output differs from Keras by {diff:.3g} (max abs) on {len(images)} "

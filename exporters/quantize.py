@@ -53,14 +53,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         return onnx.load(os.fspath(source))
     except Exception as e:  # protobuf DecodeError and friends
-        raise ModelError(
-            f"{source}: not a readable ONNX file ({type(e).__name__}); re-export the model"
-        ) from None
+        raise ModelError(f"{source}: not a readable ONNX file ({type(e).__name__}); re-export the model") from None
 
 
-def _write_with_metadata(
-    model: onnx.ModelProto, out: Path, metadata: ModelMetadata, quantize: dict[str, Any]
-) -> None:
+def _write_with_metadata(model: onnx.ModelProto, out: Path, metadata: ModelMetadata, quantize: dict[str, Any]) -> None:
     options = {**metadata.export_options, "quantize": quantize}
     graph.set_metadata(model, METADATA_KEY, dataclasses.replace(metadata, export_options=options).to_json())
     with atomic_output(out) as tmp:
@@ -120,9 +116,7 @@ def quantize_int8(
         raise UsageError("calibration_images: give at least one RGB image (a few dozen tiles is typical)")
     metadata = read_metadata(load_onnx(src), str(src))
     act, weight = _quant_type(activation_type), _quant_type(weight_type)
-    reader = ImageCalibrationReader(
-        calibration_images, input_name=metadata.input_name, layout=metadata.layout
-    )
+    reader = ImageCalibrationReader(calibration_images, input_name=metadata.input_name, layout=metadata.layout)
     with tempfile.TemporaryDirectory(prefix="skinseg-quant-") as work:
         source = src
         if preprocess:

@@ -52,9 +52,7 @@ def _tiny_unet(filters: int = 4) -> keras.Model:
     c1 = layers.Conv2D(filters, 5, padding="same", dilation_rate=2, use_bias=False)(x)
     c1 = layers.Activation("relu")(layers.BatchNormalization()(c1))
     c1 = layers.Dropout(0.1)(c1)
-    c2 = layers.Conv2D(2 * filters, 5, padding="same", dilation_rate=2, activation="relu")(
-        layers.MaxPooling2D()(c1)
-    )
+    c2 = layers.Conv2D(2 * filters, 5, padding="same", dilation_rate=2, activation="relu")(layers.MaxPooling2D()(c1))
     up = layers.Conv2DTranspose(filters, 2, strides=2, padding="same")(c2)
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(layers.concatenate([up, c1]))
     mask = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
