@@ -50,6 +50,7 @@ import numpy as np
 
 from runtime import postprocess as pp
 from runtime.errors import ImageError, SkinsegError, UsageError
+from runtime.gallery import write_gallery
 from runtime.imageio import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_EXTENSIONS,
@@ -761,15 +762,35 @@ def _run_locked(
 
 
 def _write_reports(output: Path, rows: Iterable[Row], summary: BatchSummary, options: InferOptions) -> None:
+    rows = list(rows)
     try:
         write_results(output / RESULTS_NAME, rows)
         text = json.dumps({**summary.to_dict(), "options": asdict(options)}, indent=2)
         write_bytes_atomic(output / SUMMARY_NAME, text.encode("utf-8"))
+        write_gallery(output, _gallery_entries(output, rows, options), summary=_gallery_summary(summary))
     except OSError as e:
         raise SkinsegError(
             f"{output}: cannot write {RESULTS_NAME} or {SUMMARY_NAME} ({e.strerror or e}); the masks are written, "
             "free some space or fix the permissions and run again to rebuild the report"
         ) from None
+
+
+def _gallery_entries(output: Path, rows: list[Row], options: InferOptions) -> list[tuple[Row, Path | None, Path]]:
+    entries = []
+    for row in sorted(rows, key=lambda r: str(r["path"])):
+        try:
+            overlay: Path | None = output_paths(output, row["path"], options).overlay
+        except ImageError:
+            overlay = None
+        entries.append((row, overlay, Path(str(row.get("input") or row["path"])).resolve()))
+    return entries
+
+
+def _gallery_summary(summary: BatchSummary) -> str:
+    return (
+        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f} s "
+        f"on {summary.provider}; model {Path(summary.model).name} (sha256 {summary.model_sha256[:12]})"
+    )
 
 
 def _pipeline(
