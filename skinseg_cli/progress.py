@@ -176,8 +176,10 @@ def format_image_line(row: dict[str, Any]) -> str:
 
 
 def format_summary_line(s: dict[str, Any]) -> str:
-    """One line: counts, time, throughput, provider and where the report is."""
+    """One line: counts, time, throughput, provider and where the outputs are."""
+    out = s["output"]
     return (
         f"{s['total']} images: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped in {s['seconds']:.1f}s "
-        f"({s['megapixels_per_second']:.2f} MP/s on {s['provider']}); report: {s['output']}/results.csv"
+        f"({s['megapixels_per_second']:.2f} MP/s on {s['provider']}); masks and overlays (<stem>_mask.png, "
+        f"<stem>_overlay.jpg) in {out}/, report {out}/results.csv, gallery {out}/index.html"
     )
