@@ -38,6 +38,7 @@ import onnx
 
 from exporters import graph
 from runtime.errors import MissingExtraError, ModelError, UsageError
+from runtime.imageio import file_sha256
 from runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
 
 MIN_OPSET = 13
@@ -104,15 +105,6 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sha256_weights(model: Any) -> str:
     """Hex SHA-256 of a Keras model's weights (shapes, dtypes and values, in layer order)."""
     digest = hashlib.sha256()
@@ -150,7 +142,7 @@ def load_keras_model(model_or_path: Any) -> tuple[Any, str]:
         raise ModelError(
             f"{path}: cannot load as a Keras model ({type(e).__name__}: {e}); re-save it with model.save()"
         ) from None
-    return model, sha256_file(path)
+    return model, file_sha256(path)
 
 
 def _check_signature(model: Any, source: str) -> int:

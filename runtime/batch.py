@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -54,6 +53,7 @@ from runtime.gallery import write_gallery
 from runtime.imageio import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_EXTENSIONS,
+    file_sha256,
     is_supported,
     read_image,
     read_mask,
@@ -190,15 +190,6 @@ def get_segmenter(model_path: str | os.PathLike[str], options: InferOptions) -> 
                 _SEGMENTERS.pop(next(iter(_SEGMENTERS)))
             _SEGMENTERS[key] = (segmenter, threading.Lock())
         return _SEGMENTERS[key]
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------- inputs

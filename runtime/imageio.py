@@ -17,6 +17,7 @@ everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import struct
@@ -358,6 +359,15 @@ def read_mask(
     if info is None:
         _check_pixels(path, mask.shape[1], mask.shape[0], max_pixels)
     return np.where(mask >= threshold, np.uint8(255), np.uint8(0))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------- writing

@@ -95,7 +95,7 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overri
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines only, no progress bars.")]
 
 
-def _load(config: Path, overrides: dict[str, Any] | None = None):
+def load_config_for_cli(config: Path, overrides: dict[str, Any] | None = None):
     from skinseg_cli.config import apply_overrides, load_config
 
     cfg = load_config(config)

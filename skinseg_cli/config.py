@@ -400,7 +400,10 @@ def coerce(value: Any, tp: Any, base_dir: Path | None) -> Any:
         raise TypeError
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float range
+                raise TypeError from None
         raise TypeError
     if tp is str:
         if isinstance(value, str):
@@ -408,7 +411,10 @@ def coerce(value: Any, tp: Any, base_dir: Path | None) -> Any:
         raise TypeError
     if tp is Path:
         if isinstance(value, str) and value.strip():
-            p = Path(value).expanduser()
+            try:
+                p = Path(value).expanduser()
+            except RuntimeError:  # ~user of an unknown user
+                raise TypeError from None
             return p if p.is_absolute() or base_dir is None else Path(os.path.normpath(base_dir / p))
         raise TypeError
     if origin in (list, tuple):

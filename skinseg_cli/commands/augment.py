@@ -7,17 +7,13 @@ from typing import Annotated
 
 import typer
 
-from skinseg_cli.app import (  # noqa: F401
+from skinseg_cli.app import (
     ConfigArg,
-    QuietOpt,
     SeedOpt,
-    _load,
     app,
     cli_errors,
-    config_app,
-    err,
+    load_config_for_cli,
     out,
-    require_tensorflow,
 )
 
 # ---------------------------------------------------------------------------------------------- augment-preview
@@ -42,7 +38,7 @@ def augment_preview(
     from skinseg_cli.training.data import load_example
     from skinseg_cli.training.recipe import augment_params, find_splits, sample_spec
 
-    cfg = _load(config, {"train.seed": seed})
+    cfg = load_config_for_cli(config, {"train.seed": seed})
     splits = find_splits(cfg, skip_bad=True)
     spec = sample_spec(cfg)
     augmenter = Augmenter(augment_params(cfg))

@@ -7,17 +7,12 @@ from typing import Annotated
 
 import typer
 
-from skinseg_cli.app import (  # noqa: F401
+from skinseg_cli.app import (
     ConfigArg,
-    QuietOpt,
-    SeedOpt,
-    _load,
-    app,
     cli_errors,
     config_app,
-    err,
+    load_config_for_cli,
     out,
-    require_tensorflow,
 )
 
 # ---------------------------------------------------------------------------------------------- config
@@ -35,7 +30,7 @@ def config_show(
     """
     from skinseg_cli.config import render_config
 
-    cfg = _load(config)
+    cfg = load_config_for_cli(config)
     out.print(render_config(cfg, comments=False, only_present=only_set), markup=False, soft_wrap=True)
 
 

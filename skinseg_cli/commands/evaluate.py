@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 from collections.abc import Callable, Iterable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,20 +16,26 @@ from rich.table import Table
 from runtime.errors import DataError, ModelError, UsageError
 from skinseg_cli import __version__
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
+from skinseg_cli.options import (
+    BatchSizeOpt,
+    Device,
+    DeviceOpt,
+    FillHolesOpt,
+    KeepLargestOpt,
+    MaxPixelsOpt,
+    OverlapOpt,
+    ScaleOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    TileOpt,
+    infer_options,
+)
 
 KERAS_HINT = (
     "evaluating a .keras model needs TensorFlow: install the train extra with `pip install 'skinseg[train]'`, "
     "or evaluate its exported .onnx file"
 )
 RESULTS, SUMMARY, WORST = "results.csv", "summary.json", "worst.png"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    tensorrt = "tensorrt"
-    openvino = "openvino"
 
 
 @app.command()
@@ -51,27 +55,16 @@ def evaluate(
         typer.Option("--stems", help="Evaluate only the stems listed in this file (one a line, # comments)."),
     ] = None,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Images shown in worst.png (0: none).")] = 8,
-    device: Annotated[Device, typer.Option("--device", help="Where an ONNX model runs.")] = Device.auto,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Inference threads (default: one per core).")
-    ] = None,
-    tile: Annotated[int | None, typer.Option("--tile", min=1, help="Tile size in px (default: the model's).")] = None,
-    scale: Annotated[
-        str | None,
-        typer.Option("--scale", help="native, a factor such as 0.25, or a long side in px (default: the model's)."),
-    ] = None,
-    overlap: Annotated[float, typer.Option("--overlap", help="Fraction of a tile shared with its neighbours.")] = 0.25,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per model call.")] = 4,
-    threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Probability cut-off (default: the model's).")
-    ] = None,
-    keep_largest: Annotated[
-        bool, typer.Option("--keep-largest/--no-keep-largest", help="Keep only the largest lesion.")
-    ] = True,
-    fill_holes: Annotated[bool, typer.Option("--fill-holes/--no-fill-holes", help="Fill holes in the mask.")] = True,
-    max_pixels: Annotated[
-        int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")
-    ] = None,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    tile: TileOpt = None,
+    scale: ScaleOpt = None,
+    overlap: OverlapOpt = 0.25,
+    batch_size: BatchSizeOpt = 4,
+    threshold: ThresholdOpt = None,
+    keep_largest: KeepLargestOpt = True,
+    fill_holes: FillHolesOpt = True,
+    max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score a model on images with ground-truth masks, through the same pipeline as `skinseg infer`.
@@ -84,14 +77,15 @@ def evaluate(
 
     Example: skinseg evaluate --model model.onnx --images isic/images --masks isic/masks --output eval/
     """
-    from runtime.batch import InferOptions, default_model_path, prepare_output
+    from runtime.batch import default_model_path, prepare_output
     from runtime.evaluation import evaluate as run_evaluation
     from runtime.evaluation import write_results_csv, write_summary_json, write_worst_png
+    from runtime.imageio import file_sha256
     from skinseg_cli.progress import progress_callback
     from skinseg_cli.training.pairing import pair_folders
 
-    options = InferOptions(
-        device=device.value,
+    options = infer_options(
+        device=device,
         threads=threads,
         tile=tile,
         scale=scale,
@@ -100,7 +94,7 @@ def evaluate(
         threshold=threshold,
         keep_largest=keep_largest,
         fill_holes=fill_holes,
-        **({} if max_pixels is None else {"max_pixels": max_pixels}),
+        max_pixels=max_pixels,
     )
     model_path = model if model is not None else default_model_path()
     wanted = read_stems(stems) if stems is not None else None
@@ -211,15 +205,6 @@ def segment_like_infer(segmenter: Any, max_pixels: int) -> Callable[[Path], np.n
         return segmenter.segment(read_image(path, max_pixels=max_pixels)).mask
 
     return segment
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolved_options(segmenter: Any, options: Any, *, worst: int) -> dict[str, Any]:

@@ -12,14 +12,20 @@ from typing import Annotated
 import typer
 
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    tensorrt = "tensorrt"
-    openvino = "openvino"
+from skinseg_cli.options import (
+    BatchSizeOpt,
+    Device,
+    DeviceOpt,
+    FillHolesOpt,
+    KeepLargestOpt,
+    MaxPixelsOpt,
+    OverlapOpt,
+    ScaleOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    TileOpt,
+    infer_options,
+)
 
 
 class LogFormat(str, Enum):
@@ -65,29 +71,18 @@ def infer(
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="The .onnx model (default: the bundled model).")
     ] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where the model runs.")] = Device.auto,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="onnxruntime threads (default: one per core).")
-    ] = None,
-    tile: Annotated[int | None, typer.Option("--tile", min=1, help="Tile size in px (default: the model's).")] = None,
-    scale: Annotated[
-        str | None,
-        typer.Option("--scale", help="native, a factor such as 0.25, or a long side in px (default: the model's)."),
-    ] = None,
-    overlap: Annotated[float, typer.Option("--overlap", help="Fraction of a tile shared with its neighbours.")] = 0.25,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per model call.")] = 4,
-    threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Probability cut-off (default: the model's).")
-    ] = None,
-    keep_largest: Annotated[
-        bool, typer.Option("--keep-largest/--no-keep-largest", help="Keep only the largest lesion.")
-    ] = True,
-    fill_holes: Annotated[bool, typer.Option("--fill-holes/--no-fill-holes", help="Fill holes in the mask.")] = True,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    tile: TileOpt = None,
+    scale: ScaleOpt = None,
+    overlap: OverlapOpt = 0.25,
+    batch_size: BatchSizeOpt = 4,
+    threshold: ThresholdOpt = None,
+    keep_largest: KeepLargestOpt = True,
+    fill_holes: FillHolesOpt = True,
     save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")] = False,
     contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
-    max_pixels: Annotated[
-        int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")
-    ] = None,
+    max_pixels: MaxPixelsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs are up to date.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another run on the same --output to end.")] = False,
     quiet: QuietOpt = False,
@@ -107,11 +102,11 @@ def infer(
     Example: skinseg infer photos/ --recursive --model model.onnx --output masks/
     """
     quiet_opencv()
-    from runtime.batch import InferOptions, default_model_path, run_batch
+    from runtime.batch import default_model_path, run_batch
     from skinseg_cli.progress import InferProgress
 
-    options = InferOptions(
-        device=device.value,
+    options = infer_options(
+        device=device,
         threads=threads,
         tile=tile,
         scale=scale,
@@ -123,7 +118,7 @@ def infer(
         save_prob=save_prob,
         contours=contours,
         overwrite=overwrite,
-        **({} if max_pixels is None else {"max_pixels": max_pixels}),
+        max_pixels=max_pixels,
     )
     model_path = model if model is not None else default_model_path()
     with sigterm_as_interrupt(), InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value) as p:

@@ -7,17 +7,12 @@ from typing import Annotated
 
 import typer
 
-from skinseg_cli.app import (  # noqa: F401
-    ConfigArg,
+from skinseg_cli.app import (
     QuietOpt,
-    SeedOpt,
-    _load,
     app,
     cli_errors,
-    config_app,
     err,
     out,
-    require_tensorflow,
 )
 
 # ---------------------------------------------------------------------------------------------- synth

@@ -7,15 +7,13 @@ from typing import Annotated
 
 import typer
 
-from skinseg_cli.app import (  # noqa: F401
-    ConfigArg,
+from skinseg_cli.app import (
     QuietOpt,
     SeedOpt,
-    _load,
     app,
     cli_errors,
-    config_app,
     err,
+    load_config_for_cli,
     out,
     require_tensorflow,
 )
@@ -57,7 +55,7 @@ def train(
     Example: skinseg train --config configs/isic.config --epochs 30 --output runs/isic
     """
     require_tensorflow()
-    cfg = _load(
+    cfg = load_config_for_cli(
         config,
         {
             "train.epochs": epochs,

@@ -1,0 +1,44 @@
+"""Option declarations shared by `skinseg infer` and `skinseg evaluate` (declared once, used by both)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs; the one used is reported.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="onnxruntime threads (default: one per core).")
+]
+TileOpt = Annotated[int | None, typer.Option("--tile", min=1, help="Tile size in px (default: the model's).")]
+ScaleOpt = Annotated[
+    str | None,
+    typer.Option("--scale", help="native, tile, a factor such as 0.25, or a long side in px (default: the model's)."),
+]
+OverlapOpt = Annotated[float, typer.Option("--overlap", help="Fraction of a tile shared with its neighbours.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per model call.")]
+ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Probability cut-off (default: the model's).")]
+KeepLargestOpt = Annotated[bool, typer.Option("--keep-largest/--no-keep-largest", help="Keep only the largest lesion.")]
+FillHolesOpt = Annotated[bool, typer.Option("--fill-holes/--no-fill-holes", help="Fill holes in the mask.")]
+MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")]
+
+
+def infer_options(**values: Any):
+    """:class:`runtime.batch.InferOptions` from CLI values (``device`` may be the enum; None means the default)."""
+    from runtime.batch import InferOptions
+
+    if isinstance(values.get("device"), Device):
+        values["device"] = values["device"].value
+    if values.get("max_pixels") is None:
+        values.pop("max_pixels", None)
+    return InferOptions(**values)
