@@ -53,13 +53,19 @@ def cli_errors(fn):
     return wrapper
 
 
+def require_modules(*names: str, hint: str) -> None:
+    """Fail with one line (``hint``: what to install) when one of the modules ``names`` is not installed."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in names):
+        raise MissingExtraError(hint)
+
+
 def require_tensorflow(hint: str = TRAIN_EXTRA_HINT) -> None:
     """Fail with one line when TensorFlow is not installed; otherwise import it without its start-up chatter."""
-    import importlib.util
     import os
 
-    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
-        raise MissingExtraError(hint)
+    require_modules("tensorflow", "keras", hint=hint)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's C++ layer logs oneDNN/CUDA notices to fd 2 before any setting applies: mute fd 2 while importing.
     sys.stderr.flush()

@@ -77,3 +77,14 @@ def test_synth_command_writes_pairs(tmp_path):
     assert len(list((tmp_path / "s" / "images").iterdir())) == 2
     bad = runner.invoke(app, ["synth", str(tmp_path / "t"), "--size", "64by48"])
     assert bad.exit_code == 2 and "64by48" in bad.output
+
+
+def test_export_check_without_onnx_says_what_to_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"whatever")
+    result = runner.invoke(app, ["export", "--check", str(model)])
+    assert result.exit_code == 2 and "pip install onnx" in result.output

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from runtime.errors import UsageError
-from skinseg_cli.app import app, cli_errors, err, out, require_tensorflow
+from skinseg_cli.app import app, cli_errors, err, out, require_modules, require_tensorflow
 
 EXPORT_HINT = "skinseg export needs TensorFlow and tf2onnx: install the train extra with `pip install 'skinseg[train]'`"
 
@@ -100,6 +100,9 @@ def export(
 
 
 def _check(path: Path) -> None:
+    require_modules(
+        "onnx", hint="skinseg export --check needs the onnx package: `pip install onnx` (or the train extra)"
+    )
     from exporters.check import check_model, has_errors
 
     if path.is_dir():
