@@ -73,7 +73,9 @@ def require_tensorflow(hint: str = TRAIN_EXTRA_HINT) -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # probes CUDA now, while its "no driver" notice is muted
     finally:
         os.dup2(saved, 2)
         os.close(saved)
