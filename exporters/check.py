@@ -157,8 +157,10 @@ def check_model(path: str | os.PathLike[str]) -> list[Finding]:
     findings = [loaded, _checker(source)]
     meta, meta_finding = _metadata(model, source)
     findings.append(meta_finding)
-    findings.extend(_io(model, meta, source))
-    findings.append(_run(source, meta))
+    io_findings = _io(model, meta, source)
+    findings.extend(io_findings)
+    if not has_errors(io_findings):  # a model with the wrong input would only add onnxruntime's raw complaint
+        findings.append(_run(source, meta))
     return findings
 
 

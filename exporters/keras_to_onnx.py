@@ -22,6 +22,7 @@ Every export is checked: Keras and onnxruntime run on the same images and the fi
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import logging
 import os
@@ -249,9 +250,28 @@ def max_abs_diff(reference: np.ndarray, candidate: np.ndarray, source: str) -> f
     return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary files that killed exports to ``path`` left behind (their process no longer runs)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it to ``path``, on any failure delete it."""
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.open("xb").close()  # ordinary permissions (umask), unlike mkstemp's 0600

@@ -29,10 +29,10 @@ def use_bars(console: Console, quiet: bool) -> bool:
 
 def make_progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", markup=False, style="bold"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),  # file names may contain [brackets]
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
