@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 STAMP_ALL := $(VENV)/.install-stamp-all
 STAMP_RT  := $(VENV)/.install-stamp-runtime
 
-.PHONY: help install install-runtime test test-all lint fixup demo bench clean
+.PHONY: help install install-runtime test test-all lint fixup demo bench reference-model evaluate-reference clean
 
 help:
 	@echo "make install   create .venv and install skinseg with the train and dev extras"
@@ -16,6 +16,8 @@ help:
 	@echo "make lint      ruff (style, bugs, bandit security rules)"
 	@echo "make demo      the main job on the bundled default"
 	@echo "make bench     performance benchmarks"
+	@echo "make reference-model   retrain, export and install the bundled model (about an hour on 2 cores)"
+	@echo "make evaluate-reference   the bundled model's figures on the held-out split (MODEL_CARD.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,23 @@ demo: $(STAMP_ALL)
 
 bench: $(STAMP_ALL)
 	$(PY) benchmarks/bench_augment.py --size 512 --count 200
+
+DATA    ?= ../shared/data
+MODELS  := runtime/models
+
+reference-model: $(STAMP_ALL)
+	$(VENV)/bin/skinseg train --config configs/isic_reference.config --output runs/reference --force
+	$(VENV)/bin/skinseg export runs/reference --quantize int8
+	mkdir -p $(MODELS)
+	cp runs/reference/model.onnx $(MODELS)/skinseg_default.onnx
+	cp runs/reference/model.int8.onnx $(MODELS)/skinseg_default.int8.onnx
+	$(MAKE) evaluate-reference
+
+evaluate-reference: $(STAMP_RT)
+	for m in skinseg_default skinseg_default.int8; do \
+	  $(VENV)/bin/skinseg evaluate --model $(MODELS)/$$m.onnx --images $(DATA)/isic-72/images \
+	    --masks $(DATA)/isic-72/masks --stems configs/heldout_test.txt --output eval/$$m --quiet || exit $$?; \
+	done
 
 clean:
 	rm -rf demo_output .pytest_cache .ruff_cache build *.egg-info
