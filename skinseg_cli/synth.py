@@ -13,9 +13,7 @@ files.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import UsageError
+from runtime.imageio import write_bytes_atomic
 
 __all__ = ["JPEG_QUALITY", "MAX_SIZE", "MIN_SIZE", "parse_size", "synthesize", "write_dataset"]
 
@@ -165,8 +164,8 @@ def write_dataset(
         stem = f"synth_{index:05d}"
         image_path, mask_path = image_dir / f"{stem}.jpg", mask_dir / f"{stem}_mask.png"
         # Mask first: a run killed in between leaves an orphan mask, never an image without its mask.
-        _write_atomic(mask_path, _encode(".png", mask))
-        _write_atomic(image_path, _encode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)))
+        write_bytes_atomic(mask_path, _encode(".png", mask))
+        write_bytes_atomic(image_path, _encode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)))
         pairs.append((image_path, mask_path))
         if on_progress is not None:
             on_progress(index + 1, count)
@@ -200,18 +199,6 @@ def _encode(ext: str, array: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {array.shape} array as {ext}")
     return buffer.tobytes()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file next to ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _to_u8(array: np.ndarray) -> np.ndarray:
