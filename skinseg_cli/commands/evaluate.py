@@ -77,10 +77,11 @@ def evaluate(
 
     Example: skinseg evaluate --model model.onnx --images isic/images --masks isic/masks --output eval/
     """
-    from runtime.batch import default_model_path, prepare_output
+    from runtime.batch import default_model_path
     from runtime.evaluation import evaluate as run_evaluation
     from runtime.evaluation import write_results_csv, write_summary_json, write_worst_png
     from runtime.imageio import file_sha256
+    from runtime.outputs import prepare_output
     from skinseg_cli.progress import progress_callback
     from skinseg_cli.training.pairing import pair_folders
 

@@ -1,0 +1,201 @@
+"""Where a batch's outputs go and how they are written: per-image output paths, atomic writes, the output folder.
+
+Every output stays inside the output folder (:func:`output_paths` and :func:`check_inside` refuse paths that
+would leave it). Outputs are written to hidden temporary files and renamed, the mask **last**, so a mask newer
+than its input means the image is done (:func:`outputs_up_to_date`); :func:`remove_stale_temps` clears what a
+killed run left behind. :func:`output_lock` keeps two runs from writing to one folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import numpy as np
+
+from runtime import postprocess as pp
+from runtime.errors import ImageError, UsageError
+from runtime.imageio import write_bytes_atomic, write_jpeg_atomic, write_png_atomic
+
+__all__ = [
+    "LOCK_NAME",
+    "OUTPUT_SUFFIXES",
+    "RESULTS_NAME",
+    "SUMMARY_NAME",
+    "OutputOptions",
+    "OutputPaths",
+    "check_inside",
+    "output_lock",
+    "output_paths",
+    "outputs_up_to_date",
+    "prepare_output",
+    "remove_stale_temps",
+    "write_outputs",
+]
+
+LOCK_NAME = ".skinseg.lock"
+RESULTS_NAME = "results.csv"  # the report files (see runtime.report) are named here: remove_stale_temps needs them
+SUMMARY_NAME = "summary.json"
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json")
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # what runtime.imageio's atomic writers leave
+
+
+class OutputOptions(Protocol):
+    """The options that decide which outputs are written (:class:`runtime.batch.InferOptions` has them)."""
+
+    @property
+    def save_prob(self) -> bool: ...
+
+    @property
+    def contours(self) -> bool: ...
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where one image's outputs go; ``prob`` and ``contours`` are ``None`` when not requested."""
+
+    mask: Path
+    overlay: Path
+    prob: Path | None
+    contours: Path | None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.overlay, self.prob, self.contours, self.mask) if p is not None]
+
+
+def check_inside(root: Path, folder: Path, rel: PurePosixPath) -> None:
+    """:class:`ImageError` unless ``folder``, with every symlink resolved, is ``root`` or lies inside it."""
+    real = folder.resolve()
+    if real != root and root not in real.parents:
+        raise ImageError(
+            f"{rel}: its output folder {folder} resolves to {real}, outside --output {root} (a symlink?); "
+            "refusing to write there — remove the link or choose another --output"
+        )
+
+
+def output_paths(
+    output_root: str | os.PathLike[str], rel_path: str | PurePosixPath, options: OutputOptions
+) -> OutputPaths:
+    """The output files for the input at ``rel_path``; :class:`ImageError` if any would leave ``output_root``.
+
+    ``rel_path`` must be relative and free of ``..``; the folder it lands in, with every symlink resolved, must
+    lie inside ``output_root``.
+    """
+    rel = PurePosixPath(rel_path)
+    if rel.is_absolute() or not rel.parts or ".." in rel.parts or rel.name in ("", "."):
+        raise ImageError(f"{rel_path}: output path must be relative without '..'; refusing to write outside --output")
+    root = Path(output_root).resolve()
+    folder = root.joinpath(*rel.parent.parts)
+    check_inside(root, folder, rel)
+    stem = rel.stem
+    return OutputPaths(
+        mask=folder / f"{stem}_mask.png",
+        overlay=folder / f"{stem}_overlay.jpg",
+        prob=folder / f"{stem}_prob.png" if options.save_prob else None,
+        contours=folder / f"{stem}_contours.json" if options.contours else None,
+    )
+
+
+def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths) -> bool:
+    """Whether every requested output exists and the mask (written last) is not older than the image."""
+    try:
+        source = os.stat(image_path).st_mtime_ns
+        mask = os.stat(paths.mask).st_mtime_ns
+    except OSError:
+        return False
+    return mask >= source and all(p.is_file() for p in paths.all())
+
+
+def write_outputs(paths: OutputPaths, image: np.ndarray, result: Any) -> None:
+    """Write the overlay, the optional probability map and contours, then the mask (last: it marks completion)."""
+    write_jpeg_atomic(paths.overlay, pp.overlay(image, result.mask), quality=90)
+    if paths.prob is not None:
+        write_png_atomic(paths.prob, result.prob, bits=8)
+    if paths.contours is not None:
+        text = json.dumps(pp.contours_json(result.mask), separators=(",", ":"))
+        write_bytes_atomic(paths.contours, text.encode("utf-8"))
+    write_png_atomic(paths.mask, result.mask, bits=1)
+
+
+# --------------------------------------------------------------------------------------------------- output folder
+
+
+def prepare_output(output: str | os.PathLike[str]) -> Path:
+    """Create the output folder and check it is writable; :class:`UsageError` (exit 2) otherwise."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output {path}: exists and is not a folder; choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".skinseg-probe-{secrets.token_hex(4)}"
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(
+            f"--output {path}: the folder cannot be created or written ({e.strerror or e}); "
+            "check its permissions or choose another folder"
+        ) from None
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: Callable[[], None] | None = None):
+    """Hold ``.skinseg.lock`` in ``output`` for the ``with`` block (``fcntl.flock``; released if the process dies).
+
+    If another run holds it: :class:`UsageError` at once, or with ``wait`` block until it ends (``on_wait`` is
+    called first). Where ``fcntl`` does not exist (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    path = Path(output) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UsageError(
+            f"{path}: cannot create the lock file ({e.strerror or e}); check the folder's permissions"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                raise UsageError(
+                    f"{Path(output)}: another skinseg infer{f' (pid {holder})' if holder else ''} is writing to this "
+                    "output folder; wait for it to finish, add --wait, or choose another --output"
+                ) from None
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def remove_stale_temps(output: str | os.PathLike[str]) -> int:
+    """Delete temporary files a killed run left in ``output`` (only our own output names); return how many."""
+    names = (*OUTPUT_SUFFIXES, RESULTS_NAME, SUMMARY_NAME)
+    removed = 0
+    for folder, _dirs, files in os.walk(output):
+        for name in files:
+            m = _TEMP_FILE.match(name)
+            if m and m.group("name").endswith(names):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed

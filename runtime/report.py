@@ -1,0 +1,239 @@
+"""A batch's report: ``results.csv`` (one row per image), ``summary.json`` and the HTML gallery.
+
+Both files are written atomically; a rerun reads the previous ``results.csv`` (:func:`read_results`) and merges
+its rows into it (:func:`merge_rows`), so skipped images keep their data. :func:`write_reports` writes all three
+at the end of a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from runtime import postprocess as pp
+from runtime.errors import ImageError, SkinsegError
+from runtime.gallery import write_gallery
+from runtime.imageio import read_mask, write_bytes_atomic
+from runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
+
+__all__ = [
+    "CSV_FIELDS",
+    "RESULTS_NAME",
+    "SUMMARY_NAME",
+    "BatchSummary",
+    "Row",
+    "merge_rows",
+    "read_results",
+    "row_from_outputs",
+    "stats_row",
+    "versions",
+    "write_reports",
+    "write_results",
+]
+
+CSV_FIELDS = (
+    "path",
+    "input",
+    "width",
+    "height",
+    "area_px",
+    "area_fraction",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "n_components",
+    "mean_prob",
+    "seconds",
+    "status",
+    "error",
+)
+
+Row = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------- rows
+
+
+def stats_row(stats: dict[str, Any]) -> Row:
+    """The report columns of :func:`runtime.postprocess.mask_stats` (or a segmenter result's ``stats``)."""
+    bbox = stats.get("bbox") or [None] * 4
+    return {
+        "width": stats["width"],
+        "height": stats["height"],
+        "area_px": stats["area_px"],
+        "area_fraction": stats["fraction"],
+        "bbox_x": bbox[0],
+        "bbox_y": bbox[1],
+        "bbox_w": bbox[2],
+        "bbox_h": bbox[3],
+        "n_components": stats["n_components"],
+        "mean_prob": stats["mean_prob"],
+    }
+
+
+def _csv_value(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        digits = {"area_fraction": 6, "mean_prob": 4, "seconds": 3}.get(key, 6)
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+_INT_FIELDS = frozenset({"width", "height", "area_px", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "n_components"})
+_FLOAT_FIELDS = frozenset({"area_fraction", "mean_prob", "seconds"})
+
+
+def _parse_csv_row(raw: dict[str, str]) -> Row:
+    row: Row = {k: raw.get(k) or "" for k in CSV_FIELDS}
+    for key in _INT_FIELDS | _FLOAT_FIELDS:
+        try:
+            row[key] = (int if key in _INT_FIELDS else float)(row[key]) if row[key] != "" else None
+        except ValueError:
+            row[key] = None
+    return row
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Row]:
+    """Rows of a previous ``results.csv`` keyed by ``path`` (numbers parsed); empty if missing or unreadable."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return {r["path"]: _parse_csv_row(r) for r in csv.DictReader(f) if r.get("path")}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        return {}
+
+
+def write_results(path: str | os.PathLike[str], rows: Iterable[Row]) -> None:
+    """Write ``results.csv`` atomically, rows sorted by ``path``."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: str(r["path"])):
+        writer.writerow({k: _csv_value(k, row.get(k)) for k in CSV_FIELDS})
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+
+
+def merge_rows(previous: dict[str, dict[str, Any]], current: Iterable[Row]) -> dict[str, Row]:
+    """This run's rows over the previous ones; a skipped image keeps its previous data (status ``skipped``)."""
+    merged: dict[str, Row] = dict(previous)
+    for row in current:
+        old = previous.get(row["path"])
+        if row["status"] == "skipped" and old is not None and old.get("width") is not None:
+            merged[row["path"]] = {**old, "input": row["input"], "status": "skipped", "error": ""}
+        else:
+            merged[row["path"]] = row
+    return merged
+
+
+def row_from_outputs(row: Row, paths: OutputPaths, max_pixels: int) -> Row:
+    """Fill a skipped row that has no previous data from the mask (and probability map) on disk."""
+    try:
+        mask = read_mask(paths.mask, max_pixels=max_pixels)
+        prob = None
+        if paths.prob is not None and paths.prob.is_file():
+            prob = cv2.imdecode(np.fromfile(paths.prob, np.uint8), cv2.IMREAD_GRAYSCALE)
+            prob = prob if prob is not None and prob.shape == mask.shape else None
+        return {**row, **stats_row(pp.mask_stats(mask, prob))}
+    except (SkinsegError, OSError, ValueError, cv2.error):
+        return row
+
+
+def versions() -> dict[str, str]:
+    """The versions of skinseg and the libraries that shaped its outputs, for ``summary.json``."""
+    import importlib.metadata
+
+    import onnxruntime
+
+    try:
+        skinseg = importlib.metadata.version("skinseg")
+    except importlib.metadata.PackageNotFoundError:
+        skinseg = "unknown"
+    return {
+        "skinseg": skinseg,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did; ``exit_code`` is 1 when any image failed, else 0."""
+
+    ok: int
+    failed: int
+    skipped: int
+    seconds: float
+    megapixels: float
+    provider: str
+    model: str
+    model_sha256: str
+    output: str
+    versions: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed + self.skipped
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(total=self.total, megapixels_per_second=round(self.megapixels_per_second, 3))
+        d["seconds"] = round(self.seconds, 3)
+        d["megapixels"] = round(self.megapixels, 3)
+        return d
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def write_reports(output: Path, rows: Iterable[Row], summary: BatchSummary, options: OutputOptions) -> None:
+    """Write ``results.csv``, ``summary.json`` (with ``options``, an :class:`~runtime.batch.InferOptions`) and
+    the gallery into ``output``; :class:`SkinsegError` if they cannot be written."""
+    rows = list(rows)
+    try:
+        write_results(output / RESULTS_NAME, rows)
+        text = json.dumps({**summary.to_dict(), "options": asdict(options)}, indent=2)
+        write_bytes_atomic(output / SUMMARY_NAME, text.encode("utf-8"))
+        write_gallery(output, _gallery_entries(output, rows, options), summary=_gallery_summary(summary))
+    except OSError as e:
+        raise SkinsegError(
+            f"{output}: cannot write {RESULTS_NAME} or {SUMMARY_NAME} ({e.strerror or e}); the masks are written, "
+            "free some space or fix the permissions and run again to rebuild the report"
+        ) from None
+
+
+def _gallery_entries(output: Path, rows: list[Row], options: OutputOptions) -> list[tuple[Row, Path | None, Path]]:
+    entries = []
+    for row in sorted(rows, key=lambda r: str(r["path"])):
+        try:
+            overlay: Path | None = output_paths(output, row["path"], options).overlay
+        except ImageError:
+            overlay = None
+        entries.append((row, overlay, Path(str(row.get("input") or row["path"])).resolve()))
+    return entries
+
+
+def _gallery_summary(summary: BatchSummary) -> str:
+    return (
+        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f} s "
+        f"on {summary.provider}; model {Path(summary.model).name} (sha256 {summary.model_sha256[:12]})"
+    )
