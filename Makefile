@@ -14,7 +14,7 @@ help:
 	@echo "make test      install if needed, then run the fast test suite"
 	@echo "make test-all  also run the slow tests"
 	@echo "make lint      ruff (style, bugs, bandit security rules)"
-	@echo "make demo      the main job on the bundled default"
+	@echo "make demo      segment samples/ with the bundled model into demo_output/ (gallery: index.html)"
 	@echo "make bench     performance benchmarks"
 	@echo "make reference-model   retrain, export and install the bundled model (about an hour on 2 cores)"
 	@echo "make evaluate-reference   the bundled model's figures on the held-out split (MODEL_CARD.md)"
@@ -49,11 +49,10 @@ fixup: $(STAMP_ALL)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: $(STAMP_ALL)
+demo: $(STAMP_RT)
 	rm -rf demo_output
-	$(VENV)/bin/skinseg synth demo_output/data --count 24 --size 128x96 --seed 0 --quiet
-	$(VENV)/bin/skinseg train --config configs/demo.config --quiet
-	@echo "demo: run directory demo_output/run (best_model.keras, history.csv, curves.png)"
+	$(VENV)/bin/skinseg infer samples/ --output demo_output/
+	@echo "open demo_output/index.html for the gallery (input, overlay and lesion area of each sample)"
 
 bench: $(STAMP_ALL)
 	$(PY) benchmarks/bench_augment.py --size 512 --count 200
