@@ -65,6 +65,8 @@ SEED_MARGIN = 64
 ISIC_DIR = Path("/work/shared/data/isic-72/images")
 SYNTH_SIZE = (6600, 4400)
 REFERENCE_MODELS = (ROOT / "runtime/models/skinseg_default.onnx", ROOT / "runs/reference/model.onnx")
+REFERENCE_KERAS = ROOT / "runs/reference/best_model.keras"
+CALIBRATION_DIR = Path("/work/shared/data/isic-256/images")
 MARK_BEGIN, MARK_END = "<!-- bench_infer:begin -->", "<!-- bench_infer:end -->"
 
 
@@ -249,9 +251,19 @@ def plan_runs(args: argparse.Namespace, models: dict[str, Any], images: dict[str
         default_ref = f"skinseg default fp32 [{image}]"
         runs.append(RunSpec("skinseg default fp32", "skinseg", "fp32_nchw", image, **own))
         runs.append(RunSpec("skinseg default int8", "skinseg", "int8_nchw", image, iou_ref=default_ref, **own))
+        if not args.quick:  # the batch lever: batch 1 runs as fast per tile and needs a much smaller arena
+            one = {**own, "batch": 1}
+            runs.append(RunSpec("skinseg default fp32, batch 1", "skinseg", "fp32_nchw", image, iou_ref=default_ref,
+                                **one))  # fmt: skip
+            runs.append(RunSpec("skinseg default int8, batch 1", "skinseg", "int8_nchw", image, iou_ref=default_ref,
+                                **one))  # fmt: skip
         if "reference" in models and not args.quick:
             ref = {**own, "scale": "", "tile": 0}
-            runs.append(RunSpec("reference model, own settings", "skinseg", "reference", image, **ref))
+            runs.append(RunSpec("reference fp32, own settings", "skinseg", "reference", image, **ref))
+            if "reference_int8" in models:
+                ref_id = f"reference fp32, own settings [{image}]"
+                runs.append(RunSpec("reference int8, own settings", "skinseg", "reference_int8", image, iou_ref=ref_id,
+                                    **ref))  # fmt: skip
     return runs
 
 
@@ -506,17 +518,47 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     if task.get("rebuild") or not all(p.is_file() for p in paths.values()):
         _build_models(paths, work, arch)
     out["models"] = {k: str(v) for k, v in paths.items()}
-    for ref in REFERENCE_MODELS:
-        if ref.is_file():
-            out["models"]["reference"] = str(ref)
-            break
-    else:
+    reference = next((r for r in REFERENCE_MODELS if r.is_file()), None)
+    if reference is not None:
+        out["models"]["reference"] = str(reference)
+    elif REFERENCE_KERAS.is_file():
+        out["models"].update(_export_reference(models))
         out["notes"].append(
-            "no reference model (runtime/models/skinseg_default.onnx or runs/reference/model.onnx): skipped"
+            f"no reference ONNX model: {REFERENCE_KERAS.relative_to(ROOT)} exported by the benchmark (NCHW, "
+            "metadata tile 256, scale 'tile') and quantized to int8 (calibrated on 16 isic-256 images)"
         )
+    else:
+        out["notes"].append("no reference model (runtime/models/skinseg_default.onnx, runs/reference/): skipped")
     meta = json.loads((models / "build.json").read_text())
     out["keras_params"], out["keras_flops"], out["arch"] = meta["params"], meta["flops"], meta["arch"]
     return out
+
+
+def _export_reference(models: Path) -> dict[str, str]:
+    """Export the trained reference ``.keras`` (fp32 NCHW) and quantize it (int8), once, into ``models``."""
+    import cv2
+    import numpy as np
+
+    from exporters.keras_to_onnx import export_onnx
+    from exporters.quantize import quantize_int8
+    from runtime.metadata import ModelMetadata, Scale
+
+    fp32, int8 = models / "reference_fp32_nchw.onnx", models / "reference_int8_nchw.onnx"
+    stamp = str(REFERENCE_KERAS.stat().st_mtime_ns)
+    stamp_file = models / "reference.stamp"
+    if not (fp32.is_file() and int8.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp):
+        meta = ModelMetadata(tile_size=(256, 256), train_scale=Scale("tile"))
+        export_onnx(REFERENCE_KERAS, fp32, metadata=meta, layout="nchw")
+        files = sorted(CALIBRATION_DIR.glob("*.jpg"))[:16] if CALIBRATION_DIR.is_dir() else []
+        images = [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (256, 256), interpolation=cv2.INTER_AREA) for f in files]
+        if not images:
+            from skinseg_cli.synth import synthesize
+
+            rng = np.random.default_rng(3)
+            images = [synthesize(256, 256, rng)[0] for _ in range(16)]
+        quantize_int8(fp32, int8, images)
+        stamp_file.write_text(stamp)
+    return {"reference": str(fp32), "reference_int8": str(int8)}
 
 
 def _spread_logits(model: Any, spread: float = 4.0) -> None:
@@ -650,7 +692,7 @@ def worker_levers(task: dict[str, Any]) -> dict[str, Any]:
         row(f"fp32_nchw graph optimizations {level}", s)
     row("fp32_nchw, no intra-op spinning", tile_seconds(_session(models["fp32_nchw"], threads, spin=False), reps=reps))
     out["profile"] = {k: profile_ops(models[k], threads, task["work"]) for k in ("fp32_nchw", "int8_nchw")}
-    out.update(io_levers(task["images"], task["work"]))
+    out.update(io_levers(task["images"], task["work"], task.get("masks", {})))
     return out
 
 
@@ -674,8 +716,11 @@ def profile_ops(model: str, threads: int, work: str) -> dict[str, Any]:
     return {"runs": runs, "node_ms_per_run": total / 1e3 / max(runs, 1), "share": {k: v / total for k, v in top}}
 
 
-def io_levers(images: dict[str, Any], work: str) -> dict[str, Any]:
-    """Decode (full vs libjpeg-reduced, OpenCV vs PIL) and mask writing (8-bit vs 1-bit PNG) on each image."""
+def io_levers(images: dict[str, Any], work: str, masks: dict[str, str]) -> dict[str, Any]:
+    """Decode (full vs libjpeg-reduced, OpenCV vs PIL) and mask writing (8-bit vs 1-bit PNG) on each image:
+    a smooth ellipse (what a trained model gives) and, where ``masks`` has one, a benchmark run's own mask (the
+    random-weight model's, ragged: the worst case for PNG compression)."""
+    import cv2
     import numpy as np
     from PIL import Image
 
@@ -695,17 +740,20 @@ def io_levers(images: dict[str, Any], work: str) -> dict[str, Any]:
         image = read_image(path)
         h, w = image.shape[:2]
         yy, xx = np.ogrid[:h, :w]
-        mask = np.where((yy - h / 2) ** 2 / (h / 3) ** 2 + (xx - w / 2) ** 2 / (w / 3) ** 2 < 1, 255, 0)
-        mask = mask.astype(np.uint8)
+        ellipse = np.where((yy - h / 2) ** 2 / (h / 3) ** 2 + (xx - w / 2) ** 2 / (w / 3) ** 2 < 1, 255, 0)
+        candidates = {"ellipse mask": ellipse.astype(np.uint8)}
+        if key in masks and Path(masks[key]).is_file():
+            candidates["random-model mask"] = cv2.imread(masks[key], cv2.IMREAD_GRAYSCALE)
         target = Path(work) / "io_mask.png"
-        for label, kwargs in (("8-bit PNG, zlib 3", {"bits": 8}), ("1-bit PNG, zlib 9", {"bits": 1}),
-                              ("1-bit PNG, zlib 1", {"bits": 1, "compression": 1})):  # fmt: skip
-            t0 = time.perf_counter()
-            write_png_atomic(target, mask, **kwargs)
-            out[f"write {key} mask {label}"] = {
-                "ms": (time.perf_counter() - t0) * 1e3,
-                "kb": target.stat().st_size / 1e3,
-            }
+        for kind, mask in candidates.items():
+            for label, kwargs in (("8-bit PNG, zlib 3", {"bits": 8}), ("1-bit PNG, zlib 9", {"bits": 1}),
+                                  ("1-bit PNG, zlib 1", {"bits": 1, "compression": 1})):  # fmt: skip
+                t0 = time.perf_counter()
+                write_png_atomic(target, mask, **kwargs)
+                out[f"write {key} {kind}, {label}"] = {
+                    "ms": (time.perf_counter() - t0) * 1e3,
+                    "kb": target.stat().st_size / 1e3,
+                }
         target.unlink(missing_ok=True)
     return out
 
@@ -767,7 +815,7 @@ def summarize(spec: RunSpec, result: dict[str, Any], image: dict[str, Any], flop
     w, h = image["size"]
     seconds = result["seconds"]
     tiles = result["tiles"]
-    work = flops * tiles * ((spec.tile or TILE) / TILE) ** 2 if spec.model != "reference" else None
+    work = flops * tiles * ((spec.tile or TILE) / TILE) ** 2 if not spec.model.startswith("reference") else None
     model_s = result["phases"]["model"]
     row = {
         "seconds": seconds,
@@ -1022,7 +1070,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.levers:
         log("levers")
         levers = run_worker({"kind": "levers", "models": models, "threads": n, "reps": 2 if args.quick else 3,
-                             "flops_per_tile": flops, "images": images, "work": str(work)}, n)  # fmt: skip
+                             "flops_per_tile": flops, "images": images, "work": str(work),
+                             "masks": {r["spec"]["image"]: r["mask"] for r in results
+                                       if r["spec"]["name"] == "skinseg fp32 NCHW"}}, n)  # fmt: skip
         for arena in (True, False):
             r = run_worker({"kind": "arena", "model_path": models["fp32_nchw"], "threads": n, "arena": arena,
                             "batch": 4}, n)  # fmt: skip

@@ -108,7 +108,7 @@ def main() -> None:
             "",
             "Reproduce: `python benchmarks/strategies.py --markdown docs/strategies.md`",
             "",
-            "## Scale and tiling (post-processing: largest component + hole filling)",
+            "## Scale and tiling (post-processing: the defaults, hole filling only)",
             "",
             HEADER,
             *scale_rows,

@@ -59,6 +59,7 @@ from runtime.outputs import (
     remove_stale_temps,
     write_outputs,
 )
+from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.report import (
     CSV_FIELDS,
     BatchSummary,
@@ -120,8 +121,8 @@ class InferOptions:
     overlap: float = 0.25
     batch_size: int = 4
     threshold: float | None = None
-    keep_largest: bool = True
-    fill_holes: bool = True
+    keep_largest: bool = DEFAULT_KEEP_LARGEST
+    fill_holes: bool = DEFAULT_FILL_HOLES
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_prob: bool = False
     contours: bool = False

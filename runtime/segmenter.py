@@ -24,6 +24,7 @@ from runtime import postprocess as pp
 from runtime.errors import ImageError, ModelError, UsageError
 from runtime.imageio import DEFAULT_MAX_PIXELS, image_info, read_image
 from runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
+from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.providers import check_provider_used, resolve_providers
 from runtime.tiling import plan_tiles, tiled_predict
 
@@ -86,8 +87,8 @@ class Segmenter:
         overlap: float = 0.25,
         batch_size: int = 4,
         threshold: float | None = None,
-        keep_largest: bool = True,
-        fill_holes: bool = True,
+        keep_largest: bool = DEFAULT_KEEP_LARGEST,
+        fill_holes: bool = DEFAULT_FILL_HOLES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         import onnxruntime as ort

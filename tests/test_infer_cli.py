@@ -142,7 +142,7 @@ def test_usage_errors_exit_2(model, tmp_path):
         ([src, "--model", model, "--output", a_file / "sub"], "cannot be created or written"),
         ([src, "--model", junk, "--output", tmp_path / "o2"], "not a loadable ONNX model"),
         ([src, "--model", odd, "--output", tmp_path / "o3"], "4-D image batch"),
-        ([src, "--output", tmp_path / "o4"], "--model is required until a default model is installed"),
+        ([src, "--model", tmp_path / "missing.onnx", "--output", tmp_path / "o4"], "missing.onnx"),
         ([src, "--model", model, "--output", tmp_path / "o5", "--scale", "huge"], "--scale"),
     ]
     for args, message in cases:
@@ -241,3 +241,13 @@ def test_killed_run_resumes_to_identical_outputs(model, tmp_path):
     assert png_bit_depth(out / "img00_mask.png") == 1
     rows = read_rows(out)
     assert len(rows) == 12 and all(r["status"] in ("ok", "skipped") and r["area_px"] for r in rows.values())
+
+
+def test_without_model_the_bundled_default_is_used(tmp_path):
+    from runtime.batch import default_model_path
+
+    src = write_png(tmp_path / "a.png", lesion_image())
+    result = infer(src, "--output", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert Path(summary["model"]) == default_model_path()

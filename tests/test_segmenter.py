@@ -14,6 +14,7 @@ import pytest
 
 from runtime.errors import ImageError, ModelError, UsageError
 from runtime.metadata import Scale
+from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.segmenter import Segmenter
 from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
 from tests.test_imageio import jpeg_bytes
@@ -93,15 +94,17 @@ def test_segment_file_png_is_full_decode(models, tmp_path):
         Segmenter(models["half"], **PLAIN).segment_file(tmp_path / "missing.png")
 
 
-def test_postprocessing_defaults_on(models):
+def test_postprocessing_options(models):
     img = np.zeros((80, 80, 3), np.uint8)
     img[10:50, 10:50, 0] = 255
     img[25:30, 25:30, 0] = 0  # hole
     img[65:70, 65:70, 0] = 255  # speck
     seg = Segmenter(models["nhwc"], threads=1)
-    assert seg.keep_largest and seg.fill_holes
+    assert (seg.keep_largest, seg.fill_holes) == (DEFAULT_KEEP_LARGEST, DEFAULT_FILL_HOLES) == (False, True)
     result = seg.segment(img)
-    assert result.stats["n_components"] == 1 and result.stats["area_px"] == 40 * 40
+    assert result.stats["n_components"] == 2 and result.stats["area_px"] == 40 * 40 + 5 * 5  # hole filled
+    both = Segmenter(models["nhwc"], threads=1, keep_largest=True, fill_holes=True).segment(img)
+    assert both.stats["n_components"] == 1 and both.stats["area_px"] == 40 * 40
 
 
 def test_model_without_metadata_needs_tile_and_scale(models, image):

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runtime.errors import DataError, ModelError, UsageError
+from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg_cli import __version__
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
 from skinseg_cli.options import (
@@ -62,8 +63,8 @@ def evaluate(
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = 4,
     threshold: ThresholdOpt = None,
-    keep_largest: KeepLargestOpt = True,
-    fill_holes: FillHolesOpt = True,
+    keep_largest: KeepLargestOpt = DEFAULT_KEEP_LARGEST,
+    fill_holes: FillHolesOpt = DEFAULT_FILL_HOLES,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
 from skinseg_cli.options import (
     BatchSizeOpt,
@@ -78,8 +79,8 @@ def infer(
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = 4,
     threshold: ThresholdOpt = None,
-    keep_largest: KeepLargestOpt = True,
-    fill_holes: FillHolesOpt = True,
+    keep_largest: KeepLargestOpt = DEFAULT_KEEP_LARGEST,
+    fill_holes: FillHolesOpt = DEFAULT_FILL_HOLES,
     save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")] = False,
     contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
     max_pixels: MaxPixelsOpt = None,

@@ -19,6 +19,7 @@ import numpy as np
 from runtime.errors import ModelError, UsageError
 from runtime.imageio import DEFAULT_MAX_PIXELS
 from runtime.metadata import Scale
+from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.segmenter import Segmenter
 
 __all__ = ["KerasSegmenter", "keras_defaults"]
@@ -63,8 +64,8 @@ class KerasSegmenter(Segmenter):
         overlap: float = 0.25,
         batch_size: int = 4,
         threshold: float | None = None,
-        keep_largest: bool = True,
-        fill_holes: bool = True,
+        keep_largest: bool = DEFAULT_KEEP_LARGEST,
+        fill_holes: bool = DEFAULT_FILL_HOLES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         # Segmenter.__init__ opens an onnxruntime session; we set the attributes its pipeline reads instead.
