@@ -386,6 +386,7 @@ def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     for _ in range(task["repeat"]):
         timers.reset()
+        cpu0 = time.process_time()
         start = time.perf_counter()
         result = seg.segment_file(task["image_path"])
         t1 = time.perf_counter()
@@ -393,7 +394,8 @@ def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
         timers.seconds["write"] += time.perf_counter() - t1
         total = time.perf_counter() - start
         if best is None or total < best["seconds"]:
-            best = {"seconds": total, "phases": _phases(timers.seconds, total), "tiles": result.tiles}
+            best = {"seconds": total, "phases": _phases(timers.seconds, total), "tiles": result.tiles,
+                    "cpu_util": (time.process_time() - cpu0) / total / task["threads"]}  # fmt: skip
     assert best is not None
     best.update(provider=provider, load_s=load_s, batch=seg.batch_size, tile=list(seg.tile),
                 working_size=list(result.working_size), rss_mb=peak_rss_mb())  # fmt: skip
@@ -417,6 +419,7 @@ def worker_seed(task: dict[str, Any]) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     best: dict[str, Any] | None = None
     for _ in range(task["repeat"]):
+        cpu0 = time.process_time()
         start = time.perf_counter()
         result = seed_segment_file(model, task["image_path"], margin=task["margin"])
         t1 = time.perf_counter()
@@ -428,7 +431,8 @@ def worker_seed(task: dict[str, Any]) -> dict[str, Any]:
                       "model": result.phases.get("model", 0.0), "post": result.phases.get("post", 0.0),
                       "write": time.perf_counter() - t1}  # fmt: skip
             phases["other"] = max(0.0, total - sum(phases.values()))
-            best = {"seconds": total, "phases": phases, "tiles": result.tiles}
+            best = {"seconds": total, "phases": phases, "tiles": result.tiles,
+                    "cpu_util": (time.process_time() - cpu0) / total / task["threads"]}  # fmt: skip
     assert best is not None
     best.update(provider="TensorFlow (Keras model.predict)", load_s=load_s, batch=1, tile=[TILE, TILE],
                 rss_mb=peak_rss_mb())  # fmt: skip
@@ -869,7 +873,7 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def table(results: list[dict[str, Any]], peak: float) -> str:
     """The results as a markdown table."""
     head = ("| image | configuration | grid | provider | s/image | MP/s | tiles/s | ×seed | GFLOPS (model) | "
-            "% peak | model % | decode+blend+write % | RSS MB | IoU |")  # fmt: skip
+            "% peak | model % | decode+blend+write % | RSS MB | IoU | CPU use |")  # fmt: skip
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     base: dict[str, float] = {}
     for run in results:
@@ -903,6 +907,7 @@ def table(results: list[dict[str, Any]], peak: float) -> str:
             f"{100 * io:.1f}",
             f"{row['rss_mb']:.0f}",
             _fmt(iou, ".4f"),
+            _fmt(run["result"].get("cpu_util"), ".0%"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -957,7 +962,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         "GFLOPS / matmul peak; *decode+blend+write %* = share of wall time outside the model except resize and "
         "post-processing; *IoU* = mask IoU against the fp32 NCHW run of the same grid (int8, NHWC, OpenVINO), the "
         "default fp32 run (default int8), or, for the seed runs, against skinseg fp32 (margin-free seed run: only "
-        "where the grids give identical tiles).",
+        "where the grids give identical tiles); *CPU use* = process CPU time / (wall time × threads) during the "
+        "timed run: well under 100 % means other processes took cores from the run (its figures are too slow).",
     ]
     phase_lines = ["", "Phases (seconds): ", "", "| image | configuration | " + " | ".join(PHASES) + " |",
                    "|---|---|" + "---|" * len(PHASES)]  # fmt: skip

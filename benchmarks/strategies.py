@@ -27,9 +27,9 @@ SCALES = [
         ["--scale", "tile"],
     ),
     (
-        "b: tiled at training scale",
-        "aspect kept, long side 341 px (short side ≈ the 256-px tile, as in training), 25% overlap, Gaussian blend",
-        ["--scale", "341"],
+        "b: tiled at training scale (default)",
+        "aspect kept, short side 256 px as in training (`--scale short:256`), 25% overlap, Gaussian blend",
+        ["--scale", "short:256"],
     ),
     (
         "b': tiled, 2× finer",

@@ -87,6 +87,17 @@ def run_config(run_dir: Path | None):
     return load_config(run_dir / "config.resolved.ini")
 
 
+def whole_image_scale(tile: tuple[int, int]) -> Scale:
+    """The inference scale for a model trained on whole images resized to ``tile`` (the seed's way).
+
+    Such a model saw each image squashed to the tile. Measured on the held-out split (docs/strategies.md), keeping
+    the aspect and bringing the short side to the tile's (tiling the long side) segments better than squashing
+    the image back (mean Jaccard 0.859 against 0.849), so that is what the metadata asks for; ``--scale tile``
+    reproduces the squash.
+    """
+    return Scale("short_side", float(min(tile)))
+
+
 def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) -> ModelMetadata:
     """Metadata for the exported file from the run directory (or, without one, from the model's input shape)."""
     from skinseg_cli import __version__
@@ -94,7 +105,7 @@ def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) 
     cfg = run_config(run_dir)
     if cfg is not None:
         tile = (cfg.model.image_height, cfg.model.image_width)
-        scale = Scale("tile") if cfg.train.train_scale is None else Scale.parse(cfg.train.train_scale)
+        scale = whole_image_scale(tile) if cfg.train.train_scale is None else Scale.parse(cfg.train.train_scale)
         split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
         folders = sorted({str(Path(p).parent) for p in split.get("train_files", [])})
         data = {
@@ -109,7 +120,8 @@ def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) 
         shape = model.inputs[0].shape
         if shape[1] is None or shape[2] is None:
             raise UsageError("the model has no fixed input size and no run directory: export it from its run directory")
-        tile, scale, data, metrics = (int(shape[1]), int(shape[2])), Scale("tile"), {}, {}
+        tile = (int(shape[1]), int(shape[2]))
+        scale, data, metrics = whole_image_scale(tile), {}, {}
     return ModelMetadata(
         tile_size=tile,
         train_scale=scale,

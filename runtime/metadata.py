@@ -16,6 +16,7 @@ from runtime.errors import ModelError
 METADATA_KEY = "skinseg"
 FORMAT_VERSION = 1
 LAYOUTS = ("nhwc", "nchw")
+MODES = ("native", "tile", "factor", "long_side", "short_side")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Scale:
     - ``"native"``: the image is used at its own resolution;
     - ``"factor"``: both sides are multiplied by ``value`` (e.g. 0.25);
     - ``"long_side"``: the image is resized so its longer side is ``value`` pixels (aspect kept);
+    - ``"short_side"``: the image is resized so its shorter side is ``value`` pixels (aspect kept);
     - ``"tile"``: the whole image is resized to the model's tile size, aspect not kept (how a model trained on
       whole images squashed to the tile, the seed toolkit's way, saw its data).
     """
@@ -34,22 +36,29 @@ class Scale:
     value: float | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("native", "factor", "long_side", "tile"):
-            raise ValueError(f"scale mode must be native, factor, long_side or tile, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"scale mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode not in ("native", "tile") and (self.value is None or not self.value > 0):
             raise ValueError(f"scale {self.mode} needs a positive value, got {self.value!r}")
 
     @classmethod
     def parse(cls, text: str | float | int) -> Scale:
-        """Parse the CLI form: ``native``, a factor such as ``0.25`` (≤ 8), or a long side in pixels (``1024``)."""
+        """Parse the CLI form: ``native``, ``tile``, a factor such as ``0.25`` (≤ 8), a long side in pixels
+        (``1024``), or a short side in pixels (``short:256``)."""
         s = str(text).strip().lower()
         if s in ("native", "tile"):
             return cls(s)
+        if s.startswith("short:"):
+            try:
+                return cls("short_side", float(s[6:]))
+            except ValueError:
+                raise ValueError(f"scale short:N needs a positive number of pixels, got {text!r}") from None
         try:
             v = float(s)
         except ValueError:
             raise ValueError(
-                "scale must be 'native', 'tile', a factor such as 0.25, or a long side in pixels such as 1024, "
+                "scale must be 'native', 'tile', a factor such as 0.25, a long side in pixels such as 1024, "
+                "or a short side such as short:256, "
                 f"got {text!r}"
             ) from None
         if not v > 0:
@@ -66,6 +75,8 @@ class Scale:
             if tile is None:
                 raise ValueError("scale 'tile' needs the tile size")
             return max(tile[1] / width, tile[0] / height)
+        if self.mode == "short_side":
+            return float(self.value) / min(width, height)
         return float(self.value) / max(width, height)
 
     def work_size(self, width: int, height: int, tile: tuple[int, int]) -> tuple[int, int]:
@@ -77,6 +88,13 @@ class Scale:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "value": self.value}
+
+    def __str__(self) -> str:
+        if self.mode in ("native", "tile"):
+            return self.mode
+        if self.mode == "short_side":
+            return f"short:{self.value:g}"
+        return f"{self.value:g}"
 
 
 @dataclass(frozen=True)

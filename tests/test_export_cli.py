@@ -54,16 +54,23 @@ def run_dir(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_export_run_writes_verified_self_describing_files(run_dir):
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    """The run exported once with both variants: (run directory, CLI result)."""
     result = runner.invoke(app, ["export", str(run_dir), "--quantize", "int8", "--quantize", "fp16"])
     assert result.exit_code == 0, result.output
+    return run_dir, result
+
+
+def test_export_run_writes_verified_self_describing_files(exported):
+    run_dir, result = exported
     assert "max |keras - onnx|" in result.output
     fp32 = run_dir / "model.onnx"
     for path in (fp32, run_dir / "model.int8.onnx", run_dir / "model.fp16.onnx"):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         meta = parse_metadata(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
         assert meta.tile_size == (64, 64)
-        assert meta.train_scale.mode == "tile"  # trained on whole images resized to the tile
+        assert (meta.train_scale.mode, meta.train_scale.value) == ("short_side", 64)  # whole images, see strategies
         assert meta.training_data["train_images"] + meta.training_data["valid_images"] == 12
         assert "val_loss" in meta.validation_metrics
         checked = runner.invoke(app, ["export", "--check", str(path)])
@@ -72,7 +79,8 @@ def test_export_run_writes_verified_self_describing_files(run_dir):
     assert diff <= 1e-4
 
 
-def test_check_reports_a_broken_file_in_one_line(run_dir, tmp_path):
+def test_check_reports_a_broken_file_in_one_line(exported, tmp_path):
+    run_dir, _ = exported
     broken = tmp_path / "broken.onnx"
     broken.write_bytes((run_dir / "model.onnx").read_bytes()[:2000])
     result = runner.invoke(app, ["export", "--check", str(broken)])
@@ -108,7 +116,8 @@ def test_missing_and_corrupt_models_are_clear_errors(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_metadata_json_is_plain_json(run_dir):
+def test_metadata_json_is_plain_json(exported):
+    run_dir, _ = exported
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     doc = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert doc["format_version"] == 1 and doc["input_name"] == "image" and doc["export_options"]["opset"] == 17

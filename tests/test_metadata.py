@@ -12,14 +12,20 @@ from runtime.metadata import ModelMetadata, Scale, parse_metadata
 
 @pytest.mark.parametrize(
     ("text", "mode", "value"),
-    [("native", "native", None), ("tile", "tile", None), ("0.25", "factor", 0.25), ("1024", "long_side", 1024.0)],
+    [
+        ("native", "native", None),
+        ("tile", "tile", None),
+        ("0.25", "factor", 0.25),
+        ("1024", "long_side", 1024.0),
+        ("short:256", "short_side", 256.0),
+    ],
 )
 def test_scale_parse(text, mode, value):
     scale = Scale.parse(text)
     assert (scale.mode, scale.value) == (mode, value)
 
 
-@pytest.mark.parametrize("text", ["big", "-1", "0", ""])
+@pytest.mark.parametrize("text", ["big", "-1", "0", "", "short:", "short:-5"])
 def test_scale_parse_rejects(text):
     with pytest.raises(ValueError, match="scale"):
         Scale.parse(text)
@@ -31,6 +37,9 @@ def test_work_sizes():
     assert Scale("factor", 0.25).work_size(4000, 3000, tile) == (1000, 750)
     assert Scale("long_side", 1000).work_size(4000, 3000, tile) == (1000, 750)
     assert Scale("tile").work_size(4000, 3000, (192, 256)) == (256, 192)  # (w, h) from (h, w)
+    assert Scale("short_side", 256).work_size(4000, 3000, tile) == (341, 256)
+    assert Scale("short_side", 256).work_size(3000, 4000, tile) == (256, 341)
+    assert str(Scale("short_side", 256)) == "short:256" and Scale.parse(str(Scale("long_side", 1024))).value == 1024
     assert Scale("tile").factor_for(4000, 3000, (256, 256)) == pytest.approx(256 / 3000)
 
 
