@@ -264,6 +264,13 @@ def plan_runs(args: argparse.Namespace, models: dict[str, Any], images: dict[str
                 ref_id = f"reference fp32, own settings [{image}]"
                 runs.append(RunSpec("reference int8, own settings", "skinseg", "reference_int8", image, iou_ref=ref_id,
                                     **ref))  # fmt: skip
+            if not big:  # more tiles for a meaningful int8 IoU: long side 1024, 256-px tiles
+                ref = {**ref, "scale": "1024"}
+                runs.append(RunSpec("reference fp32, scale 1024", "skinseg", "reference", image, **ref))
+                if "reference_int8" in models:
+                    ref_id = f"reference fp32, scale 1024 [{image}]"
+                    runs.append(RunSpec("reference int8, scale 1024", "skinseg", "reference_int8", image,
+                                        iou_ref=ref_id, **ref))  # fmt: skip
     return runs
 
 
@@ -383,6 +390,7 @@ def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
     th, tw = seg.tile
     seg.predict_tiles(np.full((seg.batch_size, th, tw, 3), 128.0, np.float32))  # warm-up (and OV compile)
     load_s = time.perf_counter() - t0
+    rss_loaded = peak_rss_mb()  # model, session and one warm-up batch; the rest is the image's
     best: dict[str, Any] | None = None
     for _ in range(task["repeat"]):
         timers.reset()
@@ -397,7 +405,7 @@ def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
             best = {"seconds": total, "phases": _phases(timers.seconds, total), "tiles": result.tiles,
                     "cpu_util": (time.process_time() - cpu0) / total / task["threads"]}  # fmt: skip
     assert best is not None
-    best.update(provider=provider, load_s=load_s, batch=seg.batch_size, tile=list(seg.tile),
+    best.update(provider=provider, load_s=load_s, batch=seg.batch_size, tile=list(seg.tile), rss_loaded_mb=rss_loaded,
                 working_size=list(result.working_size), rss_mb=peak_rss_mb())  # fmt: skip
     return best
 
@@ -525,6 +533,9 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     reference = next((r for r in REFERENCE_MODELS if r.is_file()), None)
     if reference is not None:
         out["models"]["reference"] = str(reference)
+        int8 = reference.with_name(reference.stem + ".int8.onnx")
+        if int8.is_file():
+            out["models"]["reference_int8"] = str(int8)
     elif REFERENCE_KERAS.is_file():
         out["models"].update(_export_reference(models))
         out["notes"].append(
@@ -873,7 +884,7 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def table(results: list[dict[str, Any]], peak: float) -> str:
     """The results as a markdown table."""
     head = ("| image | configuration | grid | provider | s/image | MP/s | tiles/s | ×seed | GFLOPS (model) | "
-            "% peak | model % | decode+blend+write % | RSS MB | IoU | CPU use |")  # fmt: skip
+            "% peak | model % | decode+blend+write % | peak RSS MB (after load) | IoU | CPU use |")  # fmt: skip
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     base: dict[str, float] = {}
     for run in results:
@@ -905,7 +916,8 @@ def table(results: list[dict[str, Any]], peak: float) -> str:
             _fmt(fraction and 100 * fraction, ".0f"),
             f"{100 * share.get('model', 0):.0f}",
             f"{100 * io:.1f}",
-            f"{row['rss_mb']:.0f}",
+            f"{row['rss_mb']:.0f}"
+            + (f" ({run['result']['rss_loaded_mb']:.0f})" if run["result"].get("rss_loaded_mb") else ""),
             _fmt(iou, ".4f"),
             _fmt(run["result"].get("cpu_util"), ".0%"),
         ]
@@ -962,7 +974,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         "GFLOPS / matmul peak; *decode+blend+write %* = share of wall time outside the model except resize and "
         "post-processing; *IoU* = mask IoU against the fp32 NCHW run of the same grid (int8, NHWC, OpenVINO), the "
         "default fp32 run (default int8), or, for the seed runs, against skinseg fp32 (margin-free seed run: only "
-        "where the grids give identical tiles); *CPU use* = process CPU time / (wall time × threads) during the "
+        "where the grids give identical tiles); *peak RSS (after load)* = the process's VmHWM at the end "
+        "(after loading the model and one warm-up batch); *CPU use* = process CPU time / (wall time × threads) in the "
         "timed run: well under 100 % means other processes took cores from the run (its figures are too slow).",
     ]
     phase_lines = ["", "Phases (seconds): ", "", "| image | configuration | " + " | ".join(PHASES) + " |",
