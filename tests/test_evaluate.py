@@ -252,7 +252,7 @@ def test_keras_model_scores_like_its_onnx_export(data, tmp_path):
     keras = pytest.importorskip("keras")
     pytest.importorskip("tf2onnx")
     from exporters import export_onnx
-    from runtime.metadata import ModelMetadata
+    from exporters.from_run import build_metadata
 
     image = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Rescaling(1 / 255)(image)
@@ -264,7 +264,7 @@ def test_keras_model_scores_like_its_onnx_export(data, tmp_path):
     keras_path = tmp_path / "tiny.keras"
     net.save(keras_path)
     onnx_path = tmp_path / "tiny.onnx"
-    export_onnx(keras_path, onnx_path, metadata=ModelMetadata(tile_size=(32, 32), train_scale=Scale("tile")))
+    export_onnx(keras_path, onnx_path, metadata=build_metadata(net, None))  # what `skinseg export` writes
 
     scores = {}
     for path in (keras_path, onnx_path):
@@ -273,7 +273,7 @@ def test_keras_model_scores_like_its_onnx_export(data, tmp_path):
         assert result.exit_code == 0, result.output
         scores[path.suffix] = {s: float(r["jaccard"]) for s, r in _rows(out).items()}
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["options"]["tile"] == [32, 32] and summary["options"]["scale"]["mode"] == "tile"
+        assert summary["options"]["tile"] == [32, 32] and summary["options"]["scale"]["mode"] == "short_side"
         assert summary["model"]["provider"] == ("keras" if path == keras_path else "CPUExecutionProvider")
     assert scores[".keras"].keys() == scores[".onnx"].keys()
     for stem, value in scores[".keras"].items():

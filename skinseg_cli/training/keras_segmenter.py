@@ -28,23 +28,19 @@ RUN_CONFIG = "config.resolved.ini"
 
 
 def keras_defaults(model: Any, path: Path) -> tuple[tuple[int, int], Scale]:
-    """The tile ``(height, width)`` and scale a ``.keras`` model was trained with, as ``skinseg export`` would
-    record them: from the run directory's ``config.resolved.ini`` next to the file, else the model's fixed input
-    size with scale ``tile``."""
-    if (path.parent / RUN_CONFIG).is_file():
-        from exporters.from_run import run_config
+    """The tile ``(height, width)`` and scale ``skinseg export`` would record for this ``.keras`` file: from the
+    run directory's ``config.resolved.ini`` next to it, else from the model's fixed input size."""
+    from exporters.from_run import build_metadata
 
-        cfg = run_config(path.parent)
-        tile = (int(cfg.model.image_height), int(cfg.model.image_width))
-        scale = Scale("tile") if cfg.train.train_scale is None else Scale.parse(cfg.train.train_scale)
-        return tile, scale
+    run_dir = path.parent if (path.parent / RUN_CONFIG).is_file() else None
     shape = tuple(model.inputs[0].shape)
-    if len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int):
-        return (shape[1], shape[2]), Scale("tile")
-    raise ModelError(
-        f"{path}: the model takes any input size and has no {RUN_CONFIG} next to it, so its tile size and scale "
-        "are unknown; give both --tile and --scale (e.g. --tile 256 --scale tile)"
-    )
+    if run_dir is None and not (len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int)):
+        raise ModelError(
+            f"{path}: the model takes any input size and has no {RUN_CONFIG} next to it, so its tile size and scale "
+            "are unknown; give both --tile and --scale (e.g. --tile 256 --scale tile)"
+        )
+    meta = build_metadata(model, run_dir)
+    return meta.tile_size, meta.train_scale
 
 
 class KerasSegmenter(Segmenter):
