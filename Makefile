@@ -54,8 +54,10 @@ demo: $(STAMP_RT)
 	$(VENV)/bin/skinseg infer samples/ --output demo_output/
 	@echo "open demo_output/index.html for the gallery (input, overlay and lesion area of each sample)"
 
+# OV_PATH: a folder where onnxruntime-openvino was installed with `pip install --target`, to measure OpenVINO too.
 bench: $(STAMP_ALL)
 	$(PY) benchmarks/bench_augment.py --size 512 --count 200
+	$(PY) benchmarks/bench_infer.py --levers --out benchmarks/results.json --markdown docs/performance.md $(if $(OV_PATH),--ov-path $(OV_PATH))
 
 DATA    ?= ../shared/data
 MODELS  := runtime/models

@@ -13,7 +13,7 @@ What runs (each configuration in a fresh subprocess, so peak RSS is its own):
   tile 512, ``overlap=0`` (stride 512 = the seed's cell size, so both run ``ceil(W/512)·ceil(H/512)`` model
   calls on 512×512 tiles: equal work), batch 1, no mask post-processing (the seed has none);
 - ``skinseg default``: the runtime's own settings (NCHW model, overlap 0.25 with Gaussian blending, batch 4,
-  largest component + hole filling), fp32 and int8;
+  its default mask post-processing), fp32 and int8;
 - the reference model (``runtime/models/skinseg_default.onnx`` or ``runs/reference/model.onnx``), if present.
 
 Every run decodes the file, segments it and writes the mask PNG; the figures are seconds per image, megapixels
@@ -206,7 +206,7 @@ class RunSpec:
     group: str = "equal grid"  # "equal grid" (same tiles as the seed) or "own settings"
     overlap: float = 0.0
     batch: int = 1
-    post: bool = False  # keep-largest + fill-holes
+    post: bool = False  # the runtime's default post-processing (else none)
     margin: int = SEED_MARGIN
     device: str = "cpu"  # "cpu" or "openvino"
     ov_precision: str = ""  # OpenVINO INFERENCE_PRECISION_HINT ("f32", "bf16"); "" = the plugin's default
@@ -369,13 +369,9 @@ def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
     from runtime.segmenter import Segmenter
 
     t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {
-        "threads": task["threads"],
-        "overlap": task["overlap"],
-        "batch_size": task["batch"],
-        "keep_largest": task["post"],
-        "fill_holes": task["post"],
-    }
+    kwargs: dict[str, Any] = {"threads": task["threads"], "overlap": task["overlap"], "batch_size": task["batch"]}
+    if not task["post"]:  # with post-processing: the runtime's own defaults
+        kwargs.update(keep_largest=False, fill_holes=False)
     if task["tile"]:
         kwargs["tile"] = task["tile"]
     if task["scale"]:
@@ -454,7 +450,7 @@ def worker_peak(task: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    n, reps = task.get("n", 2048), task.get("reps", 8)
+    n, reps = task.get("n", 2048), task.get("reps", 16)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -899,7 +895,8 @@ def table(results: list[dict[str, Any]], peak: float) -> str:
         share = row["phase_share"]
         io = share.get("decode", 0) + share.get("tiling/blend", 0) + share.get("write", 0)
         iou = run.get("iou", run.get("iou_vs_skinseg_fp32_matched", run.get("iou_vs_skinseg_fp32")))
-        ratio = row["tiles_per_s"] / base[spec["image"]] if spec["image"] in base else None
+        same_model = not spec["model"].startswith("reference")
+        ratio = row["tiles_per_s"] / base[spec["image"]] if spec["image"] in base and same_model else None
         grid = f"{row['tiles']}×{spec['tile'] or 'meta'}" + (f" ov{spec['overlap']:g}" if spec["overlap"] else "")
         provider = run["result"]["provider"].replace("ExecutionProvider", "")
         fraction = row["model_peak_fraction"]
@@ -964,7 +961,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         f"{report['flops_per_tile'] / 1e9:.1f} GFLOP per 512×512 tile (Conv/ConvTranspose counted from the ONNX graph; "
         f"Keras-side count {report['keras_flops'] / 1e9:.1f}), random weights (seed 0).",
         "",
-        f"**fp32 matmul peak** (2048², best of 8, same threads): numpy {peak['numpy_gflops']:.0f} GFLOPS, "
+        f"**fp32 matmul peak** (2048², best of 16 at start and end, same threads): "
+        f"numpy {peak['numpy_gflops']:.0f} GFLOPS, "
         f"onnxruntime MatMul {peak['ort_gflops']:.0f} GFLOPS; peak used = {peak['peak_gflops']:.0f} GFLOPS.",
         "",
         table(report["runs"], peak["peak_gflops"]),
@@ -1028,11 +1026,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="a tiny UNet, to develop this script (numbers mean nothing)"
     )
+    parser.add_argument("--from-json", default="", help="only re-print (and --markdown) the results of a JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         task = json.loads(args.worker)
         print("RESULT " + json.dumps(WORKERS[task["kind"]](task)), flush=True)
+        return 0
+
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        print(table(report["runs"], report["peak"]["peak_gflops"]))
+        if args.markdown:
+            write_markdown(Path(args.markdown), markdown_section(report))
         return 0
 
     started = time.perf_counter()
@@ -1054,6 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"model: {flops / 1e9:.1f} GFLOP per tile (ONNX count), {prep['keras_flops'] / 1e9:.1f} (Keras count)")
     peak = run_worker({"kind": "peak", "threads": n}, n)
     log(f"matmul peak: {peak}")
+    if "error" in peak:
+        print(peak["error"], file=sys.stderr)
+        return 1
 
     ov_path, ov_version = "", ""
     import onnxruntime
@@ -1112,6 +1121,15 @@ def main(argv: list[str] | None = None) -> int:
                     elif p == "error":
                         levers[f"OpenVINO {key}"] = {"error": str(v)[:200]}
 
+    # The peak is measured again at the end and the larger kept: on a shared machine one measurement can land
+    # while another process holds a core.
+    again = run_worker({"kind": "peak", "threads": n}, n)
+    if "error" not in again:
+        log(f"matmul peak again: {again}")
+        peak = {**peak, **{k: max(peak[k], again[k]) for k in ("numpy_gflops", "ort_gflops", "peak_gflops")}}
+        for run in results:
+            if "row" in run and run["row"]["model_gflops"]:
+                run["row"]["model_peak_fraction"] = run["row"]["model_gflops"] / peak["peak_gflops"]
     report = {
         "argv": sys.argv[1:] if argv is None else argv,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -72,6 +72,7 @@ from runtime.report import (
     write_reports,
     write_results,
 )
+from runtime.tiling import DEFAULT_BATCH_SIZE
 
 __all__ = [
     "CSV_FIELDS",
@@ -119,7 +120,7 @@ class InferOptions:
     tile: int | None = None
     scale: str | None = None
     overlap: float = 0.25
-    batch_size: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE
     threshold: float | None = None
     keep_largest: bool = DEFAULT_KEEP_LARGEST
     fill_holes: bool = DEFAULT_FILL_HOLES

@@ -410,14 +410,14 @@ def write_png_atomic(
 
     ``bits=1`` writes a bilevel PNG for masks (pixels > 127 become white): smaller than an 8-bit one, and read
     back by any viewer (and :func:`read_mask`) as 0/255. ``compression`` is zlib's level 0–9; the default is
-    3 for 8 bits (fast on large photos) and 9 for 1 bit (bilevel data is small, so it costs little).
+    3 for 8 bits (fast on large photos) and 6 for 1 bit (smaller than level 3, a quarter of level 9's time).
     """
     if array.dtype != np.uint8:
         raise ValueError(f"write_png_atomic needs a uint8 array, got {array.dtype}")
     if bits == 1:
         if array.ndim != 2:
             raise ValueError(f"bits=1 needs a 2-D mask, got shape {array.shape}")
-        level = 9 if compression is None else compression
+        level = 6 if compression is None else compression  # 29 MP mask: 80 KB in 32 ms (level 9: 57 KB, 146 ms)
         params = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, level]
         data = _encode(".png", (array > 127).view(np.uint8), params)
     elif bits == 8:

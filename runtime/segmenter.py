@@ -26,7 +26,7 @@ from runtime.imageio import DEFAULT_MAX_PIXELS, image_info, read_image
 from runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.providers import check_provider_used, resolve_providers
-from runtime.tiling import plan_tiles, tiled_predict
+from runtime.tiling import DEFAULT_BATCH_SIZE, plan_tiles, tiled_predict
 
 __all__ = ["Result", "Segmenter"]
 
@@ -85,7 +85,7 @@ class Segmenter:
         tile: int | Sequence[int] | None = None,
         scale: Scale | str | float | None = None,
         overlap: float = 0.25,
-        batch_size: int = 4,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         threshold: float | None = None,
         keep_largest: bool = DEFAULT_KEEP_LARGEST,
         fill_holes: bool = DEFAULT_FILL_HOLES,

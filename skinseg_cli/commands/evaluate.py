@@ -15,6 +15,7 @@ from rich.table import Table
 
 from runtime.errors import DataError, ModelError, UsageError
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
+from runtime.tiling import DEFAULT_BATCH_SIZE
 from skinseg_cli import __version__
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
 from skinseg_cli.options import (
@@ -61,7 +62,7 @@ def evaluate(
     tile: TileOpt = None,
     scale: ScaleOpt = None,
     overlap: OverlapOpt = 0.25,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threshold: ThresholdOpt = None,
     keep_largest: KeepLargestOpt = DEFAULT_KEEP_LARGEST,
     fill_holes: FillHolesOpt = DEFAULT_FILL_HOLES,

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
+from runtime.tiling import DEFAULT_BATCH_SIZE
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
 from skinseg_cli.options import (
     BatchSizeOpt,
@@ -77,7 +78,7 @@ def infer(
     tile: TileOpt = None,
     scale: ScaleOpt = None,
     overlap: OverlapOpt = 0.25,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threshold: ThresholdOpt = None,
     keep_largest: KeepLargestOpt = DEFAULT_KEEP_LARGEST,
     fill_holes: FillHolesOpt = DEFAULT_FILL_HOLES,

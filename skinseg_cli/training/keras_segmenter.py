@@ -21,6 +21,7 @@ from runtime.imageio import DEFAULT_MAX_PIXELS
 from runtime.metadata import Scale
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.segmenter import Segmenter
+from runtime.tiling import DEFAULT_BATCH_SIZE
 
 __all__ = ["KerasSegmenter", "keras_defaults"]
 
@@ -58,7 +59,7 @@ class KerasSegmenter(Segmenter):
         tile: int | Sequence[int] | None = None,
         scale: Scale | str | float | None = None,
         overlap: float = 0.25,
-        batch_size: int = 4,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         threshold: float | None = None,
         keep_largest: bool = DEFAULT_KEEP_LARGEST,
         fill_holes: bool = DEFAULT_FILL_HOLES,
