@@ -17,6 +17,7 @@ METADATA_KEY = "skinseg"
 FORMAT_VERSION = 1
 LAYOUTS = ("nhwc", "nchw")
 MODES = ("native", "tile", "factor", "long_side", "short_side")
+MAX_LONG_SIDE = 100_000.0  # px; also rejects inf and nan
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,12 @@ class Scale:
             return cls(s)
         if s.startswith("short:"):
             try:
-                return cls("short_side", float(s[6:]))
+                v = float(s[6:])
             except ValueError:
-                raise ValueError(f"scale short:N needs a positive number of pixels, got {text!r}") from None
+                v = float("nan")
+            if not 0 < v <= MAX_LONG_SIDE:
+                raise ValueError(f"scale short:N needs a number of pixels from 1 to {MAX_LONG_SIDE:g}, got {text!r}")
+            return cls("short_side", v)
         try:
             v = float(s)
         except ValueError:
@@ -61,8 +65,8 @@ class Scale:
                 "or a short side such as short:256, "
                 f"got {text!r}"
             ) from None
-        if not v > 0:
-            raise ValueError(f"scale must be positive, got {text!r}")
+        if not 0 < v <= MAX_LONG_SIDE:
+            raise ValueError(f"scale must be positive and at most {MAX_LONG_SIDE:g} px, got {text!r}")
         return cls("factor", v) if v <= 8 else cls("long_side", v)
 
     def factor_for(self, width: int, height: int, tile: tuple[int, int] | None = None) -> float:

@@ -9,7 +9,6 @@ This module never imports TensorFlow, Keras, tf2onnx or onnx: metadata comes fro
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 
 from runtime import postprocess as pp
 from runtime.errors import ImageError, ModelError, UsageError
-from runtime.imageio import DEFAULT_MAX_PIXELS, image_info, read_image
+from runtime.imageio import DEFAULT_MAX_PIXELS, read_image
 from runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.providers import check_provider_used, resolve_providers
@@ -56,6 +55,9 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
 
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
+
+
+MAX_TILE = 4096  # px: a larger tile is a typo (its Gaussian weights alone would take gigabytes)
 
 
 class Segmenter:
@@ -112,7 +114,7 @@ class Segmenter:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: batch output stays readable
+        options.log_severity_level = 4  # fatal only: failures reach the user as one-line errors, not ORT logs
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         try:
@@ -191,8 +193,10 @@ class Segmenter:
 
         if tile is not None:
             t = (int(tile), int(tile)) if isinstance(tile, (int, np.integer)) else tuple(int(v) for v in tile)
-            if len(t) != 2 or min(t) < 1:
-                raise UsageError(f"--tile must be one or two positive integers (height, width), got {tile!r}")
+            if len(t) != 2 or min(t) < 1 or max(t) > MAX_TILE:
+                raise UsageError(
+                    f"--tile must be one or two integers from 1 to {MAX_TILE} (height, width), got {tile!r}"
+                )
         elif meta is not None:
             t = tuple(meta.tile_size)
         else:  # unreachable: checked in __init__
@@ -212,6 +216,19 @@ class Segmenter:
         self._input_dtype = _INPUT_TYPES[inp.type]
         self._fixed_batch = _static(shape[0])
         self.batch_size = self._fixed_batch or batch_size
+        self._probe(name)
+
+    def _probe(self, name: str) -> None:
+        """Run one blank tile now, so a tile size the model cannot take is a usage error before any image."""
+        try:
+            self.predict_tiles(np.zeros((self._fixed_batch or 1, *self.tile, 3), np.float32))
+        except ModelError:
+            raise
+        except Exception as e:  # onnxruntime's own exception types
+            raise UsageError(
+                f"{name}: the model cannot segment {self.tile[0]}×{self.tile[1]} tiles ({_first_line(e)}); "
+                "use the model's own tile size (leave --tile out)"
+            ) from None
 
     # ------------------------------------------------------------------------------------------- properties
 
@@ -274,28 +291,23 @@ class Segmenter:
     def segment_file(self, path: str | os.PathLike[str], on_tile: Callable[[int, int], None] | None = None) -> Result:
         """Read and segment an image file; the mask has the file's full (EXIF-oriented) size.
 
-        A JPEG that the model sees at ≤ 1/2 of its size is decoded directly at 1/2, 1/4 or 1/8 (libjpeg's
-        scaled decoding), which is much faster than decoding it whole. Raises :class:`ImageError` for a file
-        that cannot be read.
+        The file is decoded at full size, exactly as ``skinseg infer`` and ``skinseg evaluate`` do (they need the
+        full image for the overlay and the scores), so the API, the CLI and the published figures agree pixel for
+        pixel. Raises :class:`ImageError` for a file that cannot be read.
         """
         start = time.perf_counter()
-        info = image_info(path)
-        factor = self.scale.factor_for(info.width, info.height, self.tile)
-        reduce = 1
-        if info.format == "jpeg":
-            reduce = max(r for r in (1, 2, 4, 8) if r * factor <= 1.0 + 1e-9)
-        image = read_image(path, max_pixels=self.max_pixels, reduce=reduce)
-        size = (image.shape[1], image.shape[0])
-        if reduce > 1:
-            if size != (math.ceil(info.width / reduce), math.ceil(info.height / reduce)):
-                # The header and the decoder disagree (an orientation we did not see?): trust the pixels.
-                image = read_image(path, max_pixels=self.max_pixels)
-                size = (image.shape[1], image.shape[0])
-            else:
-                size = (info.width, info.height)
-        result = self._segment(image, size, on_tile, start)
-        result.extra["decode_reduce"] = reduce
-        return result
+        image = read_image(path, max_pixels=self.max_pixels)
+        return self._segment(image, (image.shape[1], image.shape[0]), on_tile, start)
+
+    def _check_work_size(self, size: tuple[int, int], work: tuple[int, int]) -> None:
+        """Refuse an image the scale would blow up (a 1×3000 strip at short side 256 is 196 MP of work)."""
+        area, work_area = size[0] * size[1], work[0] * work[1]
+        limit = max(4 * area, 4 * self.tile[0] * self.tile[1])
+        if work_area > limit or work_area > self.max_pixels:
+            raise ImageError(
+                f"{size[0]}×{size[1]} px would be segmented at {work[0]}×{work[1]} px (scale {self.scale}), "
+                f"{work_area / area:.0f}× its own size; not a dermoscopy photo? Otherwise use a smaller --scale"
+            )
 
     def _segment(
         self,
@@ -306,6 +318,7 @@ class Segmenter:
     ) -> Result:
         width, height = size
         work_size = self.scale.work_size(width, height, self.tile)
+        self._check_work_size(size, work_size)
         if (image.shape[1], image.shape[0]) == work_size:
             work = image
         else:

@@ -25,7 +25,7 @@ def test_scale_parse(text, mode, value):
     assert (scale.mode, scale.value) == (mode, value)
 
 
-@pytest.mark.parametrize("text", ["big", "-1", "0", "", "short:", "short:-5"])
+@pytest.mark.parametrize("text", ["big", "-1", "0", "", "short:", "short:-5", "inf", "nan", "1e9", "short:inf"])
 def test_scale_parse_rejects(text):
     with pytest.raises(ValueError, match="scale"):
         Scale.parse(text)

@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -70,28 +69,41 @@ def test_scaled_model_returns_full_size(models):
     assert calls[-1][0] == calls[-1][1] == result.tiles
 
 
-def test_segment_file_uses_reduced_jpeg_decode(models, tmp_path):
+def test_segment_file_is_what_infer_and_evaluate_segment(models, tmp_path):
+    """The API, `skinseg infer` and `skinseg evaluate` segment the same pixels: the file decoded whole."""
+    from runtime.imageio import read_image
+
     img = smooth(240, 320)
     path = tmp_path / "photo.jpg"
     path.write_bytes(jpeg_bytes(img))
-    result = Segmenter(models["quarter"], **PLAIN).segment_file(path)
-    assert result.extra["decode_reduce"] == 4 and result.mask.shape == (240, 320)
-    assert result.working_size == (80, 60)
+    seg = Segmenter(models["quarter"], **PLAIN)
+    result = seg.segment_file(path)
+    assert result.mask.shape == (240, 320) and result.working_size == (80, 60)
+    np.testing.assert_array_equal(result.prob, seg.segment(read_image(path)).prob)
     assert np.abs(result.prob.astype(int) - img[..., 0]).mean() < 3
 
     path.write_bytes(jpeg_bytes(img, orientation=6))  # turned 90°: the mask follows the displayed photo
-    turned = Segmenter(models["quarter"], **PLAIN).segment_file(path)
+    turned = seg.segment_file(path)
     assert turned.mask.shape == (320, 240)
     assert np.abs(turned.prob.astype(int) - np.rot90(img, -1)[..., 0]).mean() < 3
-
-
-def test_segment_file_png_is_full_decode(models, tmp_path):
-    img = smooth(64, 96)
-    cv2.imwrite(str(tmp_path / "a.png"), img[..., ::-1])
-    result = Segmenter(models["half"], **PLAIN).segment_file(tmp_path / "a.png")
-    assert result.extra["decode_reduce"] == 1 and result.mask.shape == (64, 96)
     with pytest.raises(ImageError, match="not found"):
-        Segmenter(models["half"], **PLAIN).segment_file(tmp_path / "missing.png")
+        seg.segment_file(tmp_path / "missing.png")
+
+
+def test_an_absurd_working_size_fails_the_image_not_the_machine(models):
+    seg = Segmenter(models["nhwc"], threads=1, scale="short:256")
+    with pytest.raises(ImageError, match="smaller --scale"):
+        seg.segment(np.zeros((1, 3000, 3), np.uint8))  # a strip: 256 × 768,000 px of work
+    assert seg.segment(np.zeros((150, 200, 3), np.uint8)).mask.shape == (150, 200)  # upscaling a small photo is fine
+
+
+def test_a_tile_the_model_cannot_take_is_a_usage_error(models):
+    from runtime.batch import default_model_path
+
+    with pytest.raises(UsageError, match="--tile must be"):
+        Segmenter(models["nhwc"], tile=100000)
+    with pytest.raises(UsageError, match="7×7 tiles.*multiple of"):  # a UNet with 4 poolings needs multiples of 16
+        Segmenter(default_model_path(), tile=7, threads=1)
 
 
 def test_postprocessing_options(models):

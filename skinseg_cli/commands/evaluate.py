@@ -201,13 +201,8 @@ def load_segmenter(model_path: Path, options: Any) -> Any:
 
 
 def segment_like_infer(segmenter: Any, max_pixels: int) -> Callable[[Path], np.ndarray]:
-    """The mask `skinseg infer` writes for a file: the image read whole, then :meth:`Segmenter.segment`."""
-    from runtime.imageio import read_image
-
-    def segment(path: Path) -> np.ndarray:
-        return segmenter.segment(read_image(path, max_pixels=max_pixels)).mask
-
-    return segment
+    """The mask `skinseg infer` writes for a file (:meth:`Segmenter.segment_file`: the image read whole)."""
+    return lambda path: segmenter.segment_file(path).mask
 
 
 def resolved_options(segmenter: Any, options: Any, *, worst: int) -> dict[str, Any]:
