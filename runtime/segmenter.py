@@ -60,6 +60,26 @@ def _static(dim: Any) -> int | None:
 MAX_TILE = 4096  # px: a larger tile is a typo (its Gaussian weights alone would take gigabytes)
 
 
+def check_options(*, threads: int | None, overlap: float, batch_size: int, threshold: float | None) -> None:
+    """The option rules every segmenter shares, with the CLI's option names in the messages."""
+    if threads is not None and (int(threads) != threads or threads < 1):
+        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+    if not 0.0 <= overlap < 1.0:
+        raise UsageError(f"--overlap must be within [0, 1), got {overlap!r}; 0.25 is a good default")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be within [0, 1], got {threshold!r}")
+
+
+def parse_tile(tile: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from one or two integers, each within 1..MAX_TILE."""
+    t = (int(tile), int(tile)) if isinstance(tile, (int, np.integer)) else tuple(int(v) for v in tile)
+    if len(t) != 2 or min(t) < 1 or max(t) > MAX_TILE:
+        raise UsageError(f"--tile must be one or two integers from 1 to {MAX_TILE} (height, width), got {tile!r}")
+    return t[0], t[1]
+
+
 class Segmenter:
     """A loaded skinseg model, ready to segment images of any size.
 
@@ -97,14 +117,7 @@ class Segmenter:
 
         self.model_path = Path(model_path)
         name = str(self.model_path)
-        if threads is not None and (int(threads) != threads or threads < 1):
-            raise UsageError(f"--threads must be a positive integer, got {threads!r}")
-        if not 0.0 <= overlap < 1.0:
-            raise UsageError(f"--overlap must be within [0, 1), got {overlap!r}; 0.25 is a good default")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise UsageError(f"--threshold must be within [0, 1], got {threshold!r}")
+        check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
         if not self.model_path.is_file():
             what = "is a directory, not an .onnx file" if self.model_path.is_dir() else "file not found"
             raise ModelError(f"{name}: {what}")
@@ -192,11 +205,7 @@ class Segmenter:
         fixed = (_static(spatial[0]), _static(spatial[1]))
 
         if tile is not None:
-            t = (int(tile), int(tile)) if isinstance(tile, (int, np.integer)) else tuple(int(v) for v in tile)
-            if len(t) != 2 or min(t) < 1 or max(t) > MAX_TILE:
-                raise UsageError(
-                    f"--tile must be one or two integers from 1 to {MAX_TILE} (height, width), got {tile!r}"
-                )
+            t = parse_tile(tile)
         elif meta is not None:
             t = tuple(meta.tile_size)
         else:  # unreachable: checked in __init__

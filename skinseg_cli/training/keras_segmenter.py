@@ -20,7 +20,7 @@ from runtime.errors import ModelError, UsageError
 from runtime.imageio import DEFAULT_MAX_PIXELS
 from runtime.metadata import Scale
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
-from runtime.segmenter import Segmenter
+from runtime.segmenter import Segmenter, check_options, parse_tile
 from runtime.tiling import DEFAULT_BATCH_SIZE
 
 __all__ = ["KerasSegmenter", "keras_defaults"]
@@ -66,7 +66,7 @@ class KerasSegmenter(Segmenter):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         # Segmenter.__init__ opens an onnxruntime session; we set the attributes its pipeline reads instead.
-        _check_options(threads, overlap, batch_size, threshold)
+        check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
         self.model_path = Path(model_path)
         if threads is not None:
             import tensorflow as tf
@@ -126,24 +126,9 @@ class KerasSegmenter(Segmenter):
         return np.nan_to_num(np.clip(y, 0.0, 1.0), copy=False, nan=0.0)
 
 
-def _check_options(threads: int | None, overlap: float, batch_size: int, threshold: float | None) -> None:
-    """The same option checks (and messages) as :class:`Segmenter`."""
-    if threads is not None and (int(threads) != threads or threads < 1):
-        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
-    if not 0.0 <= overlap < 1.0:
-        raise UsageError(f"--overlap must be within [0, 1), got {overlap!r}; 0.25 is a good default")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold must be within [0, 1], got {threshold!r}")
-
-
 def _tile(tile: int | Sequence[int] | None, default: tuple[int, int] | None) -> tuple[int, int]:
     if tile is None:
         if default is None:  # unreachable: keras_defaults raised
             raise UsageError("--tile is required for this model")
         return default
-    t = (int(tile), int(tile)) if isinstance(tile, (int, np.integer)) else tuple(int(v) for v in tile)
-    if len(t) != 2 or min(t) < 1:
-        raise UsageError(f"--tile must be one or two positive integers (height, width), got {tile!r}")
-    return t[0], t[1]
+    return parse_tile(tile)
