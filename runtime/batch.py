@@ -14,10 +14,15 @@ Guarantees:
 - Outputs are written to hidden temporary files and renamed; the mask is written **last**, so an existing mask
   that is newer than its input means the image is done. A rerun skips such images (``overwrite`` redoes them)
   and removes temporary files a killed run left behind.
+- A rerun with another model or other options that change the outputs (:meth:`InferOptions.output_settings`)
+  redoes every image: the output folder's settings stamp (``.skinseg-settings.json``, see
+  :func:`runtime.outputs.stamp_settings`) is rewritten and masks older than it are out of date. A folder
+  without a stamp (made by an older skinseg) gets one and its images are redone once.
 - Every output stays inside the output folder: a relative path with ``..``, an absolute one, or a symlinked
   folder that leads out is refused for that image.
 - ``results.csv`` (one row per image) and ``summary.json`` are written atomically; a rerun merges its rows into
-  the previous ones. ``results.csv`` is also checkpointed during the run.
+  the previous ones, less the rows of inputs that were deleted since. ``results.csv`` is also checkpointed
+  during the run.
 - Two inputs whose outputs would have the same name (``a.jpg`` and ``a.png`` in one folder; names compared
   case-insensitively, for case-insensitive file systems) are not overwritten: the second one fails with a reason.
 
@@ -49,6 +54,7 @@ from runtime.outputs import (
     LOCK_NAME,
     OUTPUT_SUFFIXES,
     RESULTS_NAME,
+    SETTINGS_NAME,
     SUMMARY_NAME,
     OutputPaths,
     check_inside,
@@ -57,6 +63,7 @@ from runtime.outputs import (
     outputs_up_to_date,
     prepare_output,
     remove_stale_temps,
+    stamp_settings,
     write_outputs,
 )
 from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
@@ -64,6 +71,7 @@ from runtime.report import (
     CSV_FIELDS,
     BatchSummary,
     Row,
+    drop_deleted_inputs,
     merge_rows,
     read_results,
     row_from_outputs,
@@ -80,6 +88,7 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "PIPELINE_DEPTH",
     "RESULTS_NAME",
+    "SETTINGS_NAME",
     "SUMMARY_NAME",
     "BatchSummary",
     "InferOptions",
@@ -143,6 +152,17 @@ class InferOptions:
             "fill_holes": self.fill_holes,
             "max_pixels": self.max_pixels,
         }
+
+    def output_settings(self) -> dict[str, Any]:
+        """The options that change an image's outputs (recorded in the output folder's settings stamp).
+
+        Not the ones that only change the speed (``device``, ``threads``, ``batch_size``) or which images are
+        refused (``max_pixels``), nor ``overwrite``.
+        """
+        kwargs = self.segmenter_kwargs()
+        for key in ("device", "threads", "batch_size", "max_pixels"):
+            del kwargs[key]
+        return {**kwargs, "save_prob": self.save_prob, "contours": self.contours}
 
 
 def default_model_path() -> Path:
@@ -212,19 +232,21 @@ def process_image(
     rel_path: str | PurePosixPath,
     *,
     on_tile: Callable[[int, int], None] | None = None,
+    since_ns: int | None = None,
 ) -> Row:
     """Segment one image file and write its outputs under ``output_root``; return its report row.
 
     The row has the keys :data:`CSV_FIELDS`; ``status`` is ``ok``, ``skipped`` (outputs up to date and not
     ``options.overwrite``) or ``failed`` with a one-line ``error``. Never raises for a bad image or a failed
-    write; a model that cannot be loaded raises :class:`ModelError` (nothing can succeed then).
+    write; a model that cannot be loaded raises :class:`ModelError` (nothing can succeed then). ``since_ns``
+    (the output folder's :class:`~runtime.outputs.SettingsStamp`) makes masks not newer than it out of date.
     """
     start = time.perf_counter()
     rel = PurePosixPath(rel_path)
     row = _empty_row(rel, image_path)
     try:
         paths = output_paths(output_root, rel, options)
-        if not options.overwrite and outputs_up_to_date(image_path, paths):
+        if not options.overwrite and outputs_up_to_date(image_path, paths, since_ns):
             row["status"] = "skipped"
             return row
     except Exception as e:  # a refused path fails this image only
@@ -278,7 +300,10 @@ def run_batch(
     Usage problems (no images found, a bad model, an unwritable or locked output folder) raise
     :class:`UsageError` before any image is touched. Images that fail are recorded and the batch goes on.
     Events passed to ``on_event`` (from the calling thread): ``waiting`` (for the lock), ``start`` (total,
-    provider), ``image_start``, ``tiles`` (done, total), ``image_done`` (row), ``summary``.
+    provider), ``settings_changed`` (right after ``start``, when the folder holds outputs of another model or
+    other options, or of unknown settings: they will all be redone; ``previous`` and ``current`` settings,
+    ``previous`` ``None`` when unknown), ``image_start``, ``tiles`` (done, total), ``image_done`` (row),
+    ``summary``.
     """
     emit = on_event or (lambda event: None)
     output = Path(output)
@@ -308,7 +333,11 @@ def _run_locked(
     emit: Callable[[Event], None],
 ) -> BatchSummary:
     results_path = output / RESULTS_NAME
-    previous = read_results(results_path)
+    # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
+    previous = drop_deleted_inputs(read_results(results_path), {str(item.rel) for item in items})
+    model_sha256 = file_sha256(model_path)
+    had_outputs = results_path.is_file()  # a new folder's first stamp is no news
+    stamp = stamp_settings(output, model_sha256, options.output_settings())
     summary = BatchSummary(
         ok=0,
         failed=0,
@@ -317,7 +346,7 @@ def _run_locked(
         megapixels=0.0,
         provider=provider,
         model=str(model_path),
-        model_sha256=file_sha256(model_path),
+        model_sha256=model_sha256,
         output=str(output),
         versions=versions(),
     )
@@ -325,6 +354,9 @@ def _run_locked(
     start = time.perf_counter()
     last_checkpoint = start
     emit({"event": "start", "total": len(items), "provider": provider, "model": str(model_path), "output": str(output)})
+    if stamp.changed and (had_outputs or stamp.previous is not None):
+        current = {"model_sha256": model_sha256, "options": options.output_settings()}
+        emit({"event": "settings_changed", "output": str(output), "previous": stamp.previous, "current": current})
 
     def record(index: int, row: Row) -> None:
         nonlocal last_checkpoint
@@ -343,7 +375,7 @@ def _run_locked(
             last_checkpoint = time.perf_counter()
 
     try:
-        _pipeline(items, model_path, output, options, emit, record)
+        _pipeline(items, model_path, output, options, emit, record, stamp.since_ns)
     except BaseException:
         summary.interrupted = True
         raise
@@ -361,6 +393,7 @@ def _pipeline(
     options: InferOptions,
     emit: Callable[[Event], None],
     record: Callable[[int, Row], None],
+    since_ns: int | None = None,
 ) -> None:
     """Run :func:`process_image` on ``items`` with :data:`PIPELINE_DEPTH` images in flight; events and rows
     are handed to ``emit``/``record`` on this thread."""
@@ -381,7 +414,7 @@ def _pipeline(
         def on_tile(done: int, total: int) -> None:
             events.put({"event": "tiles", "index": index, "path": rel, "done": done, "total": total})
 
-        return process_image(model_path, item.path, options, output, item.rel, on_tile=on_tile)
+        return process_image(model_path, item.path, options, output, item.rel, on_tile=on_tile, since_ns=since_ns)
 
     def drain() -> None:
         while True:

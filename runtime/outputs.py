@@ -4,6 +4,11 @@ Every output stays inside the output folder (:func:`output_paths` and :func:`che
 would leave it). Outputs are written to hidden temporary files and renamed, the mask **last**, so a mask newer
 than its input means the image is done (:func:`outputs_up_to_date`); :func:`remove_stale_temps` clears what a
 killed run left behind. :func:`output_lock` keeps two runs from writing to one folder at once.
+
+The settings stamp ``.skinseg-settings.json`` (:func:`stamp_settings`) records the model and the options that
+shaped the outputs in the folder. When they change, a new stamp is written and every mask older than it counts
+as out of date, so a rerun with another model or threshold redoes the images; a run killed half-way leaves
+redone masks newer than the stamp (kept) and the old ones older than it (redone by the next run).
 """
 
 from __future__ import annotations
@@ -13,36 +18,42 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
 
 from runtime import postprocess as pp
-from runtime.errors import ImageError, UsageError
+from runtime.errors import ImageError, SkinsegError, UsageError
 from runtime.imageio import write_bytes_atomic, write_jpeg_atomic, write_png_atomic
 
 __all__ = [
     "LOCK_NAME",
     "OUTPUT_SUFFIXES",
     "RESULTS_NAME",
+    "SETTINGS_NAME",
     "SUMMARY_NAME",
     "OutputOptions",
     "OutputPaths",
+    "SettingsStamp",
     "check_inside",
     "output_lock",
     "output_paths",
     "outputs_up_to_date",
     "prepare_output",
     "remove_stale_temps",
+    "stamp_settings",
     "write_outputs",
 ]
 
 LOCK_NAME = ".skinseg.lock"
 RESULTS_NAME = "results.csv"  # the report files (see runtime.report) are named here: remove_stale_temps needs them
 SUMMARY_NAME = "summary.json"
+SETTINGS_NAME = ".skinseg-settings.json"  # the model and options that made the outputs (see stamp_settings)
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json")
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # what runtime.imageio's atomic writers leave
 
@@ -106,12 +117,18 @@ def output_paths(
     )
 
 
-def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths) -> bool:
-    """Whether every requested output exists and the mask (written last) is not older than the image."""
+def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths, since_ns: int | None = None) -> bool:
+    """Whether every requested output exists and the mask (written last) is not older than the image.
+
+    With ``since_ns`` (:attr:`SettingsStamp.since_ns`, a file modification time) the mask must also be newer
+    than it: masks made before the model or the options changed are out of date.
+    """
     try:
         source = os.stat(image_path).st_mtime_ns
         mask = os.stat(paths.mask).st_mtime_ns
     except OSError:
+        return False
+    if since_ns is not None and mask <= since_ns:
         return False
     return mask >= source and all(p.is_file() for p in paths.all())
 
@@ -189,7 +206,7 @@ def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: 
 
 def remove_stale_temps(output: str | os.PathLike[str]) -> int:
     """Delete temporary files a killed run left in ``output`` (only our own output names); return how many."""
-    names = (*OUTPUT_SUFFIXES, RESULTS_NAME, SUMMARY_NAME)
+    names = (*OUTPUT_SUFFIXES, RESULTS_NAME, SUMMARY_NAME, SETTINGS_NAME)
     removed = 0
     for folder, _dirs, files in os.walk(output):
         for name in files:
@@ -199,3 +216,75 @@ def remove_stale_temps(output: str | os.PathLike[str]) -> int:
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------------------------------- settings stamp
+
+
+@dataclass(frozen=True)
+class SettingsStamp:
+    """The output folder's settings stamp after :func:`stamp_settings`.
+
+    ``since_ns`` is the stamp file's modification time: masks not newer than it were made with other (or
+    unknown) settings. ``changed`` is true when this run wrote a new stamp; ``previous`` is then the old stamp's
+    content (``None`` when there was none or it could not be read).
+    """
+
+    since_ns: int
+    changed: bool
+    previous: dict[str, Any] | None
+
+
+def _read_stamp(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _wait_for_clock_past(folder: Path, mtime_ns: int, timeout: float = 3.0) -> None:
+    """Wait until a file written in ``folder`` gets a modification time after ``mtime_ns``.
+
+    File times tick coarsely (a few ms; a second or two on some file systems); waiting here means every output
+    written from now on is strictly newer than the stamp, and every older output is not.
+    """
+    deadline = time.monotonic() + timeout
+    probe = folder / f".skinseg-probe-{secrets.token_hex(4)}"
+    try:
+        while True:
+            probe.touch()  # creates the file, then sets its times to now
+            if probe.stat().st_mtime_ns > mtime_ns or time.monotonic() >= deadline:
+                return
+            time.sleep(0.002)
+    except OSError:
+        return  # the stamp is still right; at worst an image written in the same tick is redone next time
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def stamp_settings(output: str | os.PathLike[str], model_sha256: str, options: dict[str, Any]) -> SettingsStamp:
+    """Read ``output``'s settings stamp; write a new one if it is missing or records other settings.
+
+    ``options`` are the options that change the outputs (``InferOptions.output_settings()``). Call it with the
+    output lock held, before any image is processed. A folder without a stamp (new, or written by an older
+    skinseg) gets one, and its existing outputs, made with unknown settings, count as out of date.
+    """
+    path = Path(output) / SETTINGS_NAME
+    wanted = {"model_sha256": model_sha256, "options": json.loads(json.dumps(options))}
+    previous = _read_stamp(path)
+    if previous is not None and {k: previous.get(k) for k in wanted} == wanted:
+        with contextlib.suppress(OSError):
+            return SettingsStamp(since_ns=path.stat().st_mtime_ns, changed=False, previous=None)
+    stamp = {**wanted, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        write_bytes_atomic(path, (json.dumps(stamp, indent=2) + "\n").encode("utf-8"), fsync=True)
+        since_ns = path.stat().st_mtime_ns
+    except OSError as e:
+        raise SkinsegError(
+            f"{path}: cannot write the settings stamp ({e.strerror or e}); free some space or fix the permissions "
+            "and run again"
+        ) from None
+    _wait_for_clock_past(Path(output), since_ns)
+    return SettingsStamp(since_ns=since_ns, changed=True, previous=previous)

@@ -1,7 +1,8 @@
 """A batch's report: ``results.csv`` (one row per image), ``summary.json`` and the HTML gallery.
 
 Both files are written atomically; a rerun reads the previous ``results.csv`` (:func:`read_results`) and merges
-its rows into it (:func:`merge_rows`), so skipped images keep their data. :func:`write_reports` writes all three
+its rows into it (:func:`merge_rows`), so skipped images keep their data; rows of inputs deleted since are dropped
+first (:func:`drop_deleted_inputs`). :func:`write_reports` writes all three
 at the end of a run.
 """
 
@@ -11,7 +12,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "SUMMARY_NAME",
     "BatchSummary",
     "Row",
+    "drop_deleted_inputs",
     "merge_rows",
     "read_results",
     "row_from_outputs",
@@ -121,6 +123,22 @@ def write_results(path: str | os.PathLike[str], rows: Iterable[Row]) -> None:
     for row in sorted(rows, key=lambda r: str(r["path"])):
         writer.writerow({k: _csv_value(k, row.get(k)) for k in CSV_FIELDS})
     write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+
+
+def drop_deleted_inputs(previous: dict[str, Row], current_paths: Collection[str]) -> dict[str, Row]:
+    """``previous`` without the rows of inputs that no longer exist.
+
+    A row is dropped when its ``path`` is not among ``current_paths`` (this run's inputs) and its ``input`` file
+    is gone. ``input`` is the path as the run that wrote the row was given it; a relative one is looked up from
+    the current folder. Rows of inputs that exist but were not part of this run (other sources) are kept, and so
+    are rows without an ``input``.
+    """
+    kept: dict[str, Row] = {}
+    for key, row in previous.items():
+        source = str(row.get("input") or "")
+        if key in current_paths or not source or os.path.lexists(source):
+            kept[key] = row
+    return kept
 
 
 def merge_rows(previous: dict[str, dict[str, Any]], current: Iterable[Row]) -> dict[str, Row]:

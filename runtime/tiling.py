@@ -19,6 +19,8 @@ from functools import cached_property
 
 import numpy as np
 
+from runtime.defaults import DEFAULT_BATCH_SIZE
+
 __all__ = [
     "GaussianWeights",
     "PredictFn",
@@ -48,12 +50,6 @@ class TileSpec:
     @property
     def padded(self) -> bool:
         return self.h < self.th or self.w < self.tw
-
-
-# Tiles per model call. Measured on a 2-core CPU (docs/performance.md): batches of 2 or 4 tiles are no faster per
-# tile than single tiles, and batch 4 costs about 700 MB more memory with the 31 M-parameter seed model. On a GPU,
-# raise it with --batch-size.
-DEFAULT_BATCH_SIZE = 1
 
 
 def _pair(tile: int | Sequence[int], name: str = "tile") -> tuple[int, int]:

@@ -75,11 +75,13 @@ def masks(folder: Path) -> int:
 
 
 def stray_files(folder: Path) -> list[str]:
-    """Temporary or hidden files left under ``folder`` (the lock file is meant to stay)."""
+    """Temporary or hidden files left under ``folder`` (the lock and the settings stamp are meant to stay)."""
     return sorted(
         str(p.relative_to(folder))
         for p in folder.rglob("*")
-        if p.is_file() and (".tmp" in p.name or p.name.startswith(".")) and p.name != ".skinseg.lock"
+        if p.is_file()
+        and (".tmp" in p.name or p.name.startswith("."))
+        and p.name not in (".skinseg.lock", ".skinseg-settings.json")
     )
 
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.errors import DataError, ModelError, UsageError
-from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
-from runtime.tiling import DEFAULT_BATCH_SIZE
 from skinseg_cli import __version__
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
 from skinseg_cli.options import (
@@ -200,7 +199,7 @@ def load_segmenter(model_path: Path, options: Any) -> Any:
     return Segmenter(model_path, **options.segmenter_kwargs())
 
 
-def segment_like_infer(segmenter: Any, max_pixels: int) -> Callable[[Path], np.ndarray]:
+def segment_like_infer(segmenter: Any, max_pixels: int) -> Callable[[Path], Any]:
     """The mask `skinseg infer` writes for a file (:meth:`Segmenter.segment_file`: the image read whole)."""
     return lambda path: segmenter.segment_file(path).mask
 
@@ -230,7 +229,7 @@ def versions(*, keras: bool = False) -> dict[str, str]:
     found = {
         "skinseg": __version__,
         "python": platform.python_version(),
-        "numpy": np.__version__,
+        "numpy": importlib.metadata.version("numpy"),
         "opencv": cv2.__version__,
         "onnxruntime": onnxruntime.__version__,
     }

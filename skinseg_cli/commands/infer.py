@@ -11,8 +11,7 @@ from typing import Annotated
 
 import typer
 
-from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
-from runtime.tiling import DEFAULT_BATCH_SIZE
+from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
 from skinseg_cli.options import (
     BatchSizeOpt,
