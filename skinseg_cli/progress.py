@@ -58,17 +58,14 @@ def _fmt_logs(logs: dict[str, float], keys: tuple[str, ...] = ("loss", "val_loss
     return " ".join(f"{k} {logs[k]:.4f}" for k in shown)
 
 
-class TrainProgress:
-    """Handles trainer events: a bar per epoch on a terminal, one line per epoch otherwise."""
+class _BarsDisplay:
+    """Shared by the displays: rich bars live between ``__enter__`` and ``__exit__`` when ``self.bars`` is set."""
 
-    def __init__(self, *, console: Console, quiet: bool):
-        self.console = console
-        self.bars = use_bars(console, quiet)
-        self.progress: Progress | None = None
-        self.task: Any = None
-        self._t0 = time.perf_counter()
+    console: Console
+    bars: bool
+    progress: Progress | None
 
-    def __enter__(self) -> TrainProgress:
+    def __enter__(self):
         if self.bars:
             self.progress = make_progress(self.console)
             self.progress.__enter__()
@@ -77,6 +74,17 @@ class TrainProgress:
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
+
+
+class TrainProgress(_BarsDisplay):
+    """Handles trainer events: a bar per epoch on a terminal, one line per epoch otherwise."""
+
+    def __init__(self, *, console: Console, quiet: bool):
+        self.console = console
+        self.bars = use_bars(console, quiet)
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self._t0 = time.perf_counter()
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
@@ -106,7 +114,7 @@ class TrainProgress:
             )
 
 
-class InferProgress:
+class InferProgress(_BarsDisplay):
     """Handles `skinseg infer` events.
 
     - ``json``: one JSON object per image (``"event": "image"``) and one for the summary, on ``out``;
@@ -123,16 +131,6 @@ class InferProgress:
         self.progress: Progress | None = None
         self.images: Any = None
         self.tiles: Any = None
-
-    def __enter__(self) -> InferProgress:
-        if self.bars:
-            self.progress = make_progress(self.console)
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
 
     def _line(self, text: str, *, style: str | None = None) -> None:
         console = self.progress.console if self.progress is not None else self.out
