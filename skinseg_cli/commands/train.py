@@ -21,6 +21,14 @@ from skinseg_cli.app import (
 # ---------------------------------------------------------------------------------------------- train
 
 
+STOPPED = {
+    "epochs": "finished",
+    "early_stopping": "early stopping",
+    "stop_file": "stopped by the STOP file",
+    "interrupt": "interrupted",
+}
+
+
 @app.command()
 @cli_errors
 def train(
@@ -76,6 +84,6 @@ def train(
             cfg, run_dir=run_dir, force=force, resume=resume, skip_bad=skip_bad, on_event=progress.handle
         )
     out.print(
-        f"{result.stopped_by.replace('_', ' ')} after {result.epochs_run} epoch(s) in {result.seconds:.0f} s; "
+        f"{STOPPED[result.stopped_by]} after {result.epochs_run} epoch(s) in {result.seconds:.0f} s; "
         f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; run directory: {run_dir}"
     )
