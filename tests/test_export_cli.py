@@ -121,3 +121,15 @@ def test_metadata_json_is_plain_json(exported):
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     doc = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert doc["format_version"] == 1 and doc["input_name"] == "image" and doc["export_options"]["opset"] == 17
+
+
+def test_strict_refuses_a_variant_that_disagrees_with_fp32(run_dir, tmp_path, monkeypatch):
+    import exporters.from_run as from_run
+
+    monkeypatch.setattr(from_run, "AGREEMENT_WARN", 1.01)  # no variant can agree this well: every one is refused
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", str(run_dir), "--output", str(out), "--quantize", "int8", "--strict"])
+    assert result.exit_code == 2 and "--strict" in result.output
+    assert out.is_file() and not (tmp_path / "m.int8.onnx").exists()  # fp32 kept, the refused variant removed
+    lenient = runner.invoke(app, ["export", str(run_dir), "--output", str(out), "--quantize", "int8"])
+    assert lenient.exit_code == 0 and "warning" in lenient.output and (tmp_path / "m.int8.onnx").is_file()

@@ -273,7 +273,7 @@ def test_code_payloads_are_never_run(section_key, payload, tmp_path_factory):
 
 
 def test_the_guard_catches_eval_and_exec():
-    # Looked up by name so that test_static's scan for eval(/exec( calls stays free of exceptions.
+    # Looked up by name so that test_static's scan for eval and exec calls stays free of exceptions.
     run_eval, run_exec = builtins.__dict__["eval"], builtins.__dict__["exec"]
     with nothing_may_run(), pytest.raises(Evaluated):
         builtins.__dict__["eval"]("1")

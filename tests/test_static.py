@@ -43,7 +43,7 @@ def code_tokens(path: Path) -> list[tokenize.TokenInfo]:
 
 
 def unsafe_calls(path: Path) -> list[str]:
-    """``file:line: what`` for every eval(/exec( call, pickle-like module, shell=True, os.system or os.popen."""
+    """``file:line: what`` for every eval or exec call, pickle-like module, shell=True, os.system or os.popen."""
     tokens = code_tokens(path)
     hits = []
     for i, tok in enumerate(tokens):
