@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime.errors import UsageError
 from runtime.metadata import ModelMetadata, Scale
+from runtime.preprocess import describe as describe_color_constancy
 
 BEST_MODEL = "best_model.keras"
 AGREEMENT_WARN = 0.98  # mean mask IoU of a quantized variant against fp32 below this is a warning (error with strict)
@@ -103,9 +104,21 @@ def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) 
     from skinseg_cli import __version__
 
     cfg = run_config(run_dir)
+    recommended: dict[str, Any] = {}
     if cfg is not None:
         tile = (cfg.model.image_height, cfg.model.image_width)
-        scale = whole_image_scale(tile) if cfg.train.train_scale is None else Scale.parse(cfg.train.train_scale)
+        if cfg.infer.scale is not None:
+            scale = Scale.parse(cfg.infer.scale)
+        elif cfg.train.train_scale is None:
+            scale = whole_image_scale(tile)
+        else:
+            scale = Scale.parse(cfg.train.train_scale)
+        recommended = {
+            "color_constancy": describe_color_constancy(cfg.model.color_constancy, cfg.model.color_constancy_p),
+            "tta": cfg.infer.tta,
+            "keep_largest": cfg.infer.keep_largest,
+            "fill_holes": cfg.infer.fill_holes,
+        }
         split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
         folders = sorted({str(Path(p).parent) for p in split.get("train_files", [])})
         data = {
@@ -129,15 +142,20 @@ def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) 
         skinseg_version=__version__,
         training_data=data,
         validation_metrics=metrics,
+        **recommended,
     )
 
 
-def load_tiles(paths: list[Path], tile: tuple[int, int], limit: int) -> np.ndarray:
-    """Up to ``limit`` images resized whole to ``tile`` (h, w): (N, h, w, 3) float32 RGB 0–255."""
+def load_tiles(
+    paths: list[Path], tile: tuple[int, int], limit: int, color_constancy: dict[str, Any] | None = None
+) -> np.ndarray:
+    """Up to ``limit`` images resized whole to ``tile`` (h, w), pre-processed as the model's metadata says
+    (``color_constancy``): (N, h, w, 3) float32 RGB 0–255, what the model sees."""
     import cv2
 
     from runtime.errors import ImageError
     from runtime.imageio import read_image
+    from runtime.preprocess import apply_color_constancy
 
     out = []
     for p in paths:
@@ -147,7 +165,8 @@ def load_tiles(paths: list[Path], tile: tuple[int, int], limit: int) -> np.ndarr
             image = read_image(p)
         except ImageError:
             continue
-        out.append(cv2.resize(image, (tile[1], tile[0]), interpolation=cv2.INTER_AREA))
+        image = cv2.resize(image, (tile[1], tile[0]), interpolation=cv2.INTER_AREA)
+        out.append(apply_color_constancy(image, **(color_constancy or {"method": "none"})))
     return np.stack(out).astype(np.float32) if out else np.zeros((0, *tile, 3), np.float32)
 
 
@@ -194,7 +213,7 @@ def export_run(
     emit({"event": "stage", "message": f"loading {model_path}"})
     model, _ = load_keras_model(model_path)
     meta = build_metadata(model, run_dir)
-    valid = load_tiles(run_images(run_dir, "valid_files"), meta.tile_size, check_count)
+    valid = load_tiles(run_images(run_dir, "valid_files"), meta.tile_size, check_count, meta.color_constancy)
     emit(
         {
             "event": "stage",
@@ -220,7 +239,7 @@ def export_run(
         emit({"event": "stage", "message": f"making the {kind} variant"})
         if kind == "int8":
             calib_paths = folder_images(calibration) if calibration else run_images(run_dir, "train_files")
-            calib = load_tiles(calib_paths, meta.tile_size, calibration_count)
+            calib = load_tiles(calib_paths, meta.tile_size, calibration_count, meta.color_constancy)
             if not len(calib):
                 raise UsageError("int8 needs calibration images: pass --calibration DIR (a folder of typical images)")
             quantize_int8(report.path, path, list(calib))

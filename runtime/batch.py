@@ -66,7 +66,6 @@ from runtime.outputs import (
     stamp_settings,
     write_outputs,
 )
-from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from runtime.report import (
     CSV_FIELDS,
     BatchSummary,
@@ -131,8 +130,9 @@ class InferOptions:
     overlap: float = 0.25
     batch_size: int = DEFAULT_BATCH_SIZE
     threshold: float | None = None
-    keep_largest: bool = DEFAULT_KEEP_LARGEST
-    fill_holes: bool = DEFAULT_FILL_HOLES
+    keep_largest: bool | None = None
+    fill_holes: bool | None = None
+    tta: bool | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_prob: bool = False
     contours: bool = False
@@ -150,6 +150,7 @@ class InferOptions:
             "threshold": self.threshold,
             "keep_largest": self.keep_largest,
             "fill_holes": self.fill_holes,
+            "tta": self.tta,
             "max_pixels": self.max_pixels,
         }
 

@@ -120,6 +120,12 @@ class ModelMetadata:
     validation_metrics: dict[str, float] = field(default_factory=dict)
     export_options: dict[str, Any] = field(default_factory=dict)
     source_model_sha256: str = ""
+    # pre-processing the model was trained with, applied by the runtime before tiling (runtime.preprocess)
+    color_constancy: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
+    # inference settings measured best for this model; None leaves the runtime's default (runtime.defaults)
+    tta: bool | None = None
+    keep_largest: bool | None = None
+    fill_holes: bool | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -174,7 +180,34 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
             validation_metrics={str(k): float(v) for k, v in (d.get("validation_metrics") or {}).items()},
             export_options=dict(d.get("export_options") or {}),
             source_model_sha256=str(d.get("source_model_sha256", "")),
+            color_constancy=_color_constancy(d.get("color_constancy")),
+            tta=_optional_bool(d, "tta"),
+            keep_largest=_optional_bool(d, "keep_largest"),
+            fill_holes=_optional_bool(d, "fill_holes"),
         )
     except (KeyError, TypeError, ValueError) as e:
         missing = f"missing key {e}" if isinstance(e, KeyError) else str(e)
         raise ModelError(f"{source}: invalid skinseg metadata ({missing}); re-export the model") from None
+
+
+def _color_constancy(value: Any) -> dict[str, Any]:
+    """The ``color_constancy`` record, checked (ValueError names what is wrong)."""
+    from runtime.defaults import COLOR_CONSTANCY_METHODS
+
+    if value is None:
+        return {"method": "none"}
+    if not isinstance(value, dict) or value.get("method") not in COLOR_CONSTANCY_METHODS:
+        raise ValueError(f"color_constancy must be {{'method': one of {COLOR_CONSTANCY_METHODS}}}, got {value!r}")
+    if value["method"] == "none":
+        return {"method": "none"}
+    p = value.get("p", 6.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1.0 <= p <= 64.0:
+        raise ValueError(f"color_constancy p must be a number from 1 to 64, got {p!r}")
+    return {"method": value["method"], "p": float(p)}
+
+
+def _optional_bool(d: dict[str, Any], key: str) -> bool | None:
+    value = d.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError(f"{key} must be true, false or null, got {value!r}")

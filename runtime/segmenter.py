@@ -1,8 +1,17 @@
-"""Segment an image with a skinseg ONNX model on onnxruntime.
+"""Segment an image with a skinseg model: one pipeline, any backend that predicts tiles.
 
-:class:`Segmenter` loads the model once and reads its ``skinseg`` metadata (tile size, training scale,
-threshold, layout). :meth:`Segmenter.segment` then brings an image to the model's scale, predicts it tile by
-tile with Gaussian blending, brings the probabilities back to the original size and thresholds them.
+:class:`Segmenter` is the pipeline, written once: it brings an image to the model's scale, applies the colour
+pre-processing the model was trained with, predicts it tile by tile with Gaussian blending (optionally with
+test-time flips), brings the probabilities back to the original size, thresholds and post-processes them, and
+records how long each phase took. What predicts the tiles is a *backend* (MONAI's inferers take the network as
+an argument the same way):
+
+- :class:`OnnxBackend` runs an ONNX file on onnxruntime (the default: ``Segmenter("model.onnx")``);
+- ``skinseg.training.keras_segmenter.KerasBackend`` runs a ``.keras`` model on TensorFlow (the ``train`` extra).
+
+A backend has a ``metadata`` (:class:`ModelMetadata` or None), a ``provider`` name, the input sizes it accepts
+(``fixed_tile``, ``fixed_batch``) and ``predict(batch)``: ``N×th×tw×3`` float32 RGB 0–255 in, ``N×th×tw``
+probabilities out. Colour order, value range, layout and dtype are the backend's business.
 
 This module never imports TensorFlow, Keras, tf2onnx or onnx: metadata comes from onnxruntime itself.
 """
@@ -11,25 +20,30 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from runtime import postprocess as pp
+from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST, DEFAULT_TTA
 from runtime.errors import ImageError, ModelError, UsageError
 from runtime.imageio import DEFAULT_MAX_PIXELS, read_image
 from runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
-from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
+from runtime.preprocess import apply_color_constancy
 from runtime.providers import check_provider_used, resolve_providers
-from runtime.tiling import DEFAULT_BATCH_SIZE, plan_tiles, tiled_predict
+from runtime.tiling import flip_tta, plan_tiles, tiled_predict
 
-__all__ = ["Result", "Segmenter"]
+__all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "parse_tile"]
 
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+PHASES = ("decode", "resize", "preprocess", "model", "blend", "postprocess")
+"""The phases :attr:`Result.timings` reports, in pipeline order (``blend``: tiling and stitching around the model;
+``resize`` covers both the resize to the working scale and the one back to full size)."""
 
 
 @dataclass
@@ -45,6 +59,7 @@ class Result:
     working_size: tuple[int, int]  # (width, height) the model saw
     tiles: int
     threshold: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see PHASES)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,48 +95,40 @@ def parse_tile(tile: int | Sequence[int]) -> tuple[int, int]:
     return t[0], t[1]
 
 
-class Segmenter:
-    """A loaded skinseg model, ready to segment images of any size.
+# ---------------------------------------------------------------------------------------------- backends
 
-    Args:
-        model_path: the ``.onnx`` file.
-        device: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (see :mod:`runtime.providers`).
-        threads: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
-        tile: ``(height, width)`` of the tiles; defaults to the metadata's. Required without metadata.
-        scale: a :class:`Scale` or its CLI form (``native``, ``0.25``, ``1024``); defaults to the training
-            scale from the metadata. Required without metadata.
-        overlap: fraction of a tile shared with its neighbours (0 ≤ overlap < 1).
-        batch_size: tiles per onnxruntime call.
-        threshold: probability cut-off; defaults to the metadata's (0.5 without metadata).
-        keep_largest: keep only the largest connected component of the mask.
-        fill_holes: fill holes inside the mask.
-        max_pixels: :meth:`segment_file` refuses larger images before decoding them.
+
+class Backend(Protocol):
+    """What :class:`Segmenter` needs from a model runner."""
+
+    model_path: Path
+    metadata: ModelMetadata | None
+    fixed_tile: tuple[int | None, int | None]  # input (height, width) the model requires, None where free
+    fixed_batch: int | None  # batch size the model requires, None if free
+
+    @property
+    def provider(self) -> str: ...
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """``N×th×tw×3`` float32 RGB (0–255) → ``N×th×tw`` (or ``N×th×tw×1``) probabilities."""
+        ...
+
+
+class OnnxBackend:
+    """An ONNX file on onnxruntime: reads the ``skinseg`` metadata, checks the input, predicts batches of tiles.
+
+    ``device``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (see :mod:`runtime.providers`);
+    ``threads``: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
     """
 
-    def __init__(
-        self,
-        model_path: str | os.PathLike[str],
-        *,
-        device: str = "auto",
-        threads: int | None = None,
-        tile: int | Sequence[int] | None = None,
-        scale: Scale | str | float | None = None,
-        overlap: float = 0.25,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        threshold: float | None = None,
-        keep_largest: bool = DEFAULT_KEEP_LARGEST,
-        fill_holes: bool = DEFAULT_FILL_HOLES,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> None:
+    def __init__(self, model_path: str | os.PathLike[str], *, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
         name = str(self.model_path)
-        check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
         if not self.model_path.is_file():
             what = "is a directory, not an .onnx file" if self.model_path.is_dir() else "file not found"
             raise ModelError(f"{name}: {what}")
-
         self.device = device
         self._requested = resolve_providers(device)
         options = ort.SessionOptions()
@@ -137,37 +144,12 @@ class Segmenter:
                 f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
             ) from None
         check_provider_used(device, self._requested, self._session.get_providers())
-
-        self.metadata = self._read_metadata(name)
-        meta = self.metadata
-        if meta is None and (tile is None or scale is None):
-            raise ModelError(
-                f"{name}: the model has no skinseg metadata, so its tile size and scale are unknown; "
-                "give both tile and scale (--tile 256 --scale 0.25), or export it with `skinseg export`"
-            )
-        try:
-            self.scale = (
-                meta.train_scale if scale is None else scale if isinstance(scale, Scale) else Scale.parse(scale)
-            )
-        except ValueError as e:
-            raise UsageError(f"--scale: {e}") from None
-        self.threshold = float(threshold if threshold is not None else meta.threshold if meta else 0.5)
-        self.overlap = float(overlap)
-        self.keep_largest = bool(keep_largest)
-        self.fill_holes = bool(fill_holes)
-        self.max_pixels = int(max_pixels)
-        self.color_order = meta.color_order if meta else "rgb"
-        self.value_range = tuple(meta.value_range) if meta else (0.0, 255.0)
-        self._setup_io(name, tile, int(batch_size))
-
-    # ------------------------------------------------------------------------------------------- model checks
-
-    def _read_metadata(self, name: str) -> ModelMetadata | None:
         props = self._session.get_modelmeta().custom_metadata_map or {}
         text = props.get(METADATA_KEY)
-        return None if text is None else parse_metadata(text, source=name)
+        self.metadata = None if text is None else parse_metadata(text, source=name)
+        self._setup_io(name)
 
-    def _setup_io(self, name: str, tile: int | Sequence[int] | None, batch_size: int) -> None:
+    def _setup_io(self, name: str) -> None:
         meta = self.metadata
         inputs = self._session.get_inputs()
         by_name = {i.name: i for i in inputs}
@@ -202,38 +184,157 @@ class Segmenter:
         if inp.type not in _INPUT_TYPES:
             raise ModelError(f"{name}: input {inp.name!r} is {inp.type}; skinseg feeds float, float16 or uint8")
         spatial = (shape[1], shape[2]) if layout == "nhwc" else (shape[2], shape[3])
-        fixed = (_static(spatial[0]), _static(spatial[1]))
-
-        if tile is not None:
-            t = parse_tile(tile)
-        elif meta is not None:
-            t = tuple(meta.tile_size)
-        else:  # unreachable: checked in __init__
-            raise ModelError(f"{name}: no tile size")
-        for got, want, side in zip(t, fixed, ("height", "width"), strict=True):
-            if want is not None and got != want:
-                raise ModelError(
-                    f"{name}: the model's input {side} is fixed at {want} px but the tile is {t[0]}×{t[1]}; "
-                    f"use --tile {fixed[0]} or re-export the model with dynamic height and width"
-                )
-        outputs = self._session.get_outputs()
-        out_names = [o.name for o in outputs]
-        self.output_name = meta.output_name if meta is not None and meta.output_name in out_names else out_names[0]
+        outputs = [o.name for o in self._session.get_outputs()]
+        self.output_name = meta.output_name if meta is not None and meta.output_name in outputs else outputs[0]
         self.input_name = inp.name
         self.layout = layout
-        self.tile: tuple[int, int] = (int(t[0]), int(t[1]))
+        self.fixed_tile = (_static(spatial[0]), _static(spatial[1]))
+        self.fixed_batch = _static(shape[0])
         self._input_dtype = _INPUT_TYPES[inp.type]
-        self._fixed_batch = _static(shape[0])
-        self.batch_size = self._fixed_batch or batch_size
+        self.color_order = meta.color_order if meta else "rgb"
+        self.value_range = tuple(meta.value_range) if meta else (0.0, 255.0)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider onnxruntime actually uses (e.g. ``CPUExecutionProvider``)."""
+        return self._session.get_providers()[0]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        step = self.fixed_batch
+        if step is not None and len(batch) > step:  # a model with a fixed batch size gets it, chunk by chunk
+            return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        x = batch
+        if self.color_order == "bgr":
+            x = x[..., ::-1]
+        lo, hi = self.value_range
+        if (lo, hi) != (0.0, 255.0):
+            x = x * np.float32((hi - lo) / 255.0) + np.float32(lo)
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x, dtype=self._input_dtype)
+        n = len(x)
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
+        try:
+            y = self._session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as e:  # onnxruntime's own types; typically a tile size the network cannot take
+            raise ModelError(
+                f"{self.model_path}: inference failed on a batch of {n} {batch.shape[1]}×{batch.shape[2]} tiles "
+                f"({_first_line(e)}); try a tile that is a multiple of 32"
+            ) from None
+        y = np.asarray(y)[:n]
+        if y.ndim == 4:
+            first, last = (1, 3) if self.layout == "nchw" else (3, 1)
+            if y.shape[first] == 1:
+                y = y.squeeze(first)
+            elif y.shape[last] == 1:
+                y = y.squeeze(last)
+        return y
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+class _Clock:
+    """Seconds per phase of one image; the model phase is timed inside the tile loop and taken out of blend."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+class Segmenter:
+    """A loaded skinseg model, ready to segment images of any size.
+
+    Args:
+        model: an ``.onnx`` file (run by :class:`OnnxBackend`), or any :class:`Backend`.
+        device: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (ONNX files only).
+        threads: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
+        tile: ``(height, width)`` of the tiles; defaults to the metadata's. Required without metadata.
+        scale: a :class:`Scale` or its CLI form (``native``, ``tile``, ``0.25``, ``1024``, ``short:256``); defaults
+            to the model's scale from the metadata. Required without metadata.
+        overlap: fraction of a tile shared with its neighbours (0 ≤ overlap < 1).
+        batch_size: tiles per model call.
+        threshold: probability cut-off; defaults to the metadata's (0.5 without metadata).
+        keep_largest: keep only the largest connected component; ``None``: the model's recommendation, else off.
+        fill_holes: fill holes inside the mask; ``None``: the model's recommendation, else on.
+        tta: average the predictions of each tile and its three flips (4× the model work); ``None``: the model's
+            recommendation, else off.
+        max_pixels: :meth:`segment_file` refuses larger images before decoding them.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | Backend,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        tile: int | Sequence[int] | None = None,
+        scale: Scale | str | float | None = None,
+        overlap: float = 0.25,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threshold: float | None = None,
+        keep_largest: bool | None = None,
+        fill_holes: bool | None = None,
+        tta: bool | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
+        if tile is not None:
+            tile = parse_tile(tile)
+        if isinstance(model, (str, os.PathLike)):
+            model = OnnxBackend(model, device=device, threads=threads)
+        self.backend: Backend = model
+        self.model_path = Path(model.model_path)
+        self.device = device
+        meta = self.metadata = model.metadata
+        name = str(self.model_path)
+        if meta is None and (tile is None or scale is None):
+            raise ModelError(
+                f"{name}: the model has no skinseg metadata, so its tile size and scale are unknown; "
+                "give both tile and scale (--tile 256 --scale 0.25), or export it with `skinseg export`"
+            )
+        try:
+            self.scale = (
+                meta.train_scale if scale is None else scale if isinstance(scale, Scale) else Scale.parse(scale)
+            )
+        except ValueError as e:
+            raise UsageError(f"--scale: {e}") from None
+        self.threshold = float(threshold if threshold is not None else meta.threshold if meta else 0.5)
+        self.overlap = float(overlap)
+        self.keep_largest = _choose(keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
+        self.fill_holes = _choose(fill_holes, meta and meta.fill_holes, DEFAULT_FILL_HOLES)
+        self.tta = _choose(tta, meta and meta.tta, DEFAULT_TTA)
+        self.max_pixels = int(max_pixels)
+        self.color_constancy = dict(meta.color_constancy) if meta else {"method": "none"}
+        self.tile: tuple[int, int] = tile or tuple(meta.tile_size)  # type: ignore[assignment,union-attr]
+        for got, want, side in zip(self.tile, model.fixed_tile, ("height", "width"), strict=True):
+            if want is not None and got != want:
+                raise ModelError(
+                    f"{name}: the model's input {side} is fixed at {want} px but the tile is "
+                    f"{self.tile[0]}×{self.tile[1]}; use --tile {model.fixed_tile[0]} or re-export the model with "
+                    "dynamic height and width"
+                )
+        self.batch_size = model.fixed_batch or int(batch_size)
         self._probe(name)
 
     def _probe(self, name: str) -> None:
         """Run one blank tile now, so a tile size the model cannot take is a usage error before any image."""
         try:
-            self.predict_tiles(np.zeros((self._fixed_batch or 1, *self.tile, 3), np.float32))
+            self.predict_tiles(np.zeros((self.backend.fixed_batch or 1, *self.tile, 3), np.float32))
         except ModelError:
             raise
-        except Exception as e:  # onnxruntime's own exception types
+        except Exception as e:  # the backend's own exception types
             raise UsageError(
                 f"{name}: the model cannot segment {self.tile[0]}×{self.tile[1]} tiles ({_first_line(e)}); "
                 "use the model's own tile size (leave --tile out)"
@@ -243,8 +344,26 @@ class Segmenter:
 
     @property
     def provider(self) -> str:
-        """The execution provider onnxruntime actually uses (e.g. ``CPUExecutionProvider``)."""
-        return self._session.get_providers()[0]
+        """What ran the model (e.g. ``CPUExecutionProvider``, or ``keras``)."""
+        return self.backend.provider
+
+    @property
+    def layout(self) -> str:
+        return getattr(self.backend, "layout", "nhwc")
+
+    def options(self) -> dict[str, Any]:
+        """The settings in effect, the model's defaults filled in: what a report records."""
+        return {
+            "tile": list(self.tile),
+            "scale": self.scale.to_dict(),
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "threshold": self.threshold,
+            "keep_largest": self.keep_largest,
+            "fill_holes": self.fill_holes,
+            "tta": self.tta,
+            "color_constancy": self.color_constancy,
+        }
 
     def __repr__(self) -> str:
         return (
@@ -256,35 +375,13 @@ class Segmenter:
 
     def predict_tiles(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on an ``N×th×tw×3`` RGB batch (float, 0–255); return ``N×th×tw`` float32 in 0–1."""
-        x = batch
-        if self.color_order == "bgr":
-            x = x[..., ::-1]
-        lo, hi = self.value_range
-        if (lo, hi) != (0.0, 255.0):
-            x = x * np.float32((hi - lo) / 255.0) + np.float32(lo)
-        if self.layout == "nchw":
-            x = x.transpose(0, 3, 1, 2)
-        x = np.ascontiguousarray(x, dtype=self._input_dtype)
-        n = len(x)
-        if self._fixed_batch is not None and n < self._fixed_batch:
-            x = np.concatenate([x, np.zeros((self._fixed_batch - n, *x.shape[1:]), x.dtype)])
-        try:
-            y = self._session.run([self.output_name], {self.input_name: x})[0]
-        except Exception as e:  # onnxruntime's own types; typically a tile size the network cannot take
-            raise ModelError(
-                f"{self.model_path}: inference failed on a batch of {n} {self.tile[0]}×{self.tile[1]} tiles "
-                f"({_first_line(e)}); try a tile that is a multiple of 32"
-            ) from None
-        y = np.asarray(y)[:n]
-        if y.ndim == 4:
-            first, last = (1, 3) if self.layout == "nchw" else (3, 1)
-            if y.shape[first] == 1:
-                y = y.squeeze(first)
-            elif y.shape[last] == 1:
-                y = y.squeeze(last)
+        n = len(batch)
+        y = np.asarray(self.backend.predict(np.ascontiguousarray(batch, dtype=np.float32)))
+        if y.ndim == 4 and y.shape[-1] == 1:
+            y = y[..., 0]
         if y.shape != (n, *self.tile):
             raise ModelError(
-                f"{self.model_path}: output {self.output_name!r} has shape {list(y.shape)} for {n} tiles of "
+                f"{self.model_path}: the model returns shape {list(y.shape)} for {n} tiles of "
                 f"{self.tile[0]}×{self.tile[1]}; a skinseg model returns one probability channel per pixel"
             )
         y = np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
@@ -295,7 +392,7 @@ class Segmenter:
         progress after each batch of tiles."""
         start = time.perf_counter()
         image = _as_rgb(image)
-        return self._segment(image, (image.shape[1], image.shape[0]), on_tile, start)
+        return self._segment(image, on_tile, start, _Clock())
 
     def segment_file(self, path: str | os.PathLike[str], on_tile: Callable[[int, int], None] | None = None) -> Result:
         """Read and segment an image file; the mask has the file's full (EXIF-oriented) size.
@@ -305,8 +402,10 @@ class Segmenter:
         pixel. Raises :class:`ImageError` for a file that cannot be read.
         """
         start = time.perf_counter()
-        image = read_image(path, max_pixels=self.max_pixels)
-        return self._segment(image, (image.shape[1], image.shape[0]), on_tile, start)
+        clock = _Clock()
+        with clock.phase("decode"):
+            image = read_image(path, max_pixels=self.max_pixels)
+        return self._segment(image, on_tile, start, clock)
 
     def _check_work_size(self, size: tuple[int, int], work: tuple[int, int]) -> None:
         """Refuse an image the scale would blow up (a 1×3000 strip at short side 256 is 196 MP of work)."""
@@ -319,54 +418,71 @@ class Segmenter:
             )
 
     def _segment(
-        self,
-        image: np.ndarray,
-        size: tuple[int, int],
-        on_tile: Callable[[int, int], None] | None,
-        start: float,
+        self, image: np.ndarray, on_tile: Callable[[int, int], None] | None, start: float, clock: _Clock
     ) -> Result:
-        width, height = size
+        height, width = image.shape[:2]
         work_size = self.scale.work_size(width, height, self.tile)
-        self._check_work_size(size, work_size)
-        if (image.shape[1], image.shape[0]) == work_size:
-            work = image
-        else:
-            shrinking = work_size[0] < image.shape[1]
-            work = cv2.resize(image, work_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        self._check_work_size((width, height), work_size)
+        with clock.phase("resize"):
+            if (width, height) == work_size:
+                work = image
+            else:
+                shrinking = work_size[0] < width
+                work = cv2.resize(image, work_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
         del image  # the caller may still hold it; we need only the working copy
+        with clock.phase("preprocess"):
+            work = apply_color_constancy(work, **self.color_constancy)
         tiles = len(plan_tiles(work_size[1], work_size[0], self.tile, self.overlap))
-        prob_work = tiled_predict(
-            work,
-            self.predict_tiles,
-            tile=self.tile,
-            overlap=self.overlap,
-            batch_size=self.batch_size,
-            on_tile=on_tile,
-        )
-        del work
-        prob = np.empty(prob_work.shape, np.uint8)
-        np.multiply(prob_work, 255.0, out=prob_work)
-        np.add(prob_work, 0.5, out=prob_work)
-        np.copyto(prob, prob_work, casting="unsafe")  # values are within [0.5, 255.5): truncation rounds
-        del prob_work
-        if work_size != (width, height):
-            prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-        mask = pp.threshold(prob, self.threshold)
-        if self.keep_largest:
-            mask = pp.keep_largest_component(mask)
-        if self.fill_holes:
-            mask = pp.fill_holes(mask)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            with clock.phase("model"):
+                return self.predict_tiles(batch)
+
+        with clock.phase("blend"):
+            prob_work = tiled_predict(
+                work,
+                flip_tta(predict) if self.tta else predict,
+                tile=self.tile,
+                overlap=self.overlap,
+                batch_size=self.batch_size,
+                on_tile=on_tile,
+            )
+            del work
+            prob = np.empty(prob_work.shape, np.uint8)
+            np.multiply(prob_work, 255.0, out=prob_work)
+            np.add(prob_work, 0.5, out=prob_work)
+            np.copyto(prob, prob_work, casting="unsafe")  # values are within [0.5, 255.5): truncation rounds
+            del prob_work
+        clock.seconds["blend"] -= clock.seconds["model"]
+        with clock.phase("resize"):
+            if work_size != (width, height):
+                prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        with clock.phase("postprocess"):
+            mask = pp.threshold(prob, self.threshold)
+            if self.keep_largest:
+                mask = pp.keep_largest_component(mask)
+            if self.fill_holes:
+                mask = pp.fill_holes(mask)
+            stats = pp.mask_stats(mask, prob)
         return Result(
             mask=mask,
             prob=prob,
-            stats=pp.mask_stats(mask, prob),
+            stats=stats,
             provider=self.provider,
             seconds=time.perf_counter() - start,
             scale_factor=work_size[0] / width,
             working_size=work_size,
             tiles=tiles,
             threshold=self.threshold,
+            timings=dict(clock.seconds),
         )
+
+
+def _choose(given: bool | None, recommended: bool | None, default: bool) -> bool:
+    """An option as given, else the model's recommendation, else the runtime's default."""
+    if given is not None:
+        return bool(given)
+    return bool(recommended) if recommended is not None else default
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

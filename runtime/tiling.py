@@ -27,6 +27,7 @@ __all__ = [
     "Stitcher",
     "TileSpec",
     "extract_tiles",
+    "flip_tta",
     "plan_tiles",
     "tiled_predict",
 ]
@@ -232,3 +233,26 @@ def tiled_predict(
         if on_tile is not None:
             on_tile(start + len(chunk), len(specs))
     return stitcher.finalize()
+
+
+def flip_tta(predict_fn: PredictFn) -> PredictFn:
+    """Test-time augmentation by flips: ``predict_fn`` applied to each tile as it is, mirrored left-right,
+    mirrored top-bottom and both, each prediction mirrored back, and the four averaged.
+
+    The four variants go to ``predict_fn`` as one batch of ``4·N`` tiles (one call, as the model sees them).
+    """
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        flipped = np.concatenate([batch, batch[:, :, ::-1], batch[:, ::-1], batch[:, ::-1, ::-1]])
+        probs = np.asarray(predict_fn(flipped), np.float32)
+        if probs.ndim == 4 and probs.shape[-1] == 1:
+            probs = probs[..., 0]
+        if probs.shape[0] != 4 * n:
+            raise ValueError(f"predict_fn returned {probs.shape[0]} predictions for {4 * n} tiles")
+        out = probs[:n] + probs[n : 2 * n, :, ::-1]
+        out += probs[2 * n : 3 * n, ::-1]
+        out += probs[3 * n :, ::-1, ::-1]
+        return out * np.float32(0.25)
+
+    return predict

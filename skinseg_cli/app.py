@@ -65,8 +65,10 @@ def require_tensorflow(hint: str = TRAIN_EXTRA_HINT) -> None:
     """Fail with one line when TensorFlow is not installed; otherwise import it without its start-up chatter."""
     import os
 
+    from skinseg_cli.training.tf_setup import configure_tensorflow
+
     require_modules("tensorflow", "keras", hint=hint)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_tensorflow()
     # TensorFlow's C++ layer logs oneDNN/CUDA notices to fd 2 before any setting applies: mute fd 2 while importing.
     sys.stderr.flush()
     saved = os.dup(2)

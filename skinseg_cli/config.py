@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from runtime.defaults import COLOR_CONSTANCY_METHODS
 from runtime.errors import ConfigError
 
+BLOCKS = ("standard", "separable")
+LR_SCHEDULES = ("plateau", "cosine")
 Probability = Union[bool, float]  # noqa: UP007  an augmentation op: on/off, or its probability per sample
 
 
@@ -52,6 +55,9 @@ class ModelSection:
     activation: str = "relu"
     optimizer: str = "Adam"
     dropout_seed_fixing: bool = False
+    block: str = "standard"  # "standard" (two 3×3 convolutions a level) or "separable" (depthwise-separable)
+    color_constancy: str = "none"  # "none" or "shades_of_gray": in training and, via the metadata, at inference
+    color_constancy_p: float = 6.0  # the Minkowski norm of Shades of Gray
 
 
 @dataclass
@@ -81,6 +87,10 @@ class TrainSection:
     show_history: bool = False
     train_scale: float | None = None
     exclude_stems_file: Path | None = None
+    lr_schedule: str = "plateau"  # "plateau" (halve on a validation plateau) or "cosine" (decay to 0 over epochs)
+    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs
+    mixed_precision: bool = False  # bfloat16 compute with float32 weights
+    init_weights: Path | None = None  # start from a trained .keras model (same architecture)
 
 
 @dataclass
@@ -94,13 +104,17 @@ class DataPathsSection:
 
 @dataclass
 class InferSection:
-    """[infer]: folders for the seed's inference scripts (kept for compatibility)."""
+    """[infer]: how the exported model segments by default (recorded in its metadata), and the seed's folders."""
 
     images_dir: Path | None = None
     output_dir: Path | None = None
     merged_dir: Path | None = None
     sharpening: bool = False
     mask_colorize: bool = False
+    scale: str | None = None  # the model's default --scale (None: short side at the training size)
+    tta: bool | None = None  # the model's default --tta
+    keep_largest: bool | None = None  # the model's default --keep-largest
+    fill_holes: bool | None = None  # the model's default --fill-holes
 
 
 @dataclass
@@ -169,6 +183,11 @@ class AugmentorSection:
     hue_saturation: Probability = False
     blur: Probability = False
     noise: Probability = False
+    hair: Probability = False
+    ink: Probability = False
+    ruler: Probability = False
+    vignette: Probability = False
+    white_balance: Probability = False
     alpha: float = 1300.0
     sigmoid: float = 8.0
     sigmoids: list[float] | None = None
@@ -510,6 +529,16 @@ def _check_ranges(cfg: Config, source: str) -> None:
         ("train", "valid_ratio", 0 < cfg.train.valid_ratio < 1, "within (0, 1)"),
         ("train", "reducer_factor", 0 < cfg.train.reducer_factor < 1, "within (0, 1)"),
         ("mask", "threshold", 0 <= cfg.mask.threshold <= 255, "within [0, 255]"),
+        ("model", "block", cfg.model.block in BLOCKS, " or ".join(f'"{b}"' for b in BLOCKS)),
+        (
+            "model",
+            "color_constancy",
+            cfg.model.color_constancy in COLOR_CONSTANCY_METHODS,
+            " or ".join(f'"{m}"' for m in COLOR_CONSTANCY_METHODS),
+        ),
+        ("model", "color_constancy_p", 1 <= cfg.model.color_constancy_p <= 64, "within [1, 64] (6 is usual)"),
+        ("train", "lr_schedule", cfg.train.lr_schedule in LR_SCHEDULES, " or ".join(f'"{s}"' for s in LR_SCHEDULES)),
+        ("train", "warmup_epochs", 0 <= cfg.train.warmup_epochs < cfg.train.epochs, "within [0, epochs)"),
     ]
     for name in (
         "vflip",
@@ -528,6 +557,11 @@ def _check_ranges(cfg: Config, source: str) -> None:
         "hue_saturation",
         "blur",
         "noise",
+        "hair",
+        "ink",
+        "ruler",
+        "vignette",
+        "white_balance",
     ):
         v = getattr(cfg.augmentor, name)
         ok = v is None or isinstance(v, bool) or 0.0 <= v <= 1.0

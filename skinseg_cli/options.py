@@ -28,8 +28,30 @@ ScaleOpt = Annotated[
 OverlapOpt = Annotated[float, typer.Option("--overlap", help="Fraction of a tile shared with its neighbours.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per model call.")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Probability cut-off (default: the model's).")]
-KeepLargestOpt = Annotated[bool, typer.Option("--keep-largest/--no-keep-largest", help="Keep only the largest lesion.")]
-FillHolesOpt = Annotated[bool, typer.Option("--fill-holes/--no-fill-holes", help="Fill holes in the mask.")]
+KeepLargestOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-largest/--no-keep-largest",
+        help="Keep only the largest lesion (default: the model's recommendation, else no).",
+        show_default=False,
+    ),
+]
+FillHolesOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--fill-holes/--no-fill-holes",
+        help="Fill holes in the mask (default: the model's recommendation, else yes).",
+        show_default=False,
+    ),
+]
+TtaOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Average each tile with its three flips: 4× the model's work (default: the model's recommendation).",
+        show_default=False,
+    ),
+]
 MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")]
 
 

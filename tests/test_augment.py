@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from skinseg_cli.training.augment import (
+    ARTEFACT_OPS,
     GEOMETRIC_OPS,
     PHOTOMETRIC_OPS,
     Augmenter,
@@ -220,8 +221,49 @@ def test_config_lists_become_tuples() -> None:
 
 def test_op_registry_is_documented() -> None:
     descriptions = describe_ops()
-    assert tuple(descriptions) == GEOMETRIC_OPS + PHOTOMETRIC_OPS
+    assert tuple(descriptions) == GEOMETRIC_OPS + ARTEFACT_OPS + PHOTOMETRIC_OPS
     assert all(text for text in descriptions.values())
+
+
+@pytest.mark.parametrize("op", ARTEFACT_OPS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_artefacts_draw_on_the_image_and_leave_the_mask(op: str, shape: tuple[int, int]) -> None:
+    """Hair, ink, rulers, vignettes and colour casts are drawn on the image only: the lesion under them is still
+    lesion, so the mask comes out unchanged; a seed reproduces the drawing exactly."""
+    image, mask = lesion_pair(*shape)
+    augment = Augmenter(params(**{op: 1.0}))
+    for seed in range(4):
+        out_image, out_mask = augment(image, mask, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out_mask, mask)
+        assert out_image.shape == image.shape and out_image.dtype == np.uint8
+        assert not np.array_equal(out_image, image)
+        np.testing.assert_array_equal(out_image, augment(image, mask, np.random.default_rng(seed))[0])
+
+
+def test_artefacts_look_like_what_they_imitate() -> None:
+    """Hair darkens thin lines, ink is purple-blue and sits on the skin, a vignette darkens the corners only."""
+    grey = np.full((128, 128, 3), 200, np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:88, 40:88] = 255
+    rng = np.random.default_rng(3)
+    for seed in range(6):
+        haired, _ = Augmenter(params(hair=1.0))(grey, mask, np.random.default_rng(seed))
+        changed = np.any(haired != grey, axis=-1)
+        assert haired[changed].max() <= 200 and changed.mean() < 0.5  # darker, and thin
+        inked, _ = Augmenter(params(ink=1.0))(grey, mask, np.random.default_rng(seed))
+        touched = np.any(inked != grey, axis=-1)
+        pixels = inked[touched].astype(int)
+        assert (pixels[:, 2] > pixels[:, 1]).mean() > 0.9  # blue above green: violet to blue
+        assert touched[mask == 0].mean() > touched[mask > 0].mean()  # drawn around the lesion, not on it
+        dark, _ = Augmenter(params(vignette=1.0))(grey, mask, rng)
+        assert dark[0, 0].max() < 120 and dark[64, 64].min() == 200
+
+
+def test_artefacts_are_validated() -> None:
+    with pytest.raises(ValueError):
+        AugmentParams(hair=1.5)
+    with pytest.raises(ValueError):
+        AugmentParams(max_hairs=0)
 
 
 def test_preview_grid_tiles_pairs_with_outlines() -> None:

@@ -269,3 +269,33 @@ def test_batch_norm_moving_statistics_adapt_within_an_epoch():
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(layer.momentum <= 0.9 for layer in bns)
     assert 0.9**70 < 0.01  # one epoch of 70 steps forgets the initial statistics
+
+
+def test_separable_block_is_leaner_and_keeps_the_interface() -> None:
+    from skinseg_cli.training.model import build_unet, count_flops
+
+    kwargs = dict(image_height=64, image_width=64, base_filters=16, num_layers=4, dropout_rate=0.0)
+    standard = build_unet(**kwargs)
+    separable = build_unet(block="separable", **kwargs)
+    assert separable.count_params() < standard.count_params() / 3
+    assert count_flops(separable) < count_flops(standard) / 3
+    assert separable.get_layer("enc0_conv1").__class__.__name__ == "Conv2D"  # three colour channels: full conv
+    assert separable.get_layer("enc1_conv1").__class__.__name__ == "SeparableConv2D"
+    assert separable.output.shape == standard.output.shape
+    with pytest.raises(ConfigError, match="unknown block 'dense'"):
+        build_unet(block="dense", **kwargs)
+
+
+def test_copy_weights_fine_tunes_from_a_trained_model_and_refuses_another_architecture() -> None:
+    from skinseg_cli.training.model import build_unet, copy_weights
+
+    kwargs = dict(image_height=32, image_width=32, base_filters=4, num_layers=3, dropout_rate=0.0)
+    source = build_unet(seed=1, **kwargs)
+    target = build_unet(seed=2, **{**kwargs, "image_height": 64, "image_width": 48})  # another size is fine
+    copy_weights(source, target, source_name="ref.keras")
+    for a, b in zip(source.get_weights(), target.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match=r"ref.keras: layer 'enc0_conv1' has weights .*base_filters|same \[model\]"):
+        copy_weights(source, build_unet(**{**kwargs, "base_filters": 8}), source_name="ref.keras")
+    with pytest.raises(ConfigError, match="no layer 'enc3_conv1'"):
+        copy_weights(source, build_unet(**{**kwargs, "num_layers": 4}), source_name="ref.keras")

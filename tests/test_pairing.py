@@ -84,7 +84,9 @@ def test_split_is_seeded_by_stem_and_keeps_copies_together(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
-@pytest.mark.parametrize(("folder", "count"), [("isic-72", 72), ("isic-256", 592)])
+@pytest.mark.parametrize(
+    ("folder", "count"), [("isic-72", 72), ("isic-256", 477), ("isic2017-train", 2000), ("isic-raw", 98)]
+)
 def test_real_data_pairs_completely(folder, count):
     report = pair_folders(SHARED / folder / "images", SHARED / folder / "masks")
     assert report.problems == []

@@ -242,3 +242,66 @@ def test_runtime_never_imports_tensorflow(models, tmp_path):
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )
     assert "IMPORTED: []" in out.stdout, out.stdout + out.stderr
+
+
+def test_colour_constancy_in_the_metadata_is_applied_before_the_model(tmp_path):
+    """A model trained with Shades of Gray gets it at inference: the identity model then returns the corrected red."""
+    from runtime.preprocess import apply_color_constancy
+
+    img = smooth(120, 160)
+    img[..., 1] = (img[..., 1] * 0.7).astype(np.uint8)  # a green-poor cast
+    meta = metadata_json(color_constancy={"method": "shades_of_gray", "p": 6})
+    seg = Segmenter(save(identity_model(metadata=meta), tmp_path / "sog.onnx"), **PLAIN)
+    assert seg.color_constancy == {"method": "shades_of_gray", "p": 6.0}
+    np.testing.assert_array_equal(seg.segment(img).prob, apply_color_constancy(img)[..., 0])
+    plain = Segmenter(save(identity_model(metadata=metadata_json()), tmp_path / "plain.onnx"), **PLAIN)
+    np.testing.assert_array_equal(plain.segment(img).prob, img[..., 0])
+    with pytest.raises(ModelError, match="color_constancy"):
+        Segmenter(save(identity_model(metadata=metadata_json(color_constancy={"method": "x"})), tmp_path / "b.onnx"))
+
+
+def test_tta_and_postprocessing_follow_the_model_unless_given(tmp_path, image):
+    """The metadata's recommendations are the defaults; an option given wins; flips of an identity are exact."""
+    meta = metadata_json(tta=True, keep_largest=True, fill_holes=False)
+    path = save(identity_model(metadata=meta), tmp_path / "rec.onnx")
+    seg = Segmenter(path, threads=1)
+    assert (seg.tta, seg.keep_largest, seg.fill_holes) == (True, True, False)
+    assert seg.options()["tta"] is True
+    given = Segmenter(path, threads=1, tta=False, keep_largest=False, fill_holes=True)
+    assert (given.tta, given.keep_largest, given.fill_holes) == (False, False, True)
+    np.testing.assert_array_equal(
+        Segmenter(path, tta=True, **PLAIN).segment(image).prob, Segmenter(path, tta=False, **PLAIN).segment(image).prob
+    )
+    with pytest.raises(ModelError, match="tta must be"):
+        Segmenter(save(identity_model(metadata=metadata_json(tta="yes")), tmp_path / "bad.onnx"))
+
+
+def test_timings_cover_the_phases(models, tmp_path):
+    """Each phase is recorded as data in the result (what the benchmark reads), and they add up to the total."""
+    from runtime.segmenter import PHASES
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(jpeg_bytes(smooth(240, 320)))
+    result = Segmenter(models["quarter"], **PLAIN).segment_file(path)
+    assert tuple(result.timings) == PHASES and all(v >= 0 for v in result.timings.values())
+    assert result.timings["decode"] > 0 and result.timings["model"] > 0
+    assert sum(result.timings.values()) <= result.seconds * 1.01 + 1e-3
+
+
+def test_a_backend_other_than_onnx_runs_the_same_pipeline(models, image):
+    """Any object with the Backend attributes plugs in: here one that returns the green channel."""
+    from runtime.segmenter import OnnxBackend
+
+    class Green:
+        model_path = models["nhwc"]
+        metadata = OnnxBackend(models["nhwc"], threads=1).metadata
+        fixed_tile = (None, None)
+        fixed_batch = None
+        provider = "green"
+
+        def predict(self, batch):
+            return batch[..., 1] / 255.0
+
+    seg = Segmenter(Green(), **PLAIN)
+    assert seg.provider == "green" and seg.tile == (64, 64)
+    np.testing.assert_array_equal(seg.segment(image).prob, image[..., 1])

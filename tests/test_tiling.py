@@ -116,3 +116,28 @@ def test_progress_and_bad_predictor_shape(image):
     assert calls[-1] == (total, total) and [d for d, _ in calls] == sorted(d for d, _ in calls)
     with pytest.raises(ValueError, match="predict_fn returned shape"):
         tiled_predict(image, lambda b: b[:, :10, :10, 0], tile=128)
+
+
+def test_flip_tta_averages_the_four_flips_and_undoes_them():
+    """An equivariant model gives the same map with flips; a model that sees only the left half is averaged with
+    its mirror images, so every pixel ends up the mean of the four flipped predictions."""
+    from runtime.tiling import flip_tta
+
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0, 255, (3, 16, 24, 3)).astype(np.float32)
+    calls = []
+
+    def red(b):
+        calls.append(len(b))
+        return b[..., 0] / 255.0
+
+    np.testing.assert_allclose(flip_tta(red)(batch), batch[..., 0] / 255.0, rtol=1e-6)
+    assert calls == [12]  # the four variants in one call
+
+    def left_only(b):
+        out = np.zeros(b.shape[:3], np.float32)
+        out[:, :, :12] = 1.0
+        return out
+
+    averaged = flip_tta(left_only)(batch)
+    np.testing.assert_allclose(averaged, 0.5)  # left half from two variants, right half from the other two

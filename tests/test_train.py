@@ -172,3 +172,52 @@ def test_missing_data_folder_is_a_clear_error(workdir, tmp_path):
     result = runner.invoke(app, ["train", "--config", str(cfg), "--output", str(tmp_path / "r"), "--quiet"])
     assert result.exit_code == 2
     assert "data folder" in result.output and "data/images" in result.output
+
+
+def test_fine_tuning_starts_from_the_given_model_and_refuses_another_architecture(workdir, tmp_path):
+    """--init-weights: the first epoch of a fine-tune starts where the trained model ended (lower loss than a fresh
+    start); a config the model does not fit is one clear line, and no run directory is left behind."""
+    base = workdir / "run_ft_base"
+    args = ["--steps-per-epoch", "6", "--quiet"]
+    assert runner.invoke(app, ["train", "-c", str(_config(workdir, 2)), "-o", str(base), *args]).exit_code == 0
+    tuned = workdir / "run_ft"
+    result = runner.invoke(
+        app,
+        ["train", "-c", str(_config(workdir, 1)), "-o", str(tuned), "--init-weights", str(base / "last.keras"), *args],
+    )
+    assert result.exit_code == 0, result.output
+    first_base = float(_history(base)[0]["loss"])
+    assert float(_history(tuned)[0]["loss"]) < first_base
+    resolved = parse_config((tuned / "config.resolved.ini").read_text(), source="resolved")
+    assert resolved.train.init_weights == base / "last.keras"
+
+    wider = workdir / "wider.config"
+    wider.write_text(CONFIG.format(epochs=1).replace("base_filters = 8", "base_filters = 16"))
+    bad = tmp_path / "bad_run"
+    result = runner.invoke(
+        app, ["train", "-c", str(wider), "-o", str(bad), "--init-weights", str(base / "last.keras"), "--quiet"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "init weights" in result.output and "enc0_conv1" in result.output and "Traceback" not in result.output
+    assert not bad.exists()
+
+
+def test_new_recipe_levers_train(workdir):
+    """Cosine schedule with warm-up, per-image Jaccard loss, artefacts, colour constancy and separable blocks run
+    together; the learning rate follows the cosine and ends near zero."""
+    text = (
+        CONFIG.format(epochs=2)
+        .replace(
+            'loss = "bce_dice_loss"',
+            'loss = "bce_jaccard_loss"\nblock = "separable"\ncolor_constancy = "shades_of_gray"',
+        )
+        .replace("seed = 3", 'seed = 3\nlr_schedule = "cosine"\nwarmup_epochs = 0.5')
+        .replace("shears = []", "shears = []\nhair = 0.5\nink = 0.3\nruler = 0.3\nvignette = 0.3\nwhite_balance = 0.5")
+    )
+    cfg = workdir / "levers.config"
+    cfg.write_text(text)
+    run = workdir / "run_levers"
+    result = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(run), "--steps-per-epoch", "4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rates = [float(r["learning_rate"]) for r in _history(run)]
+    assert rates[0] > rates[1] and rates[1] < 1e-4  # end of epoch 1: past the warm-up peak; end: decayed to ~0

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
+from runtime.defaults import DEFAULT_BATCH_SIZE
 from runtime.errors import DataError, ModelError, UsageError
 from skinseg_cli import __version__
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
@@ -29,6 +29,7 @@ from skinseg_cli.options import (
     ThreadsOpt,
     ThresholdOpt,
     TileOpt,
+    TtaOpt,
     infer_options,
 )
 
@@ -63,8 +64,9 @@ def evaluate(
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threshold: ThresholdOpt = None,
-    keep_largest: KeepLargestOpt = DEFAULT_KEEP_LARGEST,
-    fill_holes: FillHolesOpt = DEFAULT_FILL_HOLES,
+    keep_largest: KeepLargestOpt = None,
+    fill_holes: FillHolesOpt = None,
+    tta: TtaOpt = None,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -96,6 +98,7 @@ def evaluate(
         threshold=threshold,
         keep_largest=keep_largest,
         fill_holes=fill_holes,
+        tta=tta,
         max_pixels=max_pixels,
     )
     model_path = model if model is not None else default_model_path()
@@ -207,13 +210,7 @@ def segment_like_infer(segmenter: Any, max_pixels: int) -> Callable[[Path], Any]
 def resolved_options(segmenter: Any, options: Any, *, worst: int) -> dict[str, Any]:
     """The options as used: the model's defaults filled in where none was given."""
     return {
-        "tile": list(segmenter.tile),
-        "scale": segmenter.scale.to_dict(),
-        "overlap": segmenter.overlap,
-        "batch_size": segmenter.batch_size,
-        "threshold": segmenter.threshold,
-        "keep_largest": segmenter.keep_largest,
-        "fill_holes": segmenter.fill_holes,
+        **segmenter.options(),
         "device": options.device,
         "threads": options.threads,
         "max_pixels": options.max_pixels,

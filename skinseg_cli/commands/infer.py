@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
+from runtime.defaults import DEFAULT_BATCH_SIZE
 from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
 from skinseg_cli.options import (
     BatchSizeOpt,
@@ -25,6 +25,7 @@ from skinseg_cli.options import (
     ThreadsOpt,
     ThresholdOpt,
     TileOpt,
+    TtaOpt,
     infer_options,
 )
 
@@ -79,8 +80,9 @@ def infer(
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threshold: ThresholdOpt = None,
-    keep_largest: KeepLargestOpt = DEFAULT_KEEP_LARGEST,
-    fill_holes: FillHolesOpt = DEFAULT_FILL_HOLES,
+    keep_largest: KeepLargestOpt = None,
+    fill_holes: FillHolesOpt = None,
+    tta: TtaOpt = None,
     save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")] = False,
     contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
     max_pixels: MaxPixelsOpt = None,
@@ -116,6 +118,7 @@ def infer(
         threshold=threshold,
         keep_largest=keep_largest,
         fill_holes=fill_holes,
+        tta=tta,
         save_prob=save_prob,
         contours=contours,
         overwrite=overwrite,

@@ -46,6 +46,14 @@ def train(
     ] = None,
     patience: Annotated[int | None, typer.Option("--patience", min=1, help="Overrides [train] patience.")] = None,
     seed: SeedOpt = None,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-weights",
+            help="Fine-tune: start from this trained .keras model (same [model] settings; overrides "
+            "[train] init_weights).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run in the run directory.")] = False,
     resume: Annotated[
         bool,
@@ -73,6 +81,7 @@ def train(
             "train.patience": patience,
             "train.seed": seed,
             "train.model_dir": output,
+            "train.init_weights": init_weights,
         },
     )
     from skinseg_cli.progress import TrainProgress

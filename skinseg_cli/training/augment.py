@@ -27,7 +27,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from skinseg_cli.training import artefacts
+
 __all__ = [
+    "ARTEFACT_OPS",
     "GEOMETRIC_OPS",
     "PHOTOMETRIC_OPS",
     "AugmentParams",
@@ -51,6 +54,9 @@ GEOMETRIC_OPS: tuple[str, ...] = (
     "deformation",
     "distortion",
 )
+#: Dermoscopy artefacts (image only, placed with the mask's help), drawn after the geometry and before the
+#: photometric ops, so a camera's colour and blur apply to them too. See :mod:`skinseg_cli.training.artefacts`.
+ARTEFACT_OPS: tuple[str, ...] = ("vignette", "ruler", "ink", "hair", "white_balance")
 #: Photometric (image-only) ops in the order they are applied.
 PHOTOMETRIC_OPS: tuple[str, ...] = (
     "brightness_contrast",
@@ -121,6 +127,14 @@ class AugmentParams:
     blur_sigma: float = 1.0
     noise: float = 0.0
     noise_std: float = 8.0
+    # dermoscopy artefacts, image only (skinseg_cli.training.artefacts)
+    vignette: float = 0.0
+    ruler: float = 0.0
+    ink: float = 0.0
+    hair: float = 0.0
+    max_hairs: int = 30
+    white_balance: float = 0.0
+    white_balance_strength: float = 0.15
     border: BorderName = "reflect"
 
     def __post_init__(self) -> None:
@@ -128,7 +142,7 @@ class AugmentParams:
             value = getattr(self, item.name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, item.name, _as_tuple(value))
-        for name in GEOMETRIC_OPS + PHOTOMETRIC_OPS:
+        for name in GEOMETRIC_OPS + ARTEFACT_OPS + PHOTOMETRIC_OPS:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: probability must be in [0, 1], got {getattr(self, name)}")
         choices = {
@@ -147,6 +161,8 @@ class AugmentParams:
             raise ValueError("shrinks and sigmas must be positive")
         if self.contrast_alpha <= 0 or self.gamma_max <= 0:
             raise ValueError("contrast_alpha and gamma_max must be positive")
+        if self.max_hairs < 1 or not 0.0 <= self.white_balance_strength < 1.0:
+            raise ValueError("max_hairs must be >= 1 and white_balance_strength within [0, 1)")
         if self.border not in _BORDERS:
             raise ValueError(f"border must be one of {sorted(_BORDERS)}, got {self.border!r}")
 
@@ -401,6 +417,16 @@ _PHOTOMETRIC: dict[str, PhotometricOp] = {
     "blur": blur,
     "noise": noise,
 }
+ArtefactOp = Callable[[np.ndarray, np.ndarray, np.random.Generator, AugmentParams], np.ndarray]
+_ARTEFACTS: dict[str, ArtefactOp] = {
+    "vignette": lambda image, mask, rng, p: artefacts.vignette(image, mask, rng),
+    "ruler": lambda image, mask, rng, p: artefacts.ruler(image, mask, rng),
+    "ink": lambda image, mask, rng, p: artefacts.ink(image, mask, rng),
+    "hair": lambda image, mask, rng, p: artefacts.hair(image, mask, rng, max_hairs=p.max_hairs),
+    "white_balance": lambda image, mask, rng, p: artefacts.white_balance(
+        image, mask, rng, strength=p.white_balance_strength
+    ),
+}
 _GEOMETRIC_DOCS: dict[str, Callable] = {
     "shrink": shrink_matrix,
     "shear": shear_matrix,
@@ -416,10 +442,10 @@ _GEOMETRIC_DOCS: dict[str, Callable] = {
 
 def describe_ops() -> dict[str, str]:
     """One-line description of every op, keyed by name (geometric first, in application order)."""
-    docs = {**_GEOMETRIC_DOCS, **_PHOTOMETRIC}
+    docs = {**_GEOMETRIC_DOCS, **{name: getattr(artefacts, name) for name in ARTEFACT_OPS}, **_PHOTOMETRIC}
     return {
         name: (docs[name].__doc__ or "").strip().splitlines()[0].split(": ", 1)[-1]
-        for name in GEOMETRIC_OPS + PHOTOMETRIC_OPS
+        for name in GEOMETRIC_OPS + ARTEFACT_OPS + PHOTOMETRIC_OPS
     }
 
 
@@ -469,10 +495,14 @@ class Augmenter:
         image, mask = self._warp(image, mask, plan)
         if plan.image_blur > 0:
             image = cv2.GaussianBlur(image, (0, 0), plan.image_blur)
+        mask = _binarise(mask)
+        for name in ARTEFACT_OPS:
+            if _fires(rng, getattr(self.params, name)):
+                image = _ARTEFACTS[name](image, mask, rng, self.params)
         for name in PHOTOMETRIC_OPS:
             if _fires(rng, getattr(self.params, name)):
                 image = _PHOTOMETRIC[name](image, rng, self.params)
-        return image, _binarise(mask)
+        return image, mask
 
     # ---- geometry -------------------------------------------------------------------------------
 

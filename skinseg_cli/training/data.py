@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from runtime.imageio import image_size, read_image
+from runtime.preprocess import apply_color_constancy
 from skinseg_cli.training.pairing import Pair
 
 CACHE_BUDGET_BYTES = 4 * 1024**3
@@ -32,6 +33,8 @@ class SampleSpec:
     tile: tuple[int, int]  # (height, width)
     train_scale: float | None = None
     mask_threshold: int = 128
+    color_constancy: str = "none"  # applied at the model's scale, as the runtime applies it (runtime.preprocess)
+    color_constancy_p: float = 6.0
 
 
 def reduce_factor(src: tuple[int, int], dst: tuple[int, int]) -> int:
@@ -76,6 +79,7 @@ def load_example(pair: Pair, spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{pair.mask}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is {w}×{h}")
     interp = cv2.INTER_AREA if size[0] < image.shape[1] else cv2.INTER_LINEAR
     image = cv2.resize(image, size, interpolation=interp) if image.shape[1::-1] != size else image
+    image = apply_color_constancy(image, spec.color_constancy, spec.color_constancy_p)
     mask = resize_mask(mask, size, spec.mask_threshold) if mask.shape[::-1] != size else mask
     return image, mask
 

@@ -27,7 +27,9 @@ __all__ = [
     "SMOOTH",
     "bce_dice_loss",
     "bce_iou_loss",
+    "bce_jaccard_loss",
     "bce_loss",
+    "bce_lovasz_loss",
     "compile_model",
     "custom_objects",
     "dice_coef",
@@ -36,6 +38,8 @@ __all__ = [
     "get_metrics",
     "iou_coef",
     "iou_loss",
+    "jaccard_loss",
+    "lovasz_loss",
     "sensitivity",
     "specificity",
     "unknown_name_message",
@@ -126,6 +130,58 @@ def iou_loss(y_true: Any, y_pred: Any) -> Any:
     return 1.0 - iou_coef(y_true, y_pred)
 
 
+def _per_image(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    """Both tensors as ``(batch, pixels)`` float32."""
+    batch = ops.shape(y_pred)[0]
+    return (
+        ops.reshape(ops.cast(y_true, "float32"), (batch, -1)),
+        ops.reshape(ops.cast(y_pred, "float32"), (batch, -1)),
+    )
+
+
+@_register
+def jaccard_loss(y_true: Any, y_pred: Any) -> Any:
+    """``1 - mean over images of the soft Jaccard index``: what the ISIC mean-Jaccard score averages, image by
+    image, so a small lesion weighs as much as a large one (the batch-wide :func:`iou_loss` lets large ones win).
+    The 2017 challenge winner (Yuan, 2017) trained on this Jaccard distance."""
+    y_true, y_pred = _per_image(y_true, y_pred)
+    intersection = ops.sum(y_true * y_pred, axis=1)
+    union = ops.sum(y_true + y_pred - y_true * y_pred, axis=1)
+    return 1.0 - ops.mean((intersection + SMOOTH) / (union + SMOOTH))
+
+
+@_register
+def lovasz_loss(y_true: Any, y_pred: Any) -> Any:
+    """The Lovász extension of the Jaccard loss on probability errors, per image (Berman et al., CVPR 2018).
+
+    Pixels are sorted by their error ``|y − p|``; each error is weighted by how much it raises the Jaccard loss
+    of the mask made of the pixels with larger errors, so the loss is a tight convex surrogate of ``1 − IoU``.
+    """
+    y_true, y_pred = _per_image(y_true, y_pred)
+    errors = ops.abs(y_true - y_pred)
+    order = ops.flip(ops.argsort(errors, axis=1), axis=1)  # descending
+    errors_sorted = ops.take_along_axis(errors, order, axis=1)
+    gt_sorted = ops.take_along_axis(y_true, order, axis=1)
+    total = ops.sum(gt_sorted, axis=1, keepdims=True)
+    intersection = total - ops.cumsum(gt_sorted, axis=1)
+    union = total + ops.cumsum(1.0 - gt_sorted, axis=1)
+    jaccard = 1.0 - intersection / union
+    grad = ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=1)
+    return ops.mean(ops.sum(errors_sorted * ops.stop_gradient(grad), axis=1))
+
+
+@_register
+def bce_jaccard_loss(y_true: Any, y_pred: Any) -> Any:
+    """``(bce + jaccard_loss) / 2``: pixel-wise calibration plus the per-image Jaccard the score measures."""
+    return (bce_loss(y_true, y_pred) + jaccard_loss(y_true, y_pred)) / 2.0
+
+
+@_register
+def bce_lovasz_loss(y_true: Any, y_pred: Any) -> Any:
+    """``(bce + lovasz_loss) / 2``."""
+    return (bce_loss(y_true, y_pred) + lovasz_loss(y_true, y_pred)) / 2.0
+
+
 @_register
 def bce_dice_loss(y_true: Any, y_pred: Any) -> Any:
     """``(bce + dice_loss) / 2``, the seed's default hybrid loss."""
@@ -146,6 +202,10 @@ _LOSSES: dict[str, LossFn] = {
     "iou": iou_loss,
     "bce_dice": bce_dice_loss,
     "bce_iou": bce_iou_loss,
+    "jaccard": jaccard_loss,
+    "lovasz": lovasz_loss,
+    "bce_jaccard": bce_jaccard_loss,
+    "bce_lovasz": bce_lovasz_loss,
 }
 
 LOSS_ALIASES: dict[str, str] = {
@@ -154,7 +214,11 @@ LOSS_ALIASES: dict[str, str] = {
     "dice_loss": "dice",
     "iou_loss": "iou",
     "jacard_loss": "iou",
-    "jaccard_loss": "iou",
+    "jaccard_loss": "jaccard",
+    "jaccard_image": "jaccard",
+    "lovasz_loss": "lovasz",
+    "bce_jaccard_loss": "bce_jaccard",
+    "bce_lovasz_loss": "bce_lovasz",
     "bce_dice_loss": "bce_dice",
     "bce_iou_loss": "bce_iou",
 }
@@ -216,12 +280,14 @@ def compile_model(
     *,
     loss: str,
     metrics: list[str],
-    learning_rate: float,
+    learning_rate: float | Any,
     clipvalue: float | None,
     optimizer: str = "Adam",
 ) -> keras.Model:
-    """Compile ``model`` in place with an Adam/AdamW optimizer and the named loss and metrics; return it."""
-    if not learning_rate > 0:
+    """Compile ``model`` in place with an Adam/AdamW optimizer and the named loss and metrics; return it.
+
+    ``learning_rate`` is a number or a ``keras.optimizers.schedules.LearningRateSchedule``."""
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
         raise ConfigError(f"learning_rate {learning_rate} must be > 0 (e.g. 0.0001)")
     if clipvalue is not None and not clipvalue > 0:
         raise ConfigError(f"clipvalue {clipvalue} must be > 0, or left out for no gradient clipping")

@@ -25,12 +25,14 @@ import keras
 from keras import layers, ops
 
 from runtime.errors import ConfigError, ModelError
+from skinseg_cli.config import BLOCKS
 from skinseg_cli.training.losses import custom_objects, unknown_name_message
 
 __all__ = [
     "ACTIVATIONS",
     "build_unet",
     "check_input_size",
+    "copy_weights",
     "count_flops",
     "dilation_rates",
     "kernel_sizes",
@@ -41,6 +43,7 @@ __all__ = [
 
 ACTIVATIONS = ("relu", "elu", "gelu", "mish")
 """Activation names accepted by :func:`build_unet`."""
+
 
 Pair = tuple[int, int]
 
@@ -133,17 +136,24 @@ def _conv_block(
     batch_norm: bool,
     seed: int | None,
     name: str,
+    separable: bool = False,
 ) -> Any:
-    """conv → [BN] → Dropout → conv → [BN], as in every seed UNet level."""
+    """conv → [BN] → Dropout → conv → [BN], as in every seed UNet level.
+
+    ``separable``: each convolution is depthwise-separable (a per-channel spatial filter, then a 1×1 mix), about
+    ``1/k² + 1/filters`` of the multiply-adds of a full ``k×k`` convolution.
+    """
     for n in (1, 2):
-        x = layers.Conv2D(
+        conv = layers.SeparableConv2D if separable else layers.Conv2D
+        init = {"depthwise_initializer": "he_normal", "pointwise_initializer": "he_normal"} if separable else {}
+        x = conv(
             filters,
             kernel,
             dilation_rate=dilation,
             padding="same",
             activation=activation,
-            kernel_initializer="he_normal",
             name=f"{name}_conv{n}",
+            **(init or {"kernel_initializer": "he_normal"}),
         )(x)
         if batch_norm:
             # momentum 0.9, not Keras' 0.99: on datasets of a few hundred images (tens of steps per epoch) the
@@ -168,13 +178,18 @@ def build_unet(
     dropout_rate: float = 0.08,
     batch_norm: bool = False,
     activation: str = "relu",
+    block: str = "standard",
     seed: int | None = None,
 ) -> keras.Model:
     """Build the seed project's UNet: input ``image`` (H, W, C) pixels 0–255 → output ``mask`` in [0, 1].
 
     Raises ConfigError for an invalid parameter, e.g. a size not divisible by ``2^(num_layers-1)``.
     With ``seed``, every Dropout layer gets its own seed derived from it, so training is reproducible.
+    ``block`` ``"separable"`` makes every convolution depthwise-separable except the first level's, which sees
+    only three colour channels (see :func:`_conv_block`).
     """
+    if block not in BLOCKS:
+        raise ConfigError(unknown_name_message("block", str(block), BLOCKS))
     for name, value in (
         ("image_channels", image_channels),
         ("num_classes", num_classes),
@@ -185,7 +200,7 @@ def build_unet(
     kernels = kernel_sizes(_check_pair("base_kernels", base_kernels, odd=True), num_layers)
     dilations = dilation_rates(_check_pair("dilation", dilation, odd=False), num_layers)
     _check_dropout(dropout_rate, num_layers)
-    block = {"activation": _resolve_activation(activation), "batch_norm": batch_norm}
+    common = {"activation": _resolve_activation(activation), "batch_norm": batch_norm}
 
     def level_seed(offset: int) -> int | None:
         return None if seed is None else seed + offset
@@ -202,7 +217,8 @@ def build_unet(
             rate=dropout_rate * i,
             seed=level_seed(i),
             name=f"enc{i}",
-            **block,
+            separable=block == "separable" and i > 0,
+            **common,
         )
         skips.append(x)
         if i < num_layers - 1:
@@ -219,9 +235,11 @@ def build_unet(
             rate=dropout_rate * f,
             seed=level_seed(num_layers + f),
             name=f"dec{f}",
-            **block,
+            separable=block == "separable",
+            **common,
         )
-    outputs = layers.Conv2D(num_classes, 1, activation="sigmoid", name="mask")(x)
+    # float32 even under a mixed-precision policy: the probabilities and the loss keep full precision.
+    outputs = layers.Conv2D(num_classes, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name="skinseg_unet")
 
 
@@ -229,6 +247,10 @@ def count_flops(model: keras.Model) -> int:
     """FLOPs (2 × multiply-adds) of the model's convolutions for one input image; biases not counted."""
     total = 0
     for layer in model.layers:
+        if isinstance(layer, layers.SeparableConv2D):
+            kernels = math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape)
+            total += 2 * math.prod(layer.output.shape[1:3]) * kernels
+            continue
         if isinstance(layer, layers.Conv2DTranspose):
             spatial = layer.input.shape[1:3]  # each input pixel scatters one full kernel
         elif isinstance(layer, layers.Conv2D):
@@ -262,6 +284,38 @@ def load_model(path: str | os.PathLike[str], *, compile: bool = True) -> keras.M
     if not isinstance(model, keras.Model):
         raise ModelError(f"model file {path} holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def copy_weights(source: keras.Model, target: keras.Model, *, source_name: str | os.PathLike[str] = "") -> None:
+    """Copy every layer's weights from ``source`` into ``target`` (fine-tuning), matched by layer name.
+
+    Raises ConfigError naming the first layer that is missing or has other weight shapes, so a config whose
+    ``[model]`` differs from the trained model's is refused before any training step.
+    """
+    name = str(source_name) or source.name
+    fix = "use the same [model] settings (image size aside) as the model was trained with"
+    donors = {layer.name: layer for layer in source.layers}
+    pending = []
+    for layer in target.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        donor = donors.get(layer.name)
+        if donor is None:
+            raise ConfigError(f"init weights {name}: it has no layer {layer.name!r}; {fix}")
+        given = donor.get_weights()
+        shapes = [tuple(w.shape) for w in weights]
+        if [tuple(w.shape) for w in given] != shapes:
+            raise ConfigError(
+                f"init weights {name}: layer {layer.name!r} has weights {[tuple(w.shape) for w in given]}, "
+                f"this config builds {shapes}; {fix}"
+            )
+        pending.append((layer, given))
+    extra = sorted(set(donors) - {layer.name for layer in target.layers} - {"image"})
+    if extra:
+        raise ConfigError(f"init weights {name}: layer {extra[0]!r} is not in the model this config builds; {fix}")
+    for layer, given in pending:
+        layer.set_weights(given)
 
 
 def save_model_atomic(model: keras.Model, path: str | os.PathLike[str]) -> None:

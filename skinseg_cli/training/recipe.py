@@ -133,6 +133,11 @@ def augment_params(cfg: Config):
         hue_saturation=p(a.hue_saturation),
         blur=p(a.blur),
         noise=p(a.noise),
+        hair=p(a.hair),
+        ink=p(a.ink),
+        ruler=p(a.ruler),
+        vignette=p(a.vignette),
+        white_balance=p(a.white_balance),
     )
 
 
@@ -143,4 +148,6 @@ def sample_spec(cfg: Config):
         tile=(cfg.model.image_height, cfg.model.image_width),
         train_scale=cfg.train.train_scale,
         mask_threshold=cfg.mask.threshold,
+        color_constancy=cfg.model.color_constancy,
+        color_constancy_p=cfg.model.color_constancy_p,
     )

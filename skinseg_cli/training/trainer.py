@@ -54,17 +54,26 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------- run dir
 
 
-def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
-    """Create the run directory; an existing run is kept unless ``force`` (or continued with ``resume``)."""
+def check_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
+    """Refuse, before any work, a run directory that would be overwritten without ``force`` or cannot be resumed."""
     if resume:
         if not (run_dir / LAST).is_file():
             raise UsageError(f"{run_dir}: nothing to resume ({LAST} not found); start a new run without --resume")
         return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: exists and is not a folder; choose another --output")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise UsageError(
+            f"{run_dir}: a run already exists there; choose another --output, --resume it, or pass --force"
+        )
+
+
+def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
+    """Create the run directory; an existing run is kept unless ``force`` (or continued with ``resume``)."""
+    check_run_dir(run_dir, force=force, resume=resume)
+    if resume:
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise UsageError(
-                f"{run_dir}: a run already exists there; choose another --output, --resume it, or pass --force"
-            )
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +122,26 @@ def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def build_model(cfg: Config):
+def learning_rate(cfg: Config, steps_per_epoch: int) -> Any:
+    """The optimizer's learning rate: a number (``plateau``: halved by a callback) or a cosine schedule.
+
+    ``cosine`` decays from ``[model] learning_rate`` to 0 over ``epochs`` (after ``warmup_epochs`` of linear
+    warm-up from 0): a fixed-length schedule that needs no validation signal to lower the rate.
+    """
+    if cfg.train.lr_schedule != "cosine":
+        return cfg.model.learning_rate
+    import keras
+
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    warmup = round(cfg.train.warmup_epochs * steps_per_epoch)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, warmup_target=cfg.model.learning_rate, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(cfg.model.learning_rate, total)
+
+
+def build_model(cfg: Config, steps_per_epoch: int = 1):
     """The UNet the config describes, compiled."""
     from skinseg_cli.training.losses import compile_model
     from skinseg_cli.training.model import build_unet
@@ -131,13 +159,18 @@ def build_model(cfg: Config):
         dropout_rate=m.dropout_rate,
         batch_norm=m.normalization,
         activation=m.activation,
+        block=m.block,
         seed=cfg.train.seed,
     )
+    if cfg.train.init_weights is not None:
+        from skinseg_cli.training.model import copy_weights, load_model
+
+        copy_weights(load_model(cfg.train.init_weights, compile=False), model, source_name=cfg.train.init_weights)
     compile_model(
         model,
         loss=m.loss,
         metrics=list(m.metrics),
-        learning_rate=m.learning_rate,
+        learning_rate=learning_rate(cfg, steps_per_epoch),
         clipvalue=m.clipvalue,
         optimizer=m.optimizer,
     )
@@ -161,19 +194,36 @@ def train(
     """
     emit = on_event or (lambda e: None)
     started = time.perf_counter()
-    prepare_run_dir(run_dir, force=force, resume=resume)
+    check_run_dir(run_dir, force=force, resume=resume)
     splits = find_splits(cfg, skip_bad=skip_bad)
     for w in splits.warnings:
         emit({"event": "warning", "message": w})
 
+    from skinseg_cli.training.tf_setup import configure_tensorflow
+
+    configure_tensorflow()
     import keras
 
     keras.utils.set_random_seed(cfg.train.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.train.mixed_precision else "float32")
 
     import cv2
 
     from skinseg_cli.training.augment import Augmenter
     from skinseg_cli.training.data import ExampleSource, make_dataset, steps_for
+
+    bs = cfg.train.batch_size
+    steps = cfg.train.steps_per_epoch or steps_for(len(splits.train), bs)
+    # The model first: a config the --init-weights model does not fit fails before the run directory is touched.
+    state = _load_state(run_dir) if resume else {}
+    if resume:
+        from skinseg_cli.training.model import load_model
+
+        model = load_model(run_dir / LAST)
+    else:
+        model = build_model(cfg, steps)
+        prepare_run_dir(run_dir, force=force, resume=False)
+        record_run(run_dir, cfg, splits)
 
     cv2.setNumThreads(1)  # tf.data runs several augmentation workers; one OpenCV thread each is fastest
     spec = sample_spec(cfg)
@@ -181,20 +231,9 @@ def train(
     train_src = ExampleSource(splits.train, spec, on_load=lambda i, n: emit({"event": "load", "i": i, "n": n}))
     valid_src = ExampleSource(splits.valid, spec)
     augmenter = Augmenter(augment_params(cfg)) if cfg.generator.augmentation else None
-    bs = cfg.train.batch_size
     train_ds = make_dataset(train_src, batch_size=bs, seed=cfg.train.seed, train=True, augmenter=augmenter)
     valid_ds = make_dataset(valid_src, batch_size=bs, seed=cfg.train.seed, train=False)
-    steps = cfg.train.steps_per_epoch or steps_for(len(train_src), bs)
     val_steps = min(cfg.train.validation_steps or 10**9, steps_for(len(valid_src), bs))
-
-    state = _load_state(run_dir) if resume else {}
-    if resume:
-        from skinseg_cli.training.model import load_model
-
-        model = load_model(run_dir / LAST)
-    else:
-        model = build_model(cfg)
-        record_run(run_dir, cfg, splits)
     emit(
         {
             "event": "data",
@@ -208,7 +247,7 @@ def train(
 
     tracker = _run_tracker(run_dir, cfg, emit, steps=steps, state=state)
     callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
-    if cfg.train.learning_rate_reducer:
+    if cfg.train.learning_rate_reducer and cfg.train.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss",
