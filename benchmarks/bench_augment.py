@@ -10,8 +10,7 @@ import time
 
 import cv2
 import numpy as np
-
-from skinseg_cli.training.augment import GEOMETRIC_OPS, PHOTOMETRIC_OPS, Augmenter, AugmentParams
+from skinseg.training.augment import GEOMETRIC_OPS, PHOTOMETRIC_OPS, Augmenter, AugmentParams
 
 NO_OPS = {name: 0.0 for name in GEOMETRIC_OPS + PHOTOMETRIC_OPS}
 CONFIGS: dict[str, AugmentParams] = {

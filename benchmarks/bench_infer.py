@@ -180,8 +180,7 @@ def matched_region(width: int, height: int, tile: int = TILE) -> Any:
     grid see identical model inputs.
     """
     import numpy as np
-
-    from runtime.tiling import plan_tiles
+    from skinseg.runtime.tiling import plan_tiles
 
     count = np.zeros((height, width), np.uint8)
     on_grid = np.zeros((height, width), bool)
@@ -312,9 +311,8 @@ def _instrument_segmenter(seg: Any, timers: Timers) -> None:
     """Time the phases of ``Segmenter.segment_file`` without changing it: decode, resize, tiled prediction,
     the model (``session.run``), the per-batch conversions and post-processing."""
     import cv2
-
-    import runtime.postprocess as pp
-    import runtime.segmenter as rs
+    import skinseg.runtime.postprocess as pp
+    import skinseg.runtime.segmenter as rs
 
     rs.read_image = timers.wrap("decode", rs.read_image)
     rs.tiled_predict = timers.wrap("tiled", rs.tiled_predict)
@@ -364,9 +362,8 @@ def _ov_session(model_path: str, threads: int, precision: str) -> Any:
 def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
     """Segment one image file with ``runtime.Segmenter`` ``repeat`` times; keep the fastest run."""
     import numpy as np
-
-    from runtime.imageio import write_png_atomic
-    from runtime.segmenter import Segmenter
+    from skinseg.runtime.imageio import write_png_atomic
+    from skinseg.runtime.segmenter import Segmenter
 
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"threads": task["threads"], "overlap": task["overlap"], "batch_size": task["batch"]}
@@ -486,8 +483,7 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     """Build (or reuse) the seed-configuration models and the benchmark images under ``work``."""
     import cv2
     import numpy as np
-
-    from runtime.imageio import image_size
+    from skinseg.runtime.imageio import image_size
 
     work = Path(task["work"])
     arch = TINY_ARCH if task.get("tiny") else SEED_ARCH
@@ -508,7 +504,7 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
         w, h = SYNTH_SIZE
         path = work / "images" / f"synth_{w}x{h}.jpg"
         if not path.is_file():
-            from skinseg_cli.synth import synthesize
+            from skinseg.data.synth import synthesize
 
             image, _ = synthesize(w, h, np.random.default_rng(0))
             cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
@@ -549,10 +545,9 @@ def _export_reference(models: Path) -> dict[str, str]:
     """Export the trained reference ``.keras`` (fp32 NCHW) and quantize it (int8), once, into ``models``."""
     import cv2
     import numpy as np
-
-    from exporters.keras_to_onnx import export_onnx
-    from exporters.quantize import quantize_int8
-    from runtime.metadata import ModelMetadata, Scale
+    from skinseg.exporters.keras_to_onnx import export_onnx
+    from skinseg.exporters.quantize import quantize_int8
+    from skinseg.runtime.metadata import ModelMetadata, Scale
 
     fp32, int8 = models / "reference_fp32_nchw.onnx", models / "reference_int8_nchw.onnx"
     stamp = str(REFERENCE_KERAS.stat().st_mtime_ns)
@@ -563,7 +558,7 @@ def _export_reference(models: Path) -> dict[str, str]:
         files = sorted(CALIBRATION_DIR.glob("*.jpg"))[:16] if CALIBRATION_DIR.is_dir() else []
         images = [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (256, 256), interpolation=cv2.INTER_AREA) for f in files]
         if not images:
-            from skinseg_cli.synth import synthesize
+            from skinseg.data.synth import synthesize
 
             rng = np.random.default_rng(3)
             images = [synthesize(256, 256, rng)[0] for _ in range(16)]
@@ -581,8 +576,7 @@ def _spread_logits(model: Any, spread: float = 4.0) -> None:
     """
     import keras
     import numpy as np
-
-    from skinseg_cli.synth import synthesize
+    from skinseg.data.synth import synthesize
 
     head = model.get_layer("mask")
     features = keras.Model(model.inputs, head.input)
@@ -599,12 +593,11 @@ def _build_models(paths: dict[str, Path], work: Path, arch: dict[str, Any]) -> N
     export without skinseg's dilated-convolution rewrite (the lever it removes)."""
     import keras
     import numpy as np
-
-    import exporters.graph as graph
-    from exporters.keras_to_onnx import convert, export_onnx, save_model
-    from exporters.quantize import quantize_int8
-    from runtime.metadata import ModelMetadata, Scale
-    from skinseg_cli.training.model import build_unet, count_flops
+    import skinseg.exporters.graph as graph
+    from skinseg.exporters.keras_to_onnx import convert, export_onnx, save_model
+    from skinseg.exporters.quantize import quantize_int8
+    from skinseg.runtime.metadata import ModelMetadata, Scale
+    from skinseg.training.model import build_unet, count_flops
 
     keras.utils.set_random_seed(0)
     model = build_unet(**arch, seed=0)
@@ -622,7 +615,7 @@ def _build_models(paths: dict[str, Path], work: Path, arch: dict[str, Any]) -> N
     graph.set_metadata(proto, "skinseg", meta.to_json())
     save_model(proto, paths["fp32_norewrite"])
     # Calibration: 512-px tiles of synthetic dermoscopy images (what the runtime will see).
-    from skinseg_cli.synth import synthesize
+    from skinseg.data.synth import synthesize
 
     rng = np.random.default_rng(1)
     tiles = []
@@ -734,8 +727,7 @@ def io_levers(images: dict[str, Any], work: str, masks: dict[str, str]) -> dict[
     import cv2
     import numpy as np
     from PIL import Image
-
-    from runtime.imageio import read_image, write_png_atomic
+    from skinseg.runtime.imageio import read_image, write_png_atomic
 
     out: dict[str, Any] = {}
     for key, info in images.items():

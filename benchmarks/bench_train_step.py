@@ -56,8 +56,8 @@ def run_one(name: str, steps: int, batch: int, size: tuple[int, int]) -> dict:
 
     if bf16:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    from skinseg_cli.training.losses import compile_model
-    from skinseg_cli.training.model import build_unet, count_flops
+    from skinseg.training.losses import compile_model
+    from skinseg.training.model import build_unet, count_flops
 
     model = build_unet(**{**REFERENCE, "image_height": size[0], "image_width": size[1], **overrides})
     compile_model(model, loss="bce_dice_loss", metrics=[], learning_rate=1e-3, clipvalue=0.5)

@@ -109,7 +109,7 @@ def seed_tiled_segment(
         phases["blend"] += t3 - t2
 
     t0 = time.perf_counter()
-    cut = threshold * 255.0  # strictly above, as skinseg's runtime.postprocess.threshold
+    cut = threshold * 255.0  # strictly above, as skinseg's skinseg.runtime.postprocess.threshold
     mask = np.where(np.asarray(background) > cut, 255, 0).astype(np.uint8)
     phases["post"] += time.perf_counter() - t0
     tiles = len(cells)

@@ -53,7 +53,7 @@ POST = [
 def run(model: Path, images: Path, masks: Path, stems: Path, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "skinseg_cli", "evaluate", "--model", str(model), "--images", str(images),
+            sys.executable, "-m", "skinseg", "evaluate", "--model", str(model), "--images", str(images),
             "--masks", str(masks), "--stems", str(stems), "--output", tmp, "--worst", "0", "--quiet", *extra,
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -4,9 +4,9 @@ TensorFlow and tf2onnx are imported only when a Keras model is converted (the ``
 quantizing and comparing ONNX files needs only onnx and onnxruntime.
 """
 
-from exporters.check import Finding, check_model, has_errors
-from exporters.keras_to_onnx import ExportReport, export_onnx, max_supported_opset
-from exporters.quantize import compare_models, convert_fp16, quantize_int8
+from skinseg.exporters.check import Finding, check_model, has_errors
+from skinseg.exporters.keras_to_onnx import ExportReport, export_onnx, max_supported_opset
+from skinseg.exporters.quantize import compare_models, convert_fp16, quantize_int8
 
 __all__ = [
     "ExportReport",

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from exporters import graph
-from exporters.keras_to_onnx import onnx_session
-from runtime.errors import ModelError
-from runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
+from skinseg.exporters import graph
+from skinseg.exporters.keras_to_onnx import onnx_session
+from skinseg.runtime.errors import ModelError
+from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
 
 LEVELS = ("ok", "warn", "error")
 DEFAULT_TILE = (256, 256)

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtime.errors import UsageError
-from runtime.metadata import ModelMetadata, Scale
-from runtime.preprocess import describe as describe_color_constancy
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.metadata import ModelMetadata, Scale
+from skinseg.runtime.preprocess import describe as describe_color_constancy
 
 BEST_MODEL = "best_model.keras"
 AGREEMENT_WARN = 0.98  # mean mask IoU of a quantized variant against fp32 below this is a warning (error with strict)
@@ -83,7 +82,7 @@ def run_config(run_dir: Path | None):
     """The run's resolved config, or None without a run directory."""
     if run_dir is None:
         return None
-    from skinseg_cli.config import load_config
+    from skinseg.data.config import load_config
 
     return load_config(run_dir / "config.resolved.ini")
 
@@ -101,7 +100,7 @@ def whole_image_scale(tile: tuple[int, int]) -> Scale:
 
 def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) -> ModelMetadata:
     """Metadata for the exported file from the run directory (or, without one, from the model's input shape)."""
-    from skinseg_cli import __version__
+    from skinseg import __version__
 
     cfg = run_config(run_dir)
     recommended: dict[str, Any] = {}
@@ -152,10 +151,9 @@ def load_tiles(
     """Up to ``limit`` images resized whole to ``tile`` (h, w), pre-processed as the model's metadata says
     (``color_constancy``): (N, h, w, 3) float32 RGB 0–255, what the model sees."""
     import cv2
-
-    from runtime.errors import ImageError
-    from runtime.imageio import read_image
-    from runtime.preprocess import apply_color_constancy
+    from skinseg.runtime.errors import ImageError
+    from skinseg.runtime.imageio import read_image
+    from skinseg.runtime.preprocess import apply_color_constancy
 
     out = []
     for p in paths:
@@ -179,7 +177,7 @@ def run_images(run_dir: Path | None, key: str) -> list[Path]:
 
 
 def folder_images(folder: Path) -> list[Path]:
-    from skinseg_cli.training.pairing import list_images
+    from skinseg.data.pairing import list_images
 
     if not folder.is_dir():
         raise UsageError(f"{folder}: --calibration must be a folder of images")
@@ -204,8 +202,8 @@ def export_run(
     Variants are compared with fp32 on the validation images (mean mask IoU at the recommended threshold);
     agreement below 0.98 is a warning, and an error with ``strict`` (the variant file is then removed).
     """
-    from exporters.keras_to_onnx import export_onnx, load_keras_model
-    from exporters.quantize import compare_models, convert_fp16, quantize_int8
+    from skinseg.exporters.keras_to_onnx import export_onnx, load_keras_model
+    from skinseg.exporters.quantize import compare_models, convert_fp16, quantize_int8
 
     emit = on_event or (lambda e: None)
     model_path, run_dir = locate_model(source)
@@ -271,7 +269,7 @@ def export_run(
 
 def _synthetic(tile: tuple[int, int], count: int = 4) -> np.ndarray:
     """Dermoscopy-like stand-ins when the run's validation images are not available."""
-    from skinseg_cli.synth import synthesize
+    from skinseg.data.synth import synthesize
 
     rng = np.random.default_rng(0)
     return np.stack([synthesize(tile[1], tile[0], rng)[0] for _ in range(count)]).astype(np.float32)

@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from exporters import graph
-from runtime.errors import MissingExtraError, ModelError, UsageError
-from runtime.imageio import file_sha256
-from runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
+from skinseg.exporters import graph
+from skinseg.runtime.errors import MissingExtraError, ModelError, UsageError
+from skinseg.runtime.imageio import file_sha256
+from skinseg.runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
 
 MIN_OPSET = 13
 FP32_TOLERANCE = 1e-4

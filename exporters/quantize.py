@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from exporters import graph
-from exporters.keras_to_onnx import (
+from skinseg.exporters import graph
+from skinseg.exporters.keras_to_onnx import (
     as_image_batch,
     atomic_output,
     check_output_path,
@@ -31,8 +30,8 @@ from exporters.keras_to_onnx import (
     onnx_session,
     save_model,
 )
-from runtime.errors import ModelError, UsageError
-from runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
+from skinseg.runtime.errors import ModelError, UsageError
+from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
 
 QUANT_TYPES = ("quint8", "qint8")
 

@@ -2,7 +2,7 @@
 
 This package never imports TensorFlow, Keras or tf2onnx: it is what `pip install skinseg` (no extras) runs.
 Everything but the exceptions is imported lazily (``runtime.Segmenter`` loads OpenCV and onnxruntime on
-first use), so ``from runtime.errors import ...`` stays cheap for the CLI.
+first use), so ``from skinseg.runtime.errors import ...`` stays cheap for the CLI.
 """
 
 from __future__ import annotations
@@ -10,23 +10,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from runtime.errors import ImageError, ModelError, SkinsegError, UsageError
+from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
 
 if TYPE_CHECKING:
-    from runtime.imageio import image_size, read_image, read_mask, write_png_atomic
-    from runtime.providers import resolve_providers
-    from runtime.segmenter import Result, Segmenter
-    from runtime.tiling import tiled_predict
+    from skinseg.runtime.imageio import image_size, read_image, read_mask, write_png_atomic
+    from skinseg.runtime.providers import resolve_providers
+    from skinseg.runtime.segmenter import Result, Segmenter
+    from skinseg.runtime.tiling import tiled_predict
 
 _LAZY = {
-    "Segmenter": "runtime.segmenter",
-    "Result": "runtime.segmenter",
-    "read_image": "runtime.imageio",
-    "read_mask": "runtime.imageio",
-    "image_size": "runtime.imageio",
-    "write_png_atomic": "runtime.imageio",
-    "resolve_providers": "runtime.providers",
-    "tiled_predict": "runtime.tiling",
+    "Segmenter": "skinseg.runtime.segmenter",
+    "Result": "skinseg.runtime.segmenter",
+    "read_image": "skinseg.runtime.imageio",
+    "read_mask": "skinseg.runtime.imageio",
+    "image_size": "skinseg.runtime.imageio",
+    "write_png_atomic": "skinseg.runtime.imageio",
+    "resolve_providers": "skinseg.runtime.providers",
+    "tiled_predict": "skinseg.runtime.tiling",
 }
 
 __all__ = [

@@ -16,7 +16,7 @@ Guarantees:
   and removes temporary files a killed run left behind.
 - A rerun with another model or other options that change the outputs (:meth:`InferOptions.output_settings`)
   redoes every image: the output folder's settings stamp (``.skinseg-settings.json``, see
-  :func:`runtime.outputs.stamp_settings`) is rewritten and masks older than it are out of date. A folder
+  :func:`skinseg.runtime.outputs.stamp_settings`) is rewritten and masks older than it are out of date. A folder
   without a stamp (made by an older skinseg) gets one and its images are redone once.
 - Every output stays inside the output folder: a relative path with ``..``, an absolute one, or a symlinked
   folder that leads out is refused for that image.
@@ -29,8 +29,8 @@ Guarantees:
 Progress is reported through ``on_event(dict)`` callbacks, always from the calling thread; nothing here prints.
 
 This module is the run itself (options, the model cache, one image's work, the pipeline); input discovery lives
-in :mod:`runtime.inputs`, output paths and writing in :mod:`runtime.outputs`, and the report files in
-:mod:`runtime.report`. Their public names are re-exported here.
+in :mod:`skinseg.runtime.inputs`, output paths and writing in :mod:`skinseg.runtime.outputs`, and the report files in
+:mod:`skinseg.runtime.report`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.errors import SkinsegError, UsageError
-from runtime.imageio import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, file_sha256, read_image
-from runtime.inputs import InputItem, discover_inputs, output_key
-from runtime.outputs import (
+from skinseg.runtime.errors import SkinsegError, UsageError
+from skinseg.runtime.imageio import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, file_sha256, read_image
+from skinseg.runtime.inputs import InputItem, discover_inputs, output_key
+from skinseg.runtime.outputs import (
     LOCK_NAME,
     OUTPUT_SUFFIXES,
     RESULTS_NAME,
@@ -66,7 +66,7 @@ from runtime.outputs import (
     stamp_settings,
     write_outputs,
 )
-from runtime.report import (
+from skinseg.runtime.report import (
     CSV_FIELDS,
     BatchSummary,
     Row,
@@ -79,7 +79,7 @@ from runtime.report import (
     write_reports,
     write_results,
 )
-from runtime.tiling import DEFAULT_BATCH_SIZE
+from skinseg.runtime.tiling import DEFAULT_BATCH_SIZE
 
 __all__ = [
     "CSV_FIELDS",
@@ -139,7 +139,7 @@ class InferOptions:
     overwrite: bool = False
 
     def segmenter_kwargs(self) -> dict[str, Any]:
-        """The options that shape the :class:`~runtime.segmenter.Segmenter` (and so its cache key)."""
+        """The options that shape the :class:`~skinseg.runtime.segmenter.Segmenter` (and so its cache key)."""
         return {
             "device": self.device,
             "threads": self.threads,
@@ -184,13 +184,13 @@ _MAX_SEGMENTERS = 4
 
 
 def get_segmenter(model_path: str | os.PathLike[str], options: InferOptions) -> tuple[Any, threading.Lock]:
-    """A cached :class:`~runtime.segmenter.Segmenter` for this model file and options, and its inference lock.
+    """A cached :class:`~skinseg.runtime.segmenter.Segmenter` for this model file and options, and its inference lock.
 
     The cache is per process and keyed by the model's real path, size and modification time and
     :meth:`InferOptions.segmenter_kwargs`, so a replaced model file is reloaded. Hold the lock while running
     the model: one inference at a time keeps onnxruntime's threads from competing for the cores.
     """
-    from runtime.segmenter import Segmenter
+    from skinseg.runtime.segmenter import Segmenter
 
     path = Path(model_path).resolve()
     try:
@@ -240,7 +240,7 @@ def process_image(
     The row has the keys :data:`CSV_FIELDS`; ``status`` is ``ok``, ``skipped`` (outputs up to date and not
     ``options.overwrite``) or ``failed`` with a one-line ``error``. Never raises for a bad image or a failed
     write; a model that cannot be loaded raises :class:`ModelError` (nothing can succeed then). ``since_ns``
-    (the output folder's :class:`~runtime.outputs.SettingsStamp`) makes masks not newer than it out of date.
+    (the output folder's :class:`~skinseg.runtime.outputs.SettingsStamp`) makes masks not newer than it out of date.
     """
     start = time.perf_counter()
     rel = PurePosixPath(rel_path)

@@ -15,5 +15,5 @@ DEFAULT_TTA = False
 # batch 4 costs about 700 MB more memory with the 31 M-parameter seed model. On a GPU, raise it with --batch-size.
 DEFAULT_BATCH_SIZE = 1
 
-# Colour-constancy methods a model can be trained with (runtime.preprocess); the model's metadata says which.
+# Colour-constancy methods a model can be trained with (skinseg.runtime.preprocess); the model's metadata says which.
 COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")

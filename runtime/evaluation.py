@@ -26,10 +26,9 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-
-from runtime.errors import ImageError
-from runtime.imageio import image_size, read_image, read_mask, write_bytes_atomic, write_png_atomic
-from runtime.metrics import METRICS, Counts, confusion_counts, scores
+from skinseg.runtime.errors import ImageError
+from skinseg.runtime.imageio import image_size, read_image, read_mask, write_bytes_atomic, write_png_atomic
+from skinseg.runtime.metrics import METRICS, Counts, confusion_counts, scores
 
 __all__ = [
     "CSV_COLUMNS",
@@ -78,7 +77,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 class PairLike(Protocol):
-    """An image and its ground-truth mask (e.g. :class:`skinseg_cli.training.pairing.Pair`)."""
+    """An image and its ground-truth mask (e.g. :class:`skinseg.data.pairing.Pair`)."""
 
     @property
     def image(self) -> Path: ...

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.imageio import write_bytes_atomic
+from skinseg.runtime.imageio import write_bytes_atomic
 
 GALLERY_NAME = "index.html"
 

@@ -7,7 +7,7 @@
   by OpenCV.
 - The pixel count is checked from the file header **before** decoding (:func:`image_size`), so a decompression
   bomb is refused without allocating it.
-- Every failure raises :class:`~runtime.errors.ImageError` with a one-line message naming the file.
+- Every failure raises :class:`~skinseg.runtime.errors.ImageError` with a one-line message naming the file.
 - Writers go through a temporary file in the destination folder and :func:`os.replace`, so a crash never
   leaves a half-written output under the final name.
 
@@ -26,8 +26,7 @@ from typing import BinaryIO, NamedTuple
 
 import cv2
 import numpy as np
-
-from runtime.errors import ImageError
+from skinseg.runtime.errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

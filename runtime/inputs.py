@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from runtime.errors import UsageError
-from runtime.imageio import SUPPORTED_EXTENSIONS, is_supported
-from runtime.outputs import OUTPUT_SUFFIXES
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS, is_supported
+from skinseg.runtime.outputs import OUTPUT_SUFFIXES
 
 __all__ = ["InputItem", "discover_inputs", "output_key"]
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runtime.errors import ModelError
+from skinseg.runtime.errors import ModelError
 
 METADATA_KEY = "skinseg"
 FORMAT_VERSION = 1
@@ -120,9 +120,9 @@ class ModelMetadata:
     validation_metrics: dict[str, float] = field(default_factory=dict)
     export_options: dict[str, Any] = field(default_factory=dict)
     source_model_sha256: str = ""
-    # pre-processing the model was trained with, applied by the runtime before tiling (runtime.preprocess)
+    # pre-processing the model was trained with, applied by the runtime before tiling (skinseg.runtime.preprocess)
     color_constancy: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
-    # inference settings measured best for this model; None leaves the runtime's default (runtime.defaults)
+    # inference settings measured best for this model; None leaves the runtime's default (skinseg.runtime.defaults)
     tta: bool | None = None
     keep_largest: bool | None = None
     fill_holes: bool | None = None
@@ -192,7 +192,7 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
 
 def _color_constancy(value: Any) -> dict[str, Any]:
     """The ``color_constancy`` record, checked (ValueError names what is wrong)."""
-    from runtime.defaults import COLOR_CONSTANCY_METHODS
+    from skinseg.runtime.defaults import COLOR_CONSTANCY_METHODS
 
     if value is None:
         return {"method": "none"}

@@ -26,10 +26,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
-
-from runtime import postprocess as pp
-from runtime.errors import ImageError, SkinsegError, UsageError
-from runtime.imageio import write_bytes_atomic, write_jpeg_atomic, write_png_atomic
+from skinseg.runtime import postprocess as pp
+from skinseg.runtime.errors import ImageError, SkinsegError, UsageError
+from skinseg.runtime.imageio import write_bytes_atomic, write_jpeg_atomic, write_png_atomic
 
 __all__ = [
     "LOCK_NAME",
@@ -51,15 +50,17 @@ __all__ = [
 ]
 
 LOCK_NAME = ".skinseg.lock"
-RESULTS_NAME = "results.csv"  # the report files (see runtime.report) are named here: remove_stale_temps needs them
+RESULTS_NAME = (
+    "results.csv"  # the report files (see skinseg.runtime.report) are named here: remove_stale_temps needs them
+)
 SUMMARY_NAME = "summary.json"
 SETTINGS_NAME = ".skinseg-settings.json"  # the model and options that made the outputs (see stamp_settings)
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json")
-_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # what runtime.imageio's atomic writers leave
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # what skinseg.runtime.imageio's atomic writers leave
 
 
 class OutputOptions(Protocol):
-    """The options that decide which outputs are written (:class:`runtime.batch.InferOptions` has them)."""
+    """The options that decide which outputs are written (:class:`skinseg.runtime.batch.InferOptions` has them)."""
 
     @property
     def save_prob(self) -> bool: ...

@@ -1,7 +1,7 @@
 """From probabilities to a clean mask, its statistics and pictures of it.
 
 Masks are ``H×W`` uint8 arrays with values 0 and 255. Probability maps are float (0–1) or uint8 (0–255,
-what :class:`~runtime.segmenter.Segmenter` returns to save memory); every function here accepts both.
+what :class:`~skinseg.runtime.segmenter.Segmenter` returns to save memory); every function here accepts both.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST  # noqa: F401  (re-exported)
+from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST  # noqa: F401  (re-exported)
 
 __all__ = ["contours_json", "fill_holes", "keep_largest_component", "mask_stats", "overlay", "threshold"]
 

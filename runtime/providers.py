@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from runtime.errors import UsageError
+from skinseg.runtime.errors import UsageError
 
 __all__ = ["DEVICES", "PROVIDER_CHAINS", "check_provider_used", "resolve_providers"]
 

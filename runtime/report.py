@@ -19,12 +19,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from runtime import postprocess as pp
-from runtime.errors import ImageError, SkinsegError
-from runtime.gallery import write_gallery
-from runtime.imageio import read_mask, write_bytes_atomic
-from runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
+from skinseg.runtime import postprocess as pp
+from skinseg.runtime.errors import ImageError, SkinsegError
+from skinseg.runtime.gallery import write_gallery
+from skinseg.runtime.imageio import read_mask, write_bytes_atomic
+from skinseg.runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
 
 __all__ = [
     "CSV_FIELDS",
@@ -67,7 +66,7 @@ Row = dict[str, Any]
 
 
 def stats_row(stats: dict[str, Any]) -> Row:
-    """The report columns of :func:`runtime.postprocess.mask_stats` (or a segmenter result's ``stats``)."""
+    """The report columns of :func:`skinseg.runtime.postprocess.mask_stats` (or a segmenter result's ``stats``)."""
     bbox = stats.get("bbox") or [None] * 4
     return {
         "width": stats["width"],
@@ -224,7 +223,7 @@ class BatchSummary:
 
 
 def write_reports(output: Path, rows: Iterable[Row], summary: BatchSummary, options: OutputOptions) -> None:
-    """Write ``results.csv``, ``summary.json`` (with ``options``, an :class:`~runtime.batch.InferOptions`) and
+    """Write ``results.csv``, ``summary.json`` (with ``options``, an :class:`~skinseg.runtime.batch.InferOptions`) and
     the gallery into ``output``; :class:`SkinsegError` if they cannot be written."""
     rows = list(rows)
     try:

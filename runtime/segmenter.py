@@ -28,15 +28,14 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-
-from runtime import postprocess as pp
-from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST, DEFAULT_TTA
-from runtime.errors import ImageError, ModelError, UsageError
-from runtime.imageio import DEFAULT_MAX_PIXELS, read_image
-from runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
-from runtime.preprocess import apply_color_constancy
-from runtime.providers import check_provider_used, resolve_providers
-from runtime.tiling import flip_tta, plan_tiles, tiled_predict
+from skinseg.runtime import postprocess as pp
+from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST, DEFAULT_TTA
+from skinseg.runtime.errors import ImageError, ModelError, UsageError
+from skinseg.runtime.imageio import DEFAULT_MAX_PIXELS, read_image
+from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
+from skinseg.runtime.preprocess import apply_color_constancy
+from skinseg.runtime.providers import check_provider_used, resolve_providers
+from skinseg.runtime.tiling import flip_tta, plan_tiles, tiled_predict
 
 __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "parse_tile"]
 
@@ -117,7 +116,7 @@ class Backend(Protocol):
 class OnnxBackend:
     """An ONNX file on onnxruntime: reads the ``skinseg`` metadata, checks the input, predicts batches of tiles.
 
-    ``device``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (see :mod:`runtime.providers`);
+    ``device``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (see :mod:`skinseg.runtime.providers`);
     ``threads``: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
     """
 

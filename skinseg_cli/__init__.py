@@ -1,3 +1,65 @@
-"""skinseg: skin-lesion segmentation at the edge (train, export, infer, evaluate)."""
+"""skinseg: skin-lesion segmentation at the edge (train, export, infer, evaluate).
+
+One import name over five layers, each importing only the ones below it (``tests/test_layers.py`` checks):
+
+1. :mod:`skinseg.runtime` (folder ``runtime/``): onnxruntime inference: reading images, tiling, blending,
+   pre- and post-processing, batch runs, reports. numpy, OpenCV and onnxruntime only; never TensorFlow.
+2. :mod:`skinseg.data` (``skinseg_cli/data/``): pairing images with masks, synthetic images, the config schema.
+3. :mod:`skinseg.exporters` (``exporters/``): Keras to ONNX, graph clean-up, quantization, checks.
+4. :mod:`skinseg.training` (``skinseg_cli/training/``): augmentation, the UNet, losses, the trainer.
+5. the CLI: :mod:`skinseg.cli`, :mod:`skinseg.app`, :mod:`skinseg.commands` (a thin shell over the layers).
+
+The embedding API is here, imported lazily so that ``import skinseg`` stays cheap::
+
+    from skinseg import Segmenter
+
+    seg = Segmenter("model.onnx")
+    result = seg.segment_file("photo.jpg")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
+    from skinseg.runtime.imageio import read_image, read_mask
+    from skinseg.runtime.segmenter import Result, Segmenter
+
+_LAZY = {
+    "Segmenter": "skinseg.runtime.segmenter",
+    "Result": "skinseg.runtime.segmenter",
+    "read_image": "skinseg.runtime.imageio",
+    "read_mask": "skinseg.runtime.imageio",
+    "SkinsegError": "skinseg.runtime.errors",
+    "ImageError": "skinseg.runtime.errors",
+    "ModelError": "skinseg.runtime.errors",
+    "UsageError": "skinseg.runtime.errors",
+}
+
+__all__ = [
+    "ImageError",
+    "ModelError",
+    "Result",
+    "Segmenter",
+    "SkinsegError",
+    "UsageError",
+    "__version__",
+    "read_image",
+    "read_mask",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'skinseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,3 +1,3 @@
-from skinseg_cli.cli import main
+from skinseg.cli import main
 
 main()

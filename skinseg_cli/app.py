@@ -2,7 +2,7 @@
 
 The command line is a thin shell that parses options, calls the core with keywords, and prints.
 
-Problems the user can fix arrive as :class:`runtime.errors.SkinsegError` and are printed as one red line
+Problems the user can fix arrive as :class:`skinseg.runtime.errors.SkinsegError` and are printed as one red line
 (exit code 2 for usage errors, 1 otherwise). Heavy imports (TensorFlow) happen inside the commands that need them.
 """
 
@@ -16,9 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-
-from runtime.errors import MissingExtraError, SkinsegError
-from skinseg_cli import __version__
+from skinseg import __version__
+from skinseg.runtime.errors import MissingExtraError, SkinsegError
 
 app = typer.Typer(
     name="skinseg",
@@ -65,7 +64,7 @@ def require_tensorflow(hint: str = TRAIN_EXTRA_HINT) -> None:
     """Fail with one line when TensorFlow is not installed; otherwise import it without its start-up chatter."""
     import os
 
-    from skinseg_cli.training.tf_setup import configure_tensorflow
+    from skinseg.training.tf_setup import configure_tensorflow
 
     require_modules("tensorflow", "keras", hint=hint)
     configure_tensorflow()
@@ -106,7 +105,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines only,
 
 
 def load_config_for_cli(config: Path, overrides: dict[str, Any] | None = None):
-    from skinseg_cli.config import apply_overrides, load_config
+    from skinseg.data.config import apply_overrides, load_config
 
     cfg = load_config(config)
     if overrides:

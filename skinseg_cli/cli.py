@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from skinseg_cli.app import app, err
-from skinseg_cli.commands import augment, config, evaluate, export, infer, synth, train  # noqa: F401  (registers the commands)
+from skinseg.app import app, err
+from skinseg.commands import augment, config, evaluate, export, infer, synth, train  # noqa: F401  (registers the commands)
 
 __all__ = ["app", "main"]
 

@@ -56,8 +56,8 @@ MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", min=1, help="R
 
 
 def infer_options(**values: Any):
-    """:class:`runtime.batch.InferOptions` from CLI values (``device`` may be the enum; None means the default)."""
-    from runtime.batch import InferOptions
+    """:class:`~skinseg.runtime.batch.InferOptions` from CLI values; ``device`` may be an enum, None: default."""
+    from skinseg.runtime.batch import InferOptions
 
     if isinstance(values.get("device"), Device):
         values["device"] = values["device"].value

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-from runtime.metadata import ModelMetadata, Scale
+from skinseg.runtime.metadata import ModelMetadata, Scale
 
 OPSET = 17
 IR_VERSION = 8  # old enough for any onnxruntime the project supports

@@ -1,4 +1,4 @@
-"""Tests for skinseg_cli.training.augment: image/mask alignment, reproducibility, photometric safety."""
+"""Tests for skinseg.training.augment: image/mask alignment, reproducibility, photometric safety."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
-
-from skinseg_cli.training.augment import (
+from skinseg.training.augment import (
     ARTEFACT_OPS,
     GEOMETRIC_OPS,
     PHOTOMETRIC_OPS,

@@ -1,4 +1,4 @@
-"""The batch runner (runtime.batch) with a stand-in ONNX model whose mask is ``red > 127``."""
+"""The batch runner (skinseg.runtime.batch) with a stand-in ONNX model whose mask is ``red > 127``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import pytest
-
-from runtime.batch import (
+from skinseg.runtime.batch import (
     CSV_FIELDS,
     InferOptions,
     discover_inputs,
@@ -25,7 +24,8 @@ from runtime.batch import (
     process_image,
     run_batch,
 )
-from runtime.errors import ImageError, ModelError, UsageError
+from skinseg.runtime.errors import ImageError, ModelError, UsageError
+
 from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,7 +306,7 @@ def test_runtime_batch_never_imports_tensorflow(model, tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from runtime.batch import InferOptions, run_batch
+        from skinseg.runtime.batch import InferOptions, run_batch
         summary = run_batch([{str(src)!r}], {str(model)!r}, {str(tmp_path / "out")!r}, InferOptions(threads=1))
         assert summary.ok == 1, summary
         heavy = [m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules]
@@ -327,11 +327,10 @@ def test_real_model_tiled_agrees_with_whole_image(tmp_path):
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
     import onnxruntime as ort
-
-    from exporters.keras_to_onnx import export_onnx
-    from runtime.metadata import ModelMetadata, Scale
-    from skinseg_cli.synth import synthesize
-    from skinseg_cli.training.model import build_unet
+    from skinseg.data.synth import synthesize
+    from skinseg.exporters.keras_to_onnx import export_onnx
+    from skinseg.runtime.metadata import ModelMetadata, Scale
+    from skinseg.training.model import build_unet
 
     rng = np.random.default_rng(0)
     pairs = [synthesize(64, 64, rng) for _ in range(32)]

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from skinseg import __version__
+from skinseg.cli import app
 from typer.testing import CliRunner
-
-from skinseg_cli import __version__
-from skinseg_cli.cli import app
 
 runner = CliRunner()
 
@@ -38,7 +37,7 @@ def test_every_command_has_help_with_an_example(command):
 
 
 def test_module_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "skinseg_cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "skinseg", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "train" in proc.stdout
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from runtime.errors import ConfigError
-from skinseg_cli.config import (
+from skinseg.data.config import (
     Config,
     apply_overrides,
     default_config_text,
@@ -16,6 +14,7 @@ from skinseg_cli.config import (
     parse_literal,
     render_config,
 )
+from skinseg.runtime.errors import ConfigError
 
 SEED = Path(__file__).parent / "data" / "seed_train_eval_infer.config"
 

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from skinseg.runtime import imageio as runtime_imageio
+from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.errors import SkinsegError
 
-import runtime.imageio
-from runtime.batch import InferOptions, run_batch
-from runtime.errors import SkinsegError
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import write_png
 from tests.test_infer_cli import outputs, smooth_image
@@ -42,7 +42,7 @@ STABLE_COLUMNS = ("width", "height", "area_px", "area_fraction", "bbox_x", "bbox
 
 
 def skinseg(*args: object) -> list[str]:
-    return [sys.executable, "-m", "skinseg_cli", *map(str, args)]
+    return [sys.executable, "-m", "skinseg", *map(str, args)]
 
 
 def start(*args: object, stderr: object = subprocess.DEVNULL) -> subprocess.Popen:
@@ -217,7 +217,7 @@ def full_disk_for(monkeypatch, predicate: Callable[[str], bool]) -> None:
         target = os.readlink(f"/proc/self/fd/{fd}")
         return _FullDisk(f) if predicate(os.path.basename(target)) else f
 
-    monkeypatch.setattr(runtime.imageio.os, "fdopen", fdopen)
+    monkeypatch.setattr(runtime_imageio.os, "fdopen", fdopen)
 
 
 def test_full_disk_fails_one_image_cleanly_and_the_batch_goes_on(dataset, tmp_path, monkeypatch):
@@ -266,7 +266,7 @@ def keras_model(tmp_path_factory) -> Path:
     pytest.importorskip("tensorflow")
     path = tmp_path_factory.mktemp("keras") / "tiny.keras"
     keras_check(
-        "from skinseg_cli.training.model import build_unet\n"
+        "from skinseg.training.model import build_unet\n"
         "m = build_unet(image_height=64, image_width=64, base_filters=4, num_layers=2, seed=0)\n"
         f"m.save({str(path)!r})\n"
     )
@@ -355,7 +355,7 @@ augmentation = False
 @pytest.mark.train
 def test_training_killed_during_checkpoint_writes_keeps_a_loadable_best_model(tmp_path):
     pytest.importorskip("tensorflow")
-    from skinseg_cli.synth import write_dataset
+    from skinseg.data.synth import write_dataset
 
     write_dataset(tmp_path / "data", count=10, size=(40, 32), seed=4)
     config = tmp_path / "c.config"
@@ -377,7 +377,7 @@ def test_training_killed_during_checkpoint_writes_keeps_a_loadable_best_model(tm
         kills += caught
         assert best.is_file()
         out = keras_check(
-            "from skinseg_cli.training.model import load_model\n"
+            "from skinseg.training.model import load_model\n"
             f"m = load_model({str(best)!r})\n"
             f"n = load_model({str(run_dir / 'last.keras')!r})\n"
             "print('LOADED', m.count_params() == n.count_params())\n"

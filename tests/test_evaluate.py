@@ -1,4 +1,4 @@
-"""`skinseg evaluate` and runtime.evaluation: scores at the ground truth's resolution, reports, listed errors.
+"""`skinseg evaluate` and skinseg.runtime.evaluation: scores at the ground truth's resolution, reports, listed errors.
 
 The models are tiny stand-ins: the identity model predicts the red channel / 255, so an image whose red channel
 is the lesion mask is segmented perfectly, and a mask that differs from the red channel gives a known score.
@@ -13,14 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from skinseg.cli import app
+from skinseg.data.pairing import pair_folders
+from skinseg.runtime.evaluation import CELL, CSV_COLUMNS, evaluate, grid_shape, unpaired, write_worst_png
+from skinseg.runtime.imageio import write_png_atomic
+from skinseg.runtime.metadata import Scale
+from skinseg.runtime.metrics import METRICS
 from typer.testing import CliRunner
-
-from runtime.evaluation import CELL, CSV_COLUMNS, evaluate, grid_shape, unpaired, write_worst_png
-from runtime.imageio import write_png_atomic
-from runtime.metadata import Scale
-from runtime.metrics import METRICS
-from skinseg_cli.cli import app
-from skinseg_cli.training.pairing import pair_folders
 
 onnx_standins = pytest.importorskip("tests.onnx_standins")
 
@@ -251,8 +250,8 @@ def test_keras_model_scores_like_its_onnx_export(data, tmp_path):
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
     pytest.importorskip("tf2onnx")
-    from exporters import export_onnx
-    from exporters.from_run import build_metadata
+    from skinseg.exporters import export_onnx
+    from skinseg.exporters.from_run import build_metadata
 
     image = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Rescaling(1 / 255)(image)

@@ -18,12 +18,12 @@ keras = pytest.importorskip("keras")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from exporters import graph  # noqa: E402
-from exporters.check import check_model, has_errors  # noqa: E402
-from exporters.keras_to_onnx import check_opset, export_onnx, max_supported_opset  # noqa: E402
-from exporters.quantize import compare_models, convert_fp16, mask_iou, quantize_int8  # noqa: E402
-from runtime.errors import ModelError, UsageError  # noqa: E402
-from runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata  # noqa: E402
+from skinseg.exporters import graph  # noqa: E402
+from skinseg.exporters.check import check_model, has_errors  # noqa: E402
+from skinseg.exporters.keras_to_onnx import check_opset, export_onnx, max_supported_opset  # noqa: E402
+from skinseg.exporters.quantize import compare_models, convert_fp16, mask_iou, quantize_int8  # noqa: E402
+from skinseg.runtime.errors import ModelError, UsageError  # noqa: E402
+from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata  # noqa: E402
 
 TILE = (64, 64)
 INT8_MIN_IOU = 0.9  # mean mask IoU of int8 vs fp32 at threshold 0.5 on the tiny model

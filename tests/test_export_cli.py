@@ -11,11 +11,10 @@ import pytest
 pytest.importorskip("tensorflow")
 
 import onnxruntime as ort  # noqa: E402
+from skinseg.cli import app  # noqa: E402
+from skinseg.data.synth import write_dataset  # noqa: E402
+from skinseg.runtime.metadata import METADATA_KEY, parse_metadata  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
-
-from runtime.metadata import METADATA_KEY, parse_metadata  # noqa: E402
-from skinseg_cli.cli import app  # noqa: E402
-from skinseg_cli.synth import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
 runner = CliRunner()
@@ -124,7 +123,7 @@ def test_metadata_json_is_plain_json(exported):
 
 
 def test_strict_refuses_a_variant_that_disagrees_with_fp32(run_dir, tmp_path, monkeypatch):
-    import exporters.from_run as from_run
+    import skinseg.exporters.from_run as from_run
 
     monkeypatch.setattr(from_run, "AGREEMENT_WARN", 1.01)  # no variant can agree this well: every one is refused
     out = tmp_path / "m.onnx"

@@ -10,9 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from runtime.errors import ImageError
-from runtime.imageio import (
+from skinseg.runtime.errors import ImageError
+from skinseg.runtime.imageio import (
     SUPPORTED_EXTENSIONS,
     image_info,
     image_size,

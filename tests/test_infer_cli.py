@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 from rich.console import Console
+from skinseg.cli import app
+from skinseg.progress import InferProgress
+from skinseg.runtime.batch import output_lock
 from typer.testing import CliRunner
 
-from runtime.batch import output_lock
-from skinseg_cli.cli import app
-from skinseg_cli.progress import InferProgress
 from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
 from tests.test_batch import lesion_image, png_bit_depth, read_rows, write_png
 from tests.test_imageio import jpeg_bytes
@@ -200,7 +200,7 @@ def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def cli(*args: object) -> list[str]:
-    return [sys.executable, "-m", "skinseg_cli", "infer", *map(str, args)]
+    return [sys.executable, "-m", "skinseg", "infer", *map(str, args)]
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -244,7 +244,7 @@ def test_killed_run_resumes_to_identical_outputs(model, tmp_path):
 
 
 def test_without_model_the_bundled_default_is_used(tmp_path):
-    from runtime.batch import default_model_path
+    from skinseg.runtime.batch import default_model_path
 
     src = write_png(tmp_path / "a.png", lesion_image())
     result = infer(src, "--output", tmp_path / "out", "--quiet")

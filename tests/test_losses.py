@@ -1,4 +1,4 @@
-"""Tests for skinseg_cli.training.losses: formulas, registries and compilation."""
+"""Tests for skinseg.training.losses: formulas, registries and compilation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from runtime.errors import ConfigError  # noqa: E402
-from skinseg_cli.training import losses  # noqa: E402
-from skinseg_cli.training.model import build_unet  # noqa: E402
+from skinseg.runtime.errors import ConfigError  # noqa: E402
+from skinseg.training import losses  # noqa: E402
+from skinseg.training.model import build_unet  # noqa: E402
 
 pytestmark = pytest.mark.train
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from runtime.errors import ModelError
-from runtime.metadata import ModelMetadata, Scale, parse_metadata
+from skinseg.runtime.errors import ModelError
+from skinseg.runtime.metadata import ModelMetadata, Scale, parse_metadata
 
 
 @pytest.mark.parametrize(

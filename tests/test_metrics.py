@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from runtime.metrics import (
+from skinseg.runtime.metrics import (
     METRICS,
     Counts,
     accuracy,

@@ -1,4 +1,4 @@
-"""Tests for skinseg_cli.training.model: UNet structure, validation and model files."""
+"""Tests for skinseg.training.model: UNet structure, validation and model files."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from runtime.errors import ConfigError, ModelError  # noqa: E402
-from skinseg_cli.training import losses  # noqa: E402
-from skinseg_cli.training import model as unet  # noqa: E402
-from skinseg_cli.training.model import build_unet, check_input_size, count_flops  # noqa: E402
+from skinseg.runtime.errors import ConfigError, ModelError  # noqa: E402
+from skinseg.training import losses  # noqa: E402
+from skinseg.training import model as unet  # noqa: E402
+from skinseg.training.model import build_unet, check_input_size, count_flops  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -272,7 +272,7 @@ def test_batch_norm_moving_statistics_adapt_within_an_epoch():
 
 
 def test_separable_block_is_leaner_and_keeps_the_interface() -> None:
-    from skinseg_cli.training.model import build_unet, count_flops
+    from skinseg.training.model import build_unet, count_flops
 
     kwargs = dict(image_height=64, image_width=64, base_filters=16, num_layers=4, dropout_rate=0.0)
     standard = build_unet(**kwargs)
@@ -287,7 +287,7 @@ def test_separable_block_is_leaner_and_keeps_the_interface() -> None:
 
 
 def test_copy_weights_fine_tunes_from_a_trained_model_and_refuses_another_architecture() -> None:
-    from skinseg_cli.training.model import build_unet, copy_weights
+    from skinseg.training.model import build_unet, copy_weights
 
     kwargs = dict(image_height=32, image_width=32, base_filters=4, num_layers=3, dropout_rate=0.0)
     source = build_unet(seed=1, **kwargs)

@@ -7,15 +7,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from runtime.errors import DataError
-from skinseg_cli.training.pairing import (
+from skinseg.data.pairing import (
     check_readable,
     mask_key,
     pair_folders,
     pair_many,
     split_by_stem,
 )
+from skinseg.runtime.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -71,7 +70,7 @@ def test_missized_and_unreadable_masks_are_listed(tmp_path):
 
 
 def test_split_is_seeded_by_stem_and_keeps_copies_together(tmp_path):
-    from skinseg_cli.training.pairing import Pair
+    from skinseg.data.pairing import Pair
 
     pairs = [Pair(Path(f"{d}/s{i}.jpg"), Path(f"{d}/s{i}.png")) for d in ("x", "y") for i in range(200)]
     train, valid = split_by_stem(pairs, valid_ratio=0.2, seed=1)

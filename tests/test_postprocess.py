@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from runtime.postprocess import (
+from skinseg.runtime.postprocess import (
     contours_json,
     fill_holes,
     keep_largest_component,

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from runtime.preprocess import apply_color_constancy, check_color_constancy, shades_of_gray_gains
+from skinseg.runtime.preprocess import apply_color_constancy, check_color_constancy, shades_of_gray_gains
 
 
 def scene(seed: int = 0) -> np.ndarray:
@@ -65,12 +64,11 @@ def test_settings_are_checked():
 
 
 def test_training_examples_get_the_runtime_function(tmp_path):
-    """The training loader applies exactly runtime.preprocess at the model's scale (one function, two callers)."""
+    """Training applies exactly skinseg.runtime.preprocess at the model scale (one function, two callers)."""
     import cv2
-
-    from runtime.imageio import read_image
-    from skinseg_cli.training.data import SampleSpec, load_example
-    from skinseg_cli.training.pairing import Pair
+    from skinseg.data.pairing import Pair
+    from skinseg.runtime.imageio import read_image
+    from skinseg.training.data import SampleSpec, load_example
 
     image = cast(scene(1), (1.2, 1.0, 0.85))
     cv2.imwrite(str(tmp_path / "a.png"), image[..., ::-1])

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.errors import UsageError
-from runtime.providers import check_provider_used, resolve_providers
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.providers import check_provider_used, resolve_providers
 
 CPU, CUDA, TRT, OV = (
     "CPUExecutionProvider",

@@ -20,9 +20,8 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from runtime.errors import ConfigError
-from skinseg_cli.config import SECTIONS, Config, parse_config
+from skinseg.data.config import SECTIONS, Config, parse_config
+from skinseg.runtime.errors import ConfigError
 
 MARKER = "SKINSEG_PWNED"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -291,7 +290,7 @@ def test_deep_nesting_and_huge_literals_are_errors_not_crashes():
 
 
 # ------------------------------------------------------------------------------------------------ regressions
-# Found by the properties above (OverflowError and RuntimeError escaped); fixed in skinseg_cli/config.py (fcdfb85).
+# Found by the properties above (OverflowError and RuntimeError escaped); fixed in the config loader (fcdfb85).
 
 
 @pytest.mark.parametrize("line", ["[model]\nlearning_rate = 1" + "0" * 400, "[augmentor]\nhflip = 1" + "0" * 400])

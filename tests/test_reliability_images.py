@@ -27,10 +27,10 @@ import cv2
 import numpy as np
 import pytest
 from rich.console import Console
+from skinseg.cli import app
+from skinseg.progress import InferProgress
 from typer.testing import CliRunner
 
-from skinseg_cli.cli import app
-from skinseg_cli.progress import InferProgress
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_imageio import ORIENT, jpeg_bytes
 
@@ -176,7 +176,7 @@ def test_every_awkward_image_in_one_batch(model, tmp_path):
 
 
 def test_cmyk_jpeg_colours_are_converted(tmp_path):
-    from runtime.imageio import read_image
+    from skinseg.runtime.imageio import read_image
 
     rgb = block_image()
     data = pil_bytes(rgb, "CMYK", "JPEG")
@@ -199,9 +199,9 @@ def test_decompression_bombs_allocate_nothing(tmp_path):
         f"""
         import resource
         from pathlib import Path
-        from runtime.batch import InferOptions, run_batch
-        from runtime.errors import ImageError
-        from runtime.imageio import read_image
+        from skinseg.runtime.batch import InferOptions, run_batch
+        from skinseg.runtime.errors import ImageError
+        from skinseg.runtime.imageio import read_image
         from tests.onnx_standins import identity_model, metadata_json, save
 
         folder = Path({str(tmp_path)!r})

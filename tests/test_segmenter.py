@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skinseg.runtime.errors import ImageError, ModelError, UsageError
+from skinseg.runtime.metadata import Scale
+from skinseg.runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
+from skinseg.runtime.segmenter import Segmenter
 
-from runtime.errors import ImageError, ModelError, UsageError
-from runtime.metadata import Scale
-from runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
-from runtime.segmenter import Segmenter
 from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
 from tests.test_imageio import jpeg_bytes
 
@@ -71,7 +71,7 @@ def test_scaled_model_returns_full_size(models):
 
 def test_segment_file_is_what_infer_and_evaluate_segment(models, tmp_path):
     """The API, `skinseg infer` and `skinseg evaluate` segment the same pixels: the file decoded whole."""
-    from runtime.imageio import read_image
+    from skinseg.runtime.imageio import read_image
 
     img = smooth(240, 320)
     path = tmp_path / "photo.jpg"
@@ -98,7 +98,7 @@ def test_an_absurd_working_size_fails_the_image_not_the_machine(models):
 
 
 def test_a_tile_the_model_cannot_take_is_a_usage_error(models):
-    from runtime.batch import default_model_path
+    from skinseg.runtime.batch import default_model_path
 
     with pytest.raises(UsageError, match="--tile must be"):
         Segmenter(models["nhwc"], tile=100000)
@@ -228,9 +228,9 @@ def test_runtime_never_imports_tensorflow(models, tmp_path):
         f"""
         import sys
         import numpy as np
-        import runtime
-        from runtime.segmenter import Segmenter
-        from runtime.tiling import tiled_predict
+        import skinseg.runtime
+        from skinseg.runtime.segmenter import Segmenter
+        from skinseg.runtime.tiling import tiled_predict
         seg = Segmenter({str(models["nhwc"])!r}, threads=1)
         seg.segment(np.zeros((70, 90, 3), np.uint8))
         tiled_predict(np.zeros((9, 9, 3)), lambda b: b[..., 0], tile=4)
@@ -246,7 +246,7 @@ def test_runtime_never_imports_tensorflow(models, tmp_path):
 
 def test_colour_constancy_in_the_metadata_is_applied_before_the_model(tmp_path):
     """A model trained with Shades of Gray gets it at inference: the identity model then returns the corrected red."""
-    from runtime.preprocess import apply_color_constancy
+    from skinseg.runtime.preprocess import apply_color_constancy
 
     img = smooth(120, 160)
     img[..., 1] = (img[..., 1] * 0.7).astype(np.uint8)  # a green-poor cast
@@ -278,7 +278,7 @@ def test_tta_and_postprocessing_follow_the_model_unless_given(tmp_path, image):
 
 def test_timings_cover_the_phases(models, tmp_path):
     """Each phase is recorded as data in the result (what the benchmark reads), and they add up to the total."""
-    from runtime.segmenter import PHASES
+    from skinseg.runtime.segmenter import PHASES
 
     path = tmp_path / "photo.jpg"
     path.write_bytes(jpeg_bytes(smooth(240, 320)))
@@ -290,7 +290,7 @@ def test_timings_cover_the_phases(models, tmp_path):
 
 def test_a_backend_other_than_onnx_runs_the_same_pipeline(models, image):
     """Any object with the Backend attributes plugs in: here one that returns the green channel."""
-    from runtime.segmenter import OnnxBackend
+    from skinseg.runtime.segmenter import OnnxBackend
 
     class Green:
         model_path = models["nhwc"]

@@ -7,9 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from runtime.errors import UsageError
-from skinseg_cli.synth import parse_size, synthesize, write_dataset
+from skinseg.data.synth import parse_size, synthesize, write_dataset
+from skinseg.runtime.errors import UsageError
 
 SEEDS = range(8)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from skinseg.runtime.tiling import GaussianWeights, Stitcher, TileSpec, extract_tiles, plan_tiles, tiled_predict
 
-from runtime.tiling import GaussianWeights, Stitcher, TileSpec, extract_tiles, plan_tiles, tiled_predict
 from tests.onnx_standins import affine_model, identity_model
 
 
@@ -121,7 +121,7 @@ def test_progress_and_bad_predictor_shape(image):
 def test_flip_tta_averages_the_four_flips_and_undoes_them():
     """An equivariant model gives the same map with flips; a model that sees only the left half is averaged with
     its mirror images, so every pixel ends up the mean of the four flipped predictions."""
-    from runtime.tiling import flip_tta
+    from skinseg.runtime.tiling import flip_tta
 
     rng = np.random.default_rng(0)
     batch = rng.uniform(0, 255, (3, 16, 24, 3)).astype(np.float32)

@@ -10,11 +10,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from skinseg.cli import app  # noqa: E402
+from skinseg.data.config import parse_config  # noqa: E402
+from skinseg.data.synth import write_dataset  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
-
-from skinseg_cli.cli import app  # noqa: E402
-from skinseg_cli.config import parse_config  # noqa: E402
-from skinseg_cli.synth import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
 runner = CliRunner()
@@ -128,8 +127,8 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
 
 
 def test_stop_file_ends_training_with_best_model(workdir):
-    from skinseg_cli.config import load_config
-    from skinseg_cli.training.trainer import STOP_FILE, train
+    from skinseg.data.config import load_config
+    from skinseg.training.trainer import STOP_FILE, train
 
     run = workdir / "run_stop"
 

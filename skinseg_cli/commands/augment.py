@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from skinseg_cli.app import (
+from skinseg.app import (
     ConfigArg,
     SeedOpt,
     app,
@@ -32,11 +31,10 @@ def augment_preview(
     Example: skinseg augment-preview configs/isic.config --count 16 --output grid.png
     """
     import numpy as np
-
-    from runtime.imageio import write_png_atomic
-    from skinseg_cli.training.augment import Augmenter, preview_grid
-    from skinseg_cli.training.data import load_example
-    from skinseg_cli.training.recipe import augment_params, find_splits, sample_spec
+    from skinseg.runtime.imageio import write_png_atomic
+    from skinseg.training.augment import Augmenter, preview_grid
+    from skinseg.training.data import load_example
+    from skinseg.training.recipe import augment_params, find_splits, sample_spec
 
     cfg = load_config_for_cli(config, {"train.seed": seed})
     splits = find_splits(cfg, skip_bad=True)
@@ -48,7 +46,7 @@ def augment_preview(
         pair = splits.train[i % len(splits.train)]
         image, mask = load_example(pair, spec)
         if spec.train_scale is not None:
-            from skinseg_cli.training.data import crop_tile
+            from skinseg.training.data import crop_tile
 
             image, mask = crop_tile(image, mask, spec.tile, rng)
         pairs.append(augmenter(image, mask, rng))

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from skinseg_cli.app import (
+from skinseg.app import (
     ConfigArg,
     cli_errors,
     config_app,
@@ -28,7 +27,7 @@ def config_show(
 
     Example: skinseg config show configs/isic.config
     """
-    from skinseg_cli.config import render_config
+    from skinseg.data.config import render_config
 
     cfg = load_config_for_cli(config)
     out.print(render_config(cfg, comments=False, only_present=only_set), markup=False, soft_wrap=True)
@@ -44,8 +43,8 @@ def config_init(
 
     Example: skinseg config init my.config
     """
-    from runtime.errors import UsageError
-    from skinseg_cli.config import default_config_text
+    from skinseg.data.config import default_config_text
+    from skinseg.runtime.errors import UsageError
 
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to overwrite it")

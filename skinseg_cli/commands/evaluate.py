@@ -12,12 +12,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
-
-from runtime.defaults import DEFAULT_BATCH_SIZE
-from runtime.errors import DataError, ModelError, UsageError
-from skinseg_cli import __version__
-from skinseg_cli.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
-from skinseg_cli.options import (
+from skinseg import __version__
+from skinseg.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
+from skinseg.options import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
@@ -32,6 +29,8 @@ from skinseg_cli.options import (
     TtaOpt,
     infer_options,
 )
+from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
+from skinseg.runtime.errors import DataError, ModelError, UsageError
 
 KERAS_HINT = (
     "evaluating a .keras model needs TensorFlow: install the train extra with `pip install 'skinseg[train]'`, "
@@ -80,13 +79,13 @@ def evaluate(
 
     Example: skinseg evaluate --model model.onnx --images isic/images --masks isic/masks --output eval/
     """
-    from runtime.batch import default_model_path
-    from runtime.evaluation import evaluate as run_evaluation
-    from runtime.evaluation import write_results_csv, write_summary_json, write_worst_png
-    from runtime.imageio import file_sha256
-    from runtime.outputs import prepare_output
-    from skinseg_cli.progress import progress_callback
-    from skinseg_cli.training.pairing import pair_folders
+    from skinseg.data.pairing import pair_folders
+    from skinseg.progress import progress_callback
+    from skinseg.runtime.batch import default_model_path
+    from skinseg.runtime.evaluation import evaluate as run_evaluation
+    from skinseg.runtime.evaluation import write_results_csv, write_summary_json, write_worst_png
+    from skinseg.runtime.imageio import file_sha256
+    from skinseg.runtime.outputs import prepare_output
 
     options = infer_options(
         device=device,
@@ -159,8 +158,8 @@ def read_stems(path: Path) -> set[str]:
 
 def unpaired_rows(report: Any, wanted: set[str] | None) -> list[Any]:
     """``skipped`` rows for unpaired or ambiguous files and for listed stems with neither image nor mask."""
-    from runtime.evaluation import unpaired
-    from skinseg_cli.training.pairing import mask_key
+    from skinseg.data.pairing import mask_key
+    from skinseg.runtime.evaluation import unpaired
 
     rows = [
         unpaired(p.stem, f"{p}: no mask found in the masks folder (expected <stem>.png or <stem>_segmentation.png)", p)
@@ -182,8 +181,8 @@ def unpaired_rows(report: Any, wanted: set[str] | None) -> list[Any]:
 
 
 def load_segmenter(model_path: Path, options: Any) -> Any:
-    """A :class:`~runtime.segmenter.Segmenter` for an ``.onnx`` model, made as `skinseg infer` makes it, or a
-    :class:`~skinseg_cli.training.keras_segmenter.KerasSegmenter` for a ``.keras`` one."""
+    """A :class:`~skinseg.runtime.segmenter.Segmenter` for an ``.onnx`` model, made as `skinseg infer` makes it, or a
+    :class:`~skinseg.training.keras_segmenter.KerasSegmenter` for a ``.keras`` one."""
     suffix = model_path.suffix.lower()
     if suffix == ".keras":
         if not model_path.is_file():
@@ -191,13 +190,13 @@ def load_segmenter(model_path: Path, options: Any) -> Any:
         require_tensorflow(KERAS_HINT)
         if options.device not in ("auto", "cpu"):
             err.print("[yellow]warning:[/yellow] --device applies to ONNX models; the .keras model runs on TensorFlow")
-        from skinseg_cli.training.keras_segmenter import KerasSegmenter
+        from skinseg.training.keras_segmenter import KerasSegmenter
 
         kwargs = {k: v for k, v in options.segmenter_kwargs().items() if k != "device"}
         return KerasSegmenter(model_path, **kwargs)
     if suffix != ".onnx":
         raise UsageError(f"--model {model_path}: expected an .onnx or .keras file (got {suffix or 'no'} suffix)")
-    from runtime.segmenter import Segmenter
+    from skinseg.runtime.segmenter import Segmenter
 
     return Segmenter(model_path, **options.segmenter_kwargs())
 
@@ -243,7 +242,7 @@ def _fmt(value: float | None) -> str:
 
 def summary_table(summary: dict[str, Any], metrics: Iterable[str] | None = None) -> Table:
     """A rich table of each metric's mean and median over the scored images."""
-    from runtime.metrics import METRICS
+    from skinseg.runtime.metrics import METRICS
 
     table = Table(title=f"{summary['n_images']} image(s) scored, {summary['n_errors']} error(s)", title_justify="left")
     table.add_column("metric")

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from runtime.errors import UsageError
-from skinseg_cli.app import app, cli_errors, err, out, require_modules, require_tensorflow
+from skinseg.app import app, cli_errors, err, out, require_modules, require_tensorflow
+from skinseg.runtime.errors import UsageError
 
 EXPORT_HINT = "skinseg export needs TensorFlow and tf2onnx: install the train extra with `pip install 'skinseg[train]'`"
 
@@ -68,7 +67,7 @@ def export(
         _check(source)
         return
     require_tensorflow(EXPORT_HINT)
-    from exporters.from_run import export_run
+    from skinseg.exporters.from_run import export_run
 
     result = export_run(
         source,
@@ -103,7 +102,7 @@ def _check(path: Path) -> None:
     require_modules(
         "onnx", hint="skinseg export --check needs the onnx package: `pip install onnx` (or the train extra)"
     )
-    from exporters.check import check_model, has_errors
+    from skinseg.exporters.check import check_model, has_errors
 
     if path.is_dir():
         raise UsageError(f"{path}: --check takes an .onnx file")

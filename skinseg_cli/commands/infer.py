@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from runtime.defaults import DEFAULT_BATCH_SIZE
-from skinseg_cli.app import QuietOpt, app, cli_errors, err, out
-from skinseg_cli.options import (
+from skinseg.app import QuietOpt, app, cli_errors, err, out
+from skinseg.options import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
@@ -28,6 +26,7 @@ from skinseg_cli.options import (
     TtaOpt,
     infer_options,
 )
+from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
 
 
 class LogFormat(str, Enum):
@@ -105,8 +104,8 @@ def infer(
     Example: skinseg infer photos/ --recursive --model model.onnx --output masks/
     """
     quiet_opencv()
-    from runtime.batch import default_model_path, run_batch
-    from skinseg_cli.progress import InferProgress
+    from skinseg.progress import InferProgress
+    from skinseg.runtime.batch import default_model_path, run_batch
 
     options = infer_options(
         device=device,

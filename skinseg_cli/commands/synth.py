@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from skinseg_cli.app import (
+from skinseg.app import (
     QuietOpt,
     app,
     cli_errors,
@@ -31,8 +30,8 @@ def synth(
 
     Example: skinseg synth data/synth --count 32 --size 640x480 --seed 1
     """
-    from skinseg_cli.progress import progress_callback
-    from skinseg_cli.synth import parse_size, write_dataset
+    from skinseg.data.synth import parse_size, write_dataset
+    from skinseg.progress import progress_callback
 
     wh = parse_size(size)
     with progress_callback(f"synthesizing {count} images", total=count, quiet=quiet, console=err) as cb:

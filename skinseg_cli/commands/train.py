@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from skinseg_cli.app import (
+from skinseg.app import (
     QuietOpt,
     SeedOpt,
     app,
@@ -84,8 +83,8 @@ def train(
             "train.init_weights": init_weights,
         },
     )
-    from skinseg_cli.progress import TrainProgress
-    from skinseg_cli.training.trainer import train as run_training
+    from skinseg.progress import TrainProgress
+    from skinseg.training.trainer import train as run_training
 
     run_dir = cfg.train.model_dir
     with TrainProgress(console=err, quiet=quiet) as progress:

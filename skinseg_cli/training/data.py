@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-from runtime.imageio import image_size, read_image
-from runtime.preprocess import apply_color_constancy
-from skinseg_cli.training.pairing import Pair
+from skinseg.data.pairing import Pair
+from skinseg.runtime.imageio import image_size, read_image
+from skinseg.runtime.preprocess import apply_color_constancy
 
 CACHE_BUDGET_BYTES = 4 * 1024**3
 
@@ -33,7 +32,9 @@ class SampleSpec:
     tile: tuple[int, int]  # (height, width)
     train_scale: float | None = None
     mask_threshold: int = 128
-    color_constancy: str = "none"  # applied at the model's scale, as the runtime applies it (runtime.preprocess)
+    color_constancy: str = (
+        "none"  # applied at the model's scale, as the runtime applies it (skinseg.runtime.preprocess)
+    )
     color_constancy_p: float = 6.0
 
 
@@ -56,7 +57,7 @@ def target_size(width: int, height: int, spec: SampleSpec) -> tuple[int, int]:
 
 def read_mask_gray(path, threshold: int) -> np.ndarray:
     """A mask file as HxW uint8 {0, 255}, binarized at ``threshold`` (no blur: masks keep their true extent)."""
-    from runtime.imageio import read_mask
+    from skinseg.runtime.imageio import read_mask
 
     return read_mask(path, threshold=threshold)
 
@@ -74,7 +75,7 @@ def load_example(pair: Pair, spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(pair.image, reduce=reduce_factor((w, h), size))
     mask = read_mask_gray(pair.mask, spec.mask_threshold)
     if mask.shape[:2] != (h, w):
-        from runtime.errors import DataError
+        from skinseg.runtime.errors import DataError
 
         raise DataError(f"{pair.mask}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is {w}×{h}")
     interp = cv2.INTER_AREA if size[0] < image.shape[1] else cv2.INTER_LINEAR

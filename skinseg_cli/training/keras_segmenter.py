@@ -1,7 +1,7 @@
 """Segment images with a ``.keras`` model through the runtime's own pipeline (needs the ``train`` extra).
 
-:class:`KerasBackend` is a :class:`runtime.segmenter.Backend` that predicts tiles with Keras instead of
-onnxruntime; :func:`KerasSegmenter` puts it into the runtime's :class:`~runtime.segmenter.Segmenter`. Scaling,
+:class:`KerasBackend` is a :class:`skinseg.runtime.segmenter.Backend` that predicts tiles with Keras instead of
+onnxruntime; :func:`KerasSegmenter` puts it into the runtime's :class:`~skinseg.runtime.segmenter.Segmenter`. Scaling,
 colour pre-processing, tiling, blending, thresholding and post-processing are the same code, so a ``.keras`` model
 and its exported ``.onnx`` are evaluated the same way and their figures are comparable. The backend's metadata is
 what ``skinseg export`` would write, so the defaults (scale, tile, colour constancy, flips) match too.
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtime.errors import ModelError
-from runtime.metadata import ModelMetadata
-from runtime.segmenter import Segmenter
+from skinseg.runtime.errors import ModelError
+from skinseg.runtime.metadata import ModelMetadata
+from skinseg.runtime.segmenter import Segmenter
 
 __all__ = ["KerasBackend", "KerasSegmenter"]
 
@@ -29,7 +28,7 @@ RUN_CONFIG = "config.resolved.ini"
 def keras_metadata(model: Any, path: Path) -> ModelMetadata | None:
     """The metadata ``skinseg export`` would write for this ``.keras`` file: from the run directory's
     ``config.resolved.ini`` next to it, else from the model's fixed input size; None if neither says."""
-    from exporters.from_run import build_metadata
+    from skinseg.exporters.from_run import build_metadata
 
     run_dir = path.parent if (path.parent / RUN_CONFIG).is_file() else None
     shape = tuple(model.inputs[0].shape)
@@ -52,7 +51,7 @@ class KerasBackend:
             # Once TensorFlow has started in this process its thread pool is fixed: keep it.
             with contextlib.suppress(RuntimeError):
                 tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        from skinseg_cli.training.model import load_model
+        from skinseg.training.model import load_model
 
         self.model = load_model(self.model_path, compile=False)
         shape = tuple(self.model.inputs[0].shape)

@@ -17,8 +17,7 @@ from typing import Any
 
 import keras
 from keras import ops
-
-from runtime.errors import ConfigError
+from skinseg.runtime.errors import ConfigError
 
 __all__ = [
     "LOSS_ALIASES",

@@ -23,10 +23,9 @@ from typing import Any
 
 import keras
 from keras import layers, ops
-
-from runtime.errors import ConfigError, ModelError
-from skinseg_cli.config import BLOCKS
-from skinseg_cli.training.losses import custom_objects, unknown_name_message
+from skinseg.data.config import BLOCKS
+from skinseg.runtime.errors import ConfigError, ModelError
+from skinseg.training.losses import custom_objects, unknown_name_message
 
 __all__ = [
     "ACTIVATIONS",

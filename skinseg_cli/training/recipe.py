@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, DataError
-from skinseg_cli.config import Config, require_dir
-from skinseg_cli.training import pairing
-from skinseg_cli.training.pairing import Pair
+from skinseg.data import pairing
+from skinseg.data.config import Config, require_dir
+from skinseg.data.pairing import Pair
+from skinseg.runtime.errors import ConfigError, DataError
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _as_list(v: Any) -> list[Path] | None:
 
 def augment_params(cfg: Config):
     """Map the seed's [augmentor] and sub-sections onto :class:`AugmentParams` (True means probability 0.5)."""
-    from skinseg_cli.training.augment import AugmentParams
+    from skinseg.training.augment import AugmentParams
 
     a = cfg.augmentor
 
@@ -142,7 +142,7 @@ def augment_params(cfg: Config):
 
 
 def sample_spec(cfg: Config):
-    from skinseg_cli.training.data import SampleSpec
+    from skinseg.training.data import SampleSpec
 
     return SampleSpec(
         tile=(cfg.model.image_height, cfg.model.image_width),

@@ -1,4 +1,4 @@
-"""Train the UNet from a validated :class:`~skinseg_cli.config.Config` into a run directory.
+"""Train the UNet from a validated :class:`~skinseg.data.config.Config` into a run directory.
 
 The run directory holds everything needed to reproduce or continue the run:
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import UsageError
-from skinseg_cli import __version__
-from skinseg_cli.config import Config, render_config
-from skinseg_cli.training.recipe import DataSplits, augment_params, find_splits, sample_spec
+from skinseg import __version__
+from skinseg.data.config import Config, render_config
+from skinseg.runtime.errors import UsageError
+from skinseg.training.recipe import DataSplits, augment_params, find_splits, sample_spec
 
 BEST = "best_model.keras"
 LAST = "last.keras"
@@ -143,8 +143,8 @@ def learning_rate(cfg: Config, steps_per_epoch: int) -> Any:
 
 def build_model(cfg: Config, steps_per_epoch: int = 1):
     """The UNet the config describes, compiled."""
-    from skinseg_cli.training.losses import compile_model
-    from skinseg_cli.training.model import build_unet
+    from skinseg.training.losses import compile_model
+    from skinseg.training.model import build_unet
 
     m = cfg.model
     model = build_unet(
@@ -163,7 +163,7 @@ def build_model(cfg: Config, steps_per_epoch: int = 1):
         seed=cfg.train.seed,
     )
     if cfg.train.init_weights is not None:
-        from skinseg_cli.training.model import copy_weights, load_model
+        from skinseg.training.model import copy_weights, load_model
 
         copy_weights(load_model(cfg.train.init_weights, compile=False), model, source_name=cfg.train.init_weights)
     compile_model(
@@ -199,7 +199,7 @@ def train(
     for w in splits.warnings:
         emit({"event": "warning", "message": w})
 
-    from skinseg_cli.training.tf_setup import configure_tensorflow
+    from skinseg.training.tf_setup import configure_tensorflow
 
     configure_tensorflow()
     import keras
@@ -208,16 +208,15 @@ def train(
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.train.mixed_precision else "float32")
 
     import cv2
-
-    from skinseg_cli.training.augment import Augmenter
-    from skinseg_cli.training.data import ExampleSource, make_dataset, steps_for
+    from skinseg.training.augment import Augmenter
+    from skinseg.training.data import ExampleSource, make_dataset, steps_for
 
     bs = cfg.train.batch_size
     steps = cfg.train.steps_per_epoch or steps_for(len(splits.train), bs)
     # The model first: a config the --init-weights model does not fit fails before the run directory is touched.
     state = _load_state(run_dir) if resume else {}
     if resume:
-        from skinseg_cli.training.model import load_model
+        from skinseg.training.model import load_model
 
         model = load_model(run_dir / LAST)
     else:
@@ -344,7 +343,7 @@ class _RunTrackerMixin:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        from skinseg_cli.training.model import save_model_atomic
+        from skinseg.training.model import save_model_atomic
 
         logs = {k: float(v) for k, v in (logs or {}).items()}
         lr = self.model.optimizer.learning_rate

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from runtime.defaults import COLOR_CONSTANCY_METHODS
-from runtime.errors import ConfigError
+from skinseg.runtime.defaults import COLOR_CONSTANCY_METHODS
+from skinseg.runtime.errors import ConfigError
 
 BLOCKS = ("standard", "separable")
 LR_SCHEDULES = ("plateau", "cosine")

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from runtime.errors import UsageError
-from runtime.imageio import write_bytes_atomic
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.imageio import write_bytes_atomic
 
 __all__ = ["JPEG_QUALITY", "MAX_SIZE", "MIN_SIZE", "parse_size", "synthesize", "write_dataset"]
 

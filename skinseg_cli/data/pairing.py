@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import DataError
+from skinseg.runtime.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 MASK_SUFFIXES = ("_segmentation", "_lesion", "_mask")
@@ -110,7 +110,7 @@ def _problem_summary(problems: Sequence[str], fix: str) -> str:
 
 def check_readable(pairs: Sequence[Pair], *, skip_bad: bool = False) -> tuple[list[Pair], list[str]]:
     """Read each image's and mask's header: unreadable files, or masks of another size, are problems."""
-    from runtime.imageio import image_size  # header-only: fast on large photos
+    from skinseg.runtime.imageio import image_size  # header-only: fast on large photos
 
     good: list[Pair] = []
     problems: list[str] = []
