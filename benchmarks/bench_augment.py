@@ -10,6 +10,7 @@ import time
 
 import cv2
 import numpy as np
+
 from skinseg.training.augment import GEOMETRIC_OPS, PHOTOMETRIC_OPS, Augmenter, AugmentParams
 
 NO_OPS = {name: 0.0 for name in GEOMETRIC_OPS + PHOTOMETRIC_OPS}

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -62,11 +64,10 @@ TINY_ARCH: dict[str, Any] = {**SEED_ARCH, "base_filters": 4, "num_layers": 4, "b
 """A small UNet for developing this script (``--tiny``); its numbers mean nothing."""
 TILE = 512
 SEED_MARGIN = 64
-ISIC_DIR = Path("/work/shared/data/isic-72/images")
+DATA = ROOT.parent / "shared" / "data"  # the default data folders; --images and --calibration choose others
 SYNTH_SIZE = (6600, 4400)
 REFERENCE_MODELS = (ROOT / "runtime/models/skinseg_default.onnx", ROOT / "runs/reference/model.onnx")
 REFERENCE_KERAS = ROOT / "runs/reference/best_model.keras"
-CALIBRATION_DIR = Path("/work/shared/data/isic-256/images")
 MARK_BEGIN, MARK_END = "<!-- bench_infer:begin -->", "<!-- bench_infer:end -->"
 
 
@@ -161,14 +162,10 @@ def conv_flops(onnx_path: str | os.PathLike[str], tile: tuple[int, int] = (TILE,
 
 
 def mask_iou(a: Any, b: Any, region: Any = None) -> float:
-    """IoU of two 0/255 masks, optionally only inside the boolean ``region``."""
-    import numpy as np
+    """IoU of two 0/255 masks (the runtime's one IoU), optionally only inside the boolean ``region``."""
+    from skinseg.runtime.metrics import mask_iou as iou
 
-    a, b = a > 0, b > 0
-    if region is not None:
-        a, b = a[region], b[region]
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    return iou(a, b) if region is None else iou(a[region], b[region])
 
 
 def matched_region(width: int, height: int, tile: int = TILE) -> Any:
@@ -180,6 +177,7 @@ def matched_region(width: int, height: int, tile: int = TILE) -> Any:
     grid see identical model inputs.
     """
     import numpy as np
+
     from skinseg.runtime.tiling import plan_tiles
 
     count = np.zeros((height, width), np.uint8)
@@ -246,16 +244,16 @@ def plan_runs(args: argparse.Namespace, models: dict[str, Any], images: dict[str
                     RunSpec(f"skinseg {name}", "skinseg", model, image, device="openvino", ov_precision=precision,
                             repeat=r, iou_ref=fp32_ref)
                 )  # fmt: skip
-        own = {"group": "own settings", "overlap": 0.25, "batch": 4, "post": True, "repeat": r}
+        own = {"group": "own settings", "overlap": 0.25, "batch": DEFAULT_BATCH_SIZE, "post": True, "repeat": r}
         default_ref = f"skinseg default fp32 [{image}]"
         runs.append(RunSpec("skinseg default fp32", "skinseg", "fp32_nchw", image, **own))
         runs.append(RunSpec("skinseg default int8", "skinseg", "int8_nchw", image, iou_ref=default_ref, **own))
-        if not args.quick:  # the batch lever: batch 1 runs as fast per tile and needs a much smaller arena
-            one = {**own, "batch": 1}
-            runs.append(RunSpec("skinseg default fp32, batch 1", "skinseg", "fp32_nchw", image, iou_ref=default_ref,
-                                **one))  # fmt: skip
-            runs.append(RunSpec("skinseg default int8, batch 1", "skinseg", "int8_nchw", image, iou_ref=default_ref,
-                                **one))  # fmt: skip
+        if not args.quick:  # the batch lever: batch 4 against the default batch (1)
+            four = {**own, "batch": 4}
+            runs.append(RunSpec("skinseg default fp32, batch 4", "skinseg", "fp32_nchw", image, iou_ref=default_ref,
+                                **four))  # fmt: skip
+            runs.append(RunSpec("skinseg default int8, batch 4", "skinseg", "int8_nchw", image, iou_ref=default_ref,
+                                **four))  # fmt: skip
         if "reference" in models and not args.quick:
             ref = {**own, "scale": "", "tile": 0}
             runs.append(RunSpec("reference fp32, own settings", "skinseg", "reference", image, **ref))
@@ -276,66 +274,15 @@ def plan_runs(args: argparse.Namespace, models: dict[str, Any], images: dict[str
 # ================================================================================================ workers
 
 
-class Timers:
-    """Accumulates seconds per phase name; :meth:`wrap` times a function's calls."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - t0
-
-        return timed
-
-    def reset(self) -> None:
-        self.seconds.clear()
-
-
-class _Proxy:
-    """Delegates every attribute to ``target`` except the ones given as keyword arguments."""
-
-    def __init__(self, target: Any, **overrides: Any) -> None:
-        self._target = target
-        self.__dict__.update(overrides)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target, name)
-
-
-def _instrument_segmenter(seg: Any, timers: Timers) -> None:
-    """Time the phases of ``Segmenter.segment_file`` without changing it: decode, resize, tiled prediction,
-    the model (``session.run``), the per-batch conversions and post-processing."""
-    import cv2
-    import skinseg.runtime.postprocess as pp
-    import skinseg.runtime.segmenter as rs
-
-    rs.read_image = timers.wrap("decode", rs.read_image)
-    rs.tiled_predict = timers.wrap("tiled", rs.tiled_predict)
-    rs.cv2 = _Proxy(cv2, resize=timers.wrap("resize", cv2.resize))
-    post = {n: timers.wrap("post", getattr(pp, n)) for n in ("threshold", "keep_largest_component", "fill_holes")}
-    post["mask_stats"] = timers.wrap("post", pp.mask_stats)
-    rs.pp = _Proxy(pp, **post)
-    seg._session = _Proxy(seg._session, run=timers.wrap("model", seg._session.run))
-    seg.predict_tiles = timers.wrap("predict_tiles", seg.predict_tiles)
-
-
-def _phases(seconds: dict[str, float], total: float) -> dict[str, float]:
-    """Turn nested timers into exclusive phases that add up to ``total``."""
-    model = seconds.get("model", 0.0)
-    convert = seconds.get("predict_tiles", 0.0) - model
-    blend = seconds.get("tiled", 0.0) - seconds.get("predict_tiles", 0.0)
+def _phases(timings: dict[str, float], write: float, total: float) -> dict[str, float]:
+    """The pipeline's own phase timings (``Result.timings``) in this report's phases, adding up to ``total``."""
     out = {
-        "decode": seconds.get("decode", 0.0),
-        "resize": seconds.get("resize", 0.0),
-        "tiling/blend": blend + convert,
-        "model": model,
-        "post": seconds.get("post", 0.0),
-        "write": seconds.get("write", 0.0),
+        "decode": timings.get("decode", 0.0),
+        "resize": timings.get("resize", 0.0) + timings.get("preprocess", 0.0),
+        "tiling/blend": timings.get("blend", 0.0),
+        "model": timings.get("model", 0.0),
+        "post": timings.get("postprocess", 0.0),
+        "write": write,
     }
     out["other"] = max(0.0, total - sum(out.values()))
     return out
@@ -362,8 +309,9 @@ def _ov_session(model_path: str, threads: int, precision: str) -> Any:
 def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
     """Segment one image file with ``runtime.Segmenter`` ``repeat`` times; keep the fastest run."""
     import numpy as np
+
     from skinseg.runtime.imageio import write_png_atomic
-    from skinseg.runtime.segmenter import Segmenter
+    from skinseg.runtime.segmenter import OnnxBackend, Segmenter
 
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"threads": task["threads"], "overlap": task["overlap"], "batch_size": task["batch"]}
@@ -373,29 +321,28 @@ def worker_skinseg(task: dict[str, Any]) -> dict[str, Any]:
         kwargs["tile"] = task["tile"]
     if task["scale"]:
         kwargs["scale"] = task["scale"]
-    seg = Segmenter(task["model_path"], device="cpu", **kwargs)
-    provider = seg.provider
     if task["device"] == "openvino":
-        seg._session = _ov_session(task["model_path"], task["threads"], task["ov_precision"])
-        provider = seg._session.get_providers()[0]
-    timers = Timers()
-    _instrument_segmenter(seg, timers)
+        backend = OnnxBackend(task["model_path"], session=_ov_session(task["model_path"], task["threads"],
+                                                                      task["ov_precision"]))  # fmt: skip
+        seg = Segmenter(backend, **kwargs)
+    else:
+        seg = Segmenter(task["model_path"], device="cpu", **kwargs)
+    provider = seg.provider
     th, tw = seg.tile
     seg.predict_tiles(np.full((seg.batch_size, th, tw, 3), 128.0, np.float32))  # warm-up (and OV compile)
     load_s = time.perf_counter() - t0
     rss_loaded = peak_rss_mb()  # model, session and one warm-up batch; the rest is the image's
     best: dict[str, Any] | None = None
     for _ in range(task["repeat"]):
-        timers.reset()
         cpu0 = time.process_time()
         start = time.perf_counter()
         result = seg.segment_file(task["image_path"])
         t1 = time.perf_counter()
         write_png_atomic(task["mask_out"], result.mask, bits=1)
-        timers.seconds["write"] += time.perf_counter() - t1
+        write = time.perf_counter() - t1
         total = time.perf_counter() - start
         if best is None or total < best["seconds"]:
-            best = {"seconds": total, "phases": _phases(timers.seconds, total), "tiles": result.tiles,
+            best = {"seconds": total, "phases": _phases(result.timings, write, total), "tiles": result.tiles,
                     "cpu_util": (time.process_time() - cpu0) / total / task["threads"]}  # fmt: skip
     assert best is not None
     best.update(provider=provider, load_s=load_s, batch=seg.batch_size, tile=list(seg.tile), rss_loaded_mb=rss_loaded,
@@ -483,6 +430,7 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     """Build (or reuse) the seed-configuration models and the benchmark images under ``work``."""
     import cv2
     import numpy as np
+
     from skinseg.runtime.imageio import image_size
 
     work = Path(task["work"])
@@ -492,14 +440,15 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"models": {}, "images": {}, "notes": []}
 
     # ---- images
-    if ISIC_DIR.is_dir():
-        files = sorted(p for p in ISIC_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    isic_dir = Path(task["images_dir"])
+    if isic_dir.is_dir():
+        files = sorted(p for p in isic_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if files:
             widest = max(files, key=lambda p: image_size(p)[0])
             w, h = image_size(widest)
             out["images"][f"isic {w}x{h}"] = {"path": str(widest), "size": [w, h], "name": widest.name}
     if "isic" not in " ".join(out["images"]):
-        out["notes"].append(f"{ISIC_DIR} is absent: the real-image runs were skipped")
+        out["notes"].append(f"{isic_dir} is absent: the real-image runs were skipped")
     if not task["quick"]:
         w, h = SYNTH_SIZE
         path = work / "images" / f"synth_{w}x{h}.jpg"
@@ -529,7 +478,7 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
         if int8.is_file():
             out["models"]["reference_int8"] = str(int8)
     elif REFERENCE_KERAS.is_file():
-        out["models"].update(_export_reference(models))
+        out["models"].update(_export_reference(models, Path(task["calibration_dir"])))
         out["notes"].append(
             f"no reference ONNX model: {REFERENCE_KERAS.relative_to(ROOT)} exported by the benchmark (NCHW, "
             "metadata tile 256, scale 'tile') and quantized to int8 (calibrated on 16 isic-256 images)"
@@ -541,10 +490,11 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _export_reference(models: Path) -> dict[str, str]:
+def _export_reference(models: Path, calibration_dir: Path) -> dict[str, str]:
     """Export the trained reference ``.keras`` (fp32 NCHW) and quantize it (int8), once, into ``models``."""
     import cv2
     import numpy as np
+
     from skinseg.exporters.keras_to_onnx import export_onnx
     from skinseg.exporters.quantize import quantize_int8
     from skinseg.runtime.metadata import ModelMetadata, Scale
@@ -555,7 +505,7 @@ def _export_reference(models: Path) -> dict[str, str]:
     if not (fp32.is_file() and int8.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp):
         meta = ModelMetadata(tile_size=(256, 256), train_scale=Scale("tile"))
         export_onnx(REFERENCE_KERAS, fp32, metadata=meta, layout="nchw")
-        files = sorted(CALIBRATION_DIR.glob("*.jpg"))[:16] if CALIBRATION_DIR.is_dir() else []
+        files = sorted(calibration_dir.glob("*.jpg"))[:16] if calibration_dir.is_dir() else []
         images = [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (256, 256), interpolation=cv2.INTER_AREA) for f in files]
         if not images:
             from skinseg.data.synth import synthesize
@@ -576,6 +526,7 @@ def _spread_logits(model: Any, spread: float = 4.0) -> None:
     """
     import keras
     import numpy as np
+
     from skinseg.data.synth import synthesize
 
     head = model.get_layer("mask")
@@ -593,6 +544,7 @@ def _build_models(paths: dict[str, Path], work: Path, arch: dict[str, Any]) -> N
     export without skinseg's dilated-convolution rewrite (the lever it removes)."""
     import keras
     import numpy as np
+
     import skinseg.exporters.graph as graph
     from skinseg.exporters.keras_to_onnx import convert, export_onnx, save_model
     from skinseg.exporters.quantize import quantize_int8
@@ -727,6 +679,7 @@ def io_levers(images: dict[str, Any], work: str, masks: dict[str, str]) -> dict[
     import cv2
     import numpy as np
     from PIL import Image
+
     from skinseg.runtime.imageio import read_image, write_png_atomic
 
     out: dict[str, Any] = {}
@@ -1006,6 +959,10 @@ def write_markdown(path: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer configurations, the real image only")
+    parser.add_argument("--images", default=str(DATA / "isic-72/images"), help="real photographs (the widest is used)")
+    parser.add_argument(
+        "--calibration", default=str(DATA / "isic-256/images"), help="int8 calibration images for the reference model"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results.json"), help="JSON results file")
     parser.add_argument("--markdown", default="", help="update the generated block of this markdown file")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
@@ -1042,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"preparing models and images (cached in {work})")
     prep = run_worker({"kind": "prepare", "work": str(work), "quick": args.quick, "rebuild": args.rebuild,
-                       "tiny": args.tiny}, n,
+                       "tiny": args.tiny, "images_dir": args.images, "calibration_dir": args.calibration}, n,
                       timeout=3600)  # fmt: skip
     if "error" in prep:
         print(prep["error"], file=sys.stderr)

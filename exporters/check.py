@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from skinseg.exporters import graph
 from skinseg.exporters.keras_to_onnx import onnx_session
 from skinseg.runtime.errors import ModelError

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.metadata import ModelMetadata, Scale
 from skinseg.runtime.preprocess import describe as describe_color_constancy
@@ -151,6 +152,7 @@ def load_tiles(
     """Up to ``limit`` images resized whole to ``tile`` (h, w), pre-processed as the model's metadata says
     (``color_constancy``): (N, h, w, 3) float32 RGB 0–255, what the model sees."""
     import cv2
+
     from skinseg.runtime.errors import ImageError
     from skinseg.runtime.imageio import read_image
     from skinseg.runtime.preprocess import apply_color_constancy

@@ -22,12 +22,10 @@ Every export is checked: Keras and onnxruntime run on the same images and the fi
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +34,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from skinseg.exporters import graph
+from skinseg.runtime import atomic
 from skinseg.runtime.errors import MissingExtraError, ModelError, UsageError
 from skinseg.runtime.imageio import file_sha256
 from skinseg.runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
@@ -249,38 +249,17 @@ def max_abs_diff(reference: np.ndarray, candidate: np.ndarray, source: str) -> f
     return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Delete temporary files that killed exports to ``path`` left behind (their process no longer runs)."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it to ``path``, on any failure delete it."""
-    remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    """Yield a temporary path next to ``path`` that becomes ``path`` on success (the runtime's one atomic writer,
+    :func:`skinseg.runtime.atomic.atomic_path`); temporary files of killed exports are cleared first. UsageError
+    when the folder cannot be written."""
+    atomic.remove_stale_temps(path.parent, target=lambda name: name == path.name)
     try:
-        tmp.open("xb").close()  # ordinary permissions (umask), unlike mkstemp's 0600
+        with atomic.atomic_path(path) as tmp:
+            yield tmp
     except OSError as e:
-        raise UsageError(f"{path}: cannot write there ({e.strerror}); choose a writable folder") from None
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
 
 def save_model(proto: onnx.ModelProto, path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from skinseg.exporters import graph
 from skinseg.exporters.keras_to_onnx import (
     as_image_batch,
@@ -32,6 +33,7 @@ from skinseg.exporters.keras_to_onnx import (
 )
 from skinseg.runtime.errors import ModelError, UsageError
 from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
+from skinseg.runtime.metrics import mask_iou
 
 QUANT_TYPES = ("quint8", "qint8")
 
@@ -162,12 +164,6 @@ def convert_fp16(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[
     graph.topological_sort(half)  # the converter appends its input Casts at the end of the node list
     _write_with_metadata(half, out, metadata, {"type": "fp16"})
     return out
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _timed_predict(path: Path, images: np.ndarray) -> tuple[np.ndarray, float]:

@@ -7,10 +7,10 @@ first use), so ``from skinseg.runtime.errors import ...`` stays cheap for the CL
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
+from skinseg.runtime.lazy import exports
 
 if TYPE_CHECKING:
     from skinseg.runtime.imageio import image_size, read_image, read_mask, write_png_atomic
@@ -45,13 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = exports(__name__, _LAZY, globals())

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.imageio import image_size, read_image, read_mask, write_bytes_atomic, write_png_atomic
 from skinseg.runtime.metrics import METRICS, Counts, confusion_counts, scores

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import struct
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import cv2
 import numpy as np
+
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import ImageError
 
 __all__ = [
@@ -370,29 +371,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- writing
-
-
-def write_bytes_atomic(
-    path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, fsync: bool = False
-) -> None:
-    """Write ``data`` to ``path`` atomically: a hidden ``.name.*.tmp`` file in the same folder, then a rename.
-
-    On any error the temporary file is removed and the error propagates; ``path`` is then untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open with 0o666 lets the umask decide the permissions, as a plain open() would.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _encode(ext: str, image: np.ndarray, params: list[int]) -> bytes:

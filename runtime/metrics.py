@@ -24,6 +24,7 @@ __all__ = [
     "confusion_counts",
     "dice",
     "jaccard",
+    "mask_iou",
     "scores",
     "sensitivity",
     "specificity",
@@ -137,3 +138,16 @@ METRICS: dict[str, Callable[[Counts], float]] = {
 def scores(c: Counts) -> dict[str, float]:
     """All :data:`METRICS` of one image."""
     return {name: fn(c) for name, fn in METRICS.items()}
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two masks of the same shape (any non-zero value is foreground); 1.0 when both are empty.
+
+    The one IoU of the project: reports, the exporter's agreement of a quantized model with fp32, and the
+    benchmarks all use it (``a`` and ``b`` may be flat, e.g. masks restricted to a region).
+    """
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"masks have different shapes: {a.shape} and {b.shape}")
+    tp = int(np.count_nonzero(a & b))
+    return jaccard(Counts(tp=tp, fp=int(np.count_nonzero(a)) - tp, fn=int(np.count_nonzero(b)) - tp, tn=0))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
+
+from skinseg.runtime import atomic
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.errors import ImageError, SkinsegError, UsageError
 from skinseg.runtime.imageio import write_bytes_atomic, write_jpeg_atomic, write_png_atomic
@@ -56,7 +57,6 @@ RESULTS_NAME = (
 SUMMARY_NAME = "summary.json"
 SETTINGS_NAME = ".skinseg-settings.json"  # the model and options that made the outputs (see stamp_settings)
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json")
-_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # what skinseg.runtime.imageio's atomic writers leave
 
 
 class OutputOptions(Protocol):
@@ -206,17 +206,11 @@ def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: 
 
 
 def remove_stale_temps(output: str | os.PathLike[str]) -> int:
-    """Delete temporary files a killed run left in ``output`` (only our own output names); return how many."""
+    """Delete temporary files a killed run left in ``output`` (only our own output names); return how many.
+
+    Called by the holder of the output folder's lock: no other writer is at work, whatever its pid."""
     names = (*OUTPUT_SUFFIXES, RESULTS_NAME, SUMMARY_NAME, SETTINGS_NAME)
-    removed = 0
-    for folder, _dirs, files in os.walk(output):
-        for name in files:
-            m = _TEMP_FILE.match(name)
-            if m and m.group("name").endswith(names):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
-    return removed
+    return atomic.remove_stale_temps(output, recursive=True, target=lambda n: n.endswith(names), any_process=True)
 
 
 # --------------------------------------------------------------------------------------------------- settings stamp

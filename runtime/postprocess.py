@@ -10,6 +10,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST  # noqa: F401  (re-exported)
 
 __all__ = ["contours_json", "fill_holes", "keep_largest_component", "mask_stats", "overlay", "threshold"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from skinseg.runtime.defaults import COLOR_CONSTANCY_METHODS
 
 __all__ = ["COLOR_CONSTANCY_METHODS", "apply_color_constancy", "check_color_constancy", "shades_of_gray_gains"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.errors import ImageError, SkinsegError
 from skinseg.runtime.gallery import write_gallery
@@ -165,9 +166,14 @@ def row_from_outputs(row: Row, paths: OutputPaths, max_pixels: int) -> Row:
         return row
 
 
-def versions() -> dict[str, str]:
-    """The versions of skinseg and the libraries that shaped its outputs, for ``summary.json``."""
+def versions(*, loaded: tuple[str, ...] = ()) -> dict[str, str]:
+    """The versions of skinseg and the libraries that shaped its outputs, for ``summary.json``.
+
+    ``loaded`` names more modules to report when this process has imported them (e.g. ``("tensorflow",
+    "keras")`` for a ``.keras`` model evaluated through Keras); they are never imported here.
+    """
     import importlib.metadata
+    import sys
 
     import onnxruntime
 
@@ -175,12 +181,17 @@ def versions() -> dict[str, str]:
         skinseg = importlib.metadata.version("skinseg")
     except importlib.metadata.PackageNotFoundError:
         skinseg = "unknown"
-    return {
+    found = {
         "skinseg": skinseg,
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,
     }
+    for name in loaded:
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = str(getattr(module, "__version__", "unknown"))
+    return found
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST, DEFAULT_TTA
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
@@ -117,10 +118,19 @@ class OnnxBackend:
     """An ONNX file on onnxruntime: reads the ``skinseg`` metadata, checks the input, predicts batches of tiles.
 
     ``device``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (see :mod:`skinseg.runtime.providers`);
-    ``threads``: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
+    ``threads``: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core);
+    ``session``: an ``onnxruntime.InferenceSession`` of this file made by the caller (e.g. with provider options),
+    used instead of one made here.
     """
 
-    def __init__(self, model_path: str | os.PathLike[str], *, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        session: Any = None,
+    ):
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
@@ -129,20 +139,23 @@ class OnnxBackend:
             what = "is a directory, not an .onnx file" if self.model_path.is_dir() else "file not found"
             raise ModelError(f"{name}: {what}")
         self.device = device
-        self._requested = resolve_providers(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 4  # fatal only: failures reach the user as one-line errors, not ORT logs
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self._session = ort.InferenceSession(name, sess_options=options, providers=self._requested)
-        except Exception as e:  # onnxruntime raises its own exception types for every kind of bad file
-            raise ModelError(
-                f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
-            ) from None
-        check_provider_used(device, self._requested, self._session.get_providers())
+        if session is not None:
+            self._session = session
+        else:
+            self._requested = resolve_providers(device)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 4  # fatal only: failures reach the user as one-line errors, not ORT logs
+            if threads is not None:
+                options.intra_op_num_threads = int(threads)
+            try:
+                self._session = ort.InferenceSession(name, sess_options=options, providers=self._requested)
+            except Exception as e:  # onnxruntime raises its own exception types for every kind of bad file
+                raise ModelError(
+                    f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
+                ) from None
+            check_provider_used(device, self._requested, self._session.get_providers())
         props = self._session.get_modelmeta().custom_metadata_map or {}
         text = props.get(METADATA_KEY)
         self.metadata = None if text is None else parse_metadata(text, source=name)
@@ -296,6 +309,7 @@ class Segmenter:
         self.backend: Backend = model
         self.model_path = Path(model.model_path)
         self.device = device
+        self.threads = threads
         meta = self.metadata = model.metadata
         name = str(self.model_path)
         if meta is None and (tile is None or scale is None):
@@ -362,6 +376,9 @@ class Segmenter:
             "fill_holes": self.fill_holes,
             "tta": self.tta,
             "color_constancy": self.color_constancy,
+            "device": self.device,
+            "threads": self.threads,
+            "max_pixels": self.max_pixels,
         }
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
 from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
 
 __all__ = [

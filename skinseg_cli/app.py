@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+
 from skinseg import __version__
 from skinseg.runtime.errors import MissingExtraError, SkinsegError
 

@@ -55,12 +55,17 @@ TtaOpt = Annotated[
 MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")]
 
 
-def infer_options(**values: Any):
-    """:class:`~skinseg.runtime.batch.InferOptions` from CLI values; ``device`` may be an enum, None: default."""
+def infer_options(values: dict[str, Any]):
+    """:class:`~skinseg.runtime.batch.InferOptions` from a command's parameters (``locals()``): the shared options
+    are taken by name, others ignored; ``device`` may be the enum; ``max_pixels`` None means the default."""
+    import dataclasses
+
     from skinseg.runtime.batch import InferOptions
 
-    if isinstance(values.get("device"), Device):
-        values["device"] = values["device"].value
-    if values.get("max_pixels") is None:
-        values.pop("max_pixels", None)
-    return InferOptions(**values)
+    names = {f.name for f in dataclasses.fields(InferOptions)}
+    chosen = {k: v for k, v in values.items() if k in names}
+    if isinstance(chosen.get("device"), Device):
+        chosen["device"] = chosen["device"].value
+    if chosen.get("max_pixels") is None:
+        chosen.pop("max_pixels", None)
+    return InferOptions(**chosen)

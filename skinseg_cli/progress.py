@@ -42,9 +42,9 @@ def make_progress(console: Console) -> Progress:
 
 @contextlib.contextmanager
 def progress_callback(
-    description: str, *, total: int, quiet: bool, console: Console
+    description: str, *, total: int | None, quiet: bool, console: Console
 ) -> Iterator[Callable[[int, int], None]]:
-    """A ``(done, total)`` callback drawing a bar on a terminal, silent otherwise."""
+    """A ``(done, total)`` callback drawing a bar on a terminal, silent otherwise (``total`` may come later)."""
     if not use_bars(console, quiet):
         yield lambda done, n: None
         return

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from skinseg.runtime.metadata import ModelMetadata, Scale
 
 OPSET = 17

@@ -7,6 +7,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+
 from skinseg.training.augment import (
     ARTEFACT_OPS,
     GEOMETRIC_OPS,

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import pytest
+
 from skinseg.runtime.batch import (
     CSV_FIELDS,
     InferOptions,
@@ -25,7 +26,6 @@ from skinseg.runtime.batch import (
     run_batch,
 )
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
-
 from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,6 +327,7 @@ def test_real_model_tiled_agrees_with_whole_image(tmp_path):
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
     import onnxruntime as ort
+
     from skinseg.data.synth import synthesize
     from skinseg.exporters.keras_to_onnx import export_onnx
     from skinseg.runtime.metadata import ModelMetadata, Scale

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
+
 from skinseg import __version__
 from skinseg.cli import app
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

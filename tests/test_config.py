@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from skinseg.data.config import (
     Config,
     apply_overrides,
@@ -120,3 +121,41 @@ def test_default_config_is_valid():
 def test_missing_file_says_how_to_create_one(tmp_path):
     with pytest.raises(ConfigError, match="skinseg config init"):
         load_config(tmp_path / "nope.config")
+
+
+def test_keys_that_change_nothing_are_named_in_one_warning():
+    """The seed's format has keys skinseg reads but does not use: setting them says so, once, in one line."""
+    cfg = parse_config(
+        "[model]\nshow_summary = True\n[tiledinfer]\noverlapping = 64\nsplit_size = 512\n[mask]\nblur = True\n",
+        source="my.config",
+    )
+    ignored = [w for w in cfg.warnings if "no effect" in w]
+    assert len(ignored) == 1 and "\n" not in ignored[0]
+    assert "[model] show_summary" in ignored[0] and "[tiledinfer] overlapping, split_size" in ignored[0]
+    assert "[mask] blur" in ignored[0] and ignored[0].startswith("my.config:")
+    assert not [w for w in parse_config("[model]\nbase_filters = 8\n").warnings if "no effect" in w]
+
+
+def test_every_schema_key_is_used_somewhere_or_listed_as_ignored():
+    """A key added to the schema but read nowhere would be checked, then silently ignored: this finds it."""
+    import dataclasses
+    import re
+
+    from skinseg.data.config import IGNORED_KEYS, SECTIONS
+
+    root = Path(__file__).resolve().parents[1]
+    code = "\n".join(
+        p.read_text(encoding="utf-8")
+        for folder in ("runtime", "exporters", "skinseg_cli")
+        for p in (root / folder).rglob("*.py")
+        if p.name != "config.py"
+    )
+    unused = [
+        f"[{section}] {f.name}"
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f.name not in IGNORED_KEYS.get(section, ()) and not re.search(rf"\.{f.name}\b", code)
+    ]
+    assert unused == [], f"read nowhere and not in IGNORED_KEYS: {unused}"
+    for section, keys in IGNORED_KEYS.items():
+        assert set(keys) <= {f.name for f in dataclasses.fields(SECTIONS[section])}, section

@@ -13,13 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from skinseg.cli import app
 from skinseg.data.pairing import pair_folders
 from skinseg.runtime.evaluation import CELL, CSV_COLUMNS, evaluate, grid_shape, unpaired, write_worst_png
 from skinseg.runtime.imageio import write_png_atomic
 from skinseg.runtime.metadata import Scale
 from skinseg.runtime.metrics import METRICS
-from typer.testing import CliRunner
 
 onnx_standins = pytest.importorskip("tests.onnx_standins")
 

@@ -11,10 +11,11 @@ import pytest
 pytest.importorskip("tensorflow")
 
 import onnxruntime as ort  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
 from skinseg.cli import app  # noqa: E402
 from skinseg.data.synth import write_dataset  # noqa: E402
 from skinseg.runtime.metadata import METADATA_KEY, parse_metadata  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 pytestmark = pytest.mark.train
 runner = CliRunner()

@@ -6,7 +6,6 @@ import re
 from urllib.parse import unquote
 
 from skinseg.runtime.batch import InferOptions, run_batch
-
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
 

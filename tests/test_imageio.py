@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.imageio import (
     SUPPORTED_EXTENSIONS,

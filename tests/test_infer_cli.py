@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
+
 from skinseg.cli import app
 from skinseg.progress import InferProgress
 from skinseg.runtime.batch import output_lock
-from typer.testing import CliRunner
-
 from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
 from tests.test_batch import lesion_image, png_bit_depth, read_rows, write_png
 from tests.test_imageio import jpeg_bytes

@@ -142,10 +142,19 @@ def test_tests_and_benchmarks_use_the_installed_names():
 
 
 def test_the_wheel_installs_one_top_level_name(tmp_path):
+    """Built from a copy of the sources (setuptools writes build/ next to them), offline."""
+    import shutil
+
     pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
-        cwd=ROOT,
+        cwd=src,
         capture_output=True,
         text=True,
         timeout=300,
@@ -155,7 +164,7 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"skinseg"}
-    assert "skinseg/runtime/models/skinseg_default.onnx" in names
+    assert "skinseg/runtime/models/skinseg_default.onnx" in names and "skinseg/data/config.py" in names
     assert not any(n.endswith(".keras") for n in names)  # training artefacts stay out of the runtime wheel
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "skinseg = skinseg.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

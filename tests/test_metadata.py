@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from skinseg.runtime.errors import ModelError
 from skinseg.runtime.metadata import ModelMetadata, Scale, parse_metadata
 

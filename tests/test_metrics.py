@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from skinseg.runtime.metrics import (
     METRICS,
     Counts,
@@ -103,3 +104,15 @@ def test_counts_add_and_refuse_negatives():
     assert Counts(1, 2, 3, 4) + Counts(1, 1, 1, 1) == Counts(2, 3, 4, 5)
     with pytest.raises(ValueError):
         Counts(-1, 0, 0, 0)
+
+
+def test_mask_iou_is_the_jaccard_of_the_counts():
+    from skinseg.runtime.metrics import mask_iou
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((20, 30)) > 0.5, rng.random((20, 30)) > 0.6
+    assert mask_iou(a, b) == pytest.approx(jaccard(confusion_counts(a, b)))
+    assert mask_iou(a.ravel(), b.ravel()) == mask_iou(a, b)  # flat masks (a region) work too
+    assert mask_iou(np.zeros(5), np.zeros(5)) == 1.0
+    with pytest.raises(ValueError, match="different shapes"):
+        mask_iou(a, b[:-1])

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from skinseg.data.pairing import (
     check_readable,
     mask_key,

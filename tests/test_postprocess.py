@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from skinseg.runtime.postprocess import (
     contours_json,
     fill_holes,

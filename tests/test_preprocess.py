@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from skinseg.runtime.preprocess import apply_color_constancy, check_color_constancy, shades_of_gray_gains
 
 
@@ -66,6 +67,7 @@ def test_settings_are_checked():
 def test_training_examples_get_the_runtime_function(tmp_path):
     """Training applies exactly skinseg.runtime.preprocess at the model scale (one function, two callers)."""
     import cv2
+
     from skinseg.data.pairing import Pair
     from skinseg.runtime.imageio import read_image
     from skinseg.training.data import SampleSpec, load_example

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.providers import check_provider_used, resolve_providers
 

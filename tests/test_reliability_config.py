@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from skinseg.data.config import SECTIONS, Config, parse_config
 from skinseg.runtime.errors import ConfigError
 

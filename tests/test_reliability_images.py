@@ -27,10 +27,10 @@ import cv2
 import numpy as np
 import pytest
 from rich.console import Console
-from skinseg.cli import app
-from skinseg.progress import InferProgress
 from typer.testing import CliRunner
 
+from skinseg.cli import app
+from skinseg.progress import InferProgress
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_imageio import ORIENT, jpeg_bytes
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from skinseg.cli import app
 from typer.testing import CliRunner
 
+from skinseg.cli import app
 from tests.onnx_standins import _finish, identity_model, metadata_json, odd_input_model, save
 from tests.test_reliability_images import block_image, png_bytes
 

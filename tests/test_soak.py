@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from skinseg.runtime.batch import InferOptions, run_batch
 
+from skinseg.runtime.batch import InferOptions, run_batch
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from skinseg.data.synth import parse_size, synthesize, write_dataset
 from skinseg.runtime.errors import UsageError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from skinseg.runtime.tiling import GaussianWeights, Stitcher, TileSpec, extract_tiles, plan_tiles, tiled_predict
 
+from skinseg.runtime.tiling import GaussianWeights, Stitcher, TileSpec, extract_tiles, plan_tiles, tiled_predict
 from tests.onnx_standins import affine_model, identity_model
 
 

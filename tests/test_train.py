@@ -10,10 +10,11 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from typer.testing import CliRunner  # noqa: E402
+
 from skinseg.cli import app  # noqa: E402
 from skinseg.data.config import parse_config  # noqa: E402
 from skinseg.data.synth import write_dataset  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 pytestmark = pytest.mark.train
 runner = CliRunner()

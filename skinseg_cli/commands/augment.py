@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from skinseg.app import (
     ConfigArg,
     SeedOpt,
@@ -31,6 +32,7 @@ def augment_preview(
     Example: skinseg augment-preview configs/isic.config --count 16 --output grid.png
     """
     import numpy as np
+
     from skinseg.runtime.imageio import write_png_atomic
     from skinseg.training.augment import Augmenter, preview_grid
     from skinseg.training.data import load_example

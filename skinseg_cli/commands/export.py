@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from skinseg.app import app, cli_errors, err, out, require_modules, require_tensorflow
 from skinseg.runtime.errors import UsageError
 

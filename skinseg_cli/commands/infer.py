@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from skinseg.app import QuietOpt, app, cli_errors, err, out
 from skinseg.options import (
     BatchSizeOpt,
@@ -107,22 +108,7 @@ def infer(
     from skinseg.progress import InferProgress
     from skinseg.runtime.batch import default_model_path, run_batch
 
-    options = infer_options(
-        device=device,
-        threads=threads,
-        tile=tile,
-        scale=scale,
-        overlap=overlap,
-        batch_size=batch_size,
-        threshold=threshold,
-        keep_largest=keep_largest,
-        fill_holes=fill_holes,
-        tta=tta,
-        save_prob=save_prob,
-        contours=contours,
-        overwrite=overwrite,
-        max_pixels=max_pixels,
-    )
+    options = infer_options(locals())
     model_path = model if model is not None else default_model_path()
     with sigterm_as_interrupt(), InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value) as p:
         summary = run_batch(sources, model_path, output, options, recursive=recursive, wait=wait, on_event=p.handle)

@@ -254,6 +254,54 @@ SECTIONS: dict[str, type] = {
     "sharpening": SharpeningSection,
 }
 
+# Keys of the seed's format that skinseg reads (so the seed's configs load) but that change nothing here. A config
+# that sets one gets one warning listing them all, instead of silence.
+IGNORED_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "generator", "show_summary", "dropout_seed_fixing"),
+    "train": (
+        "metrics",
+        "eval_dir",
+        "create_backup",
+        "save_weights_only",
+        "dataset_splitter",
+        "seedreset_callback",
+        "show_history",
+    ),
+    "eval": ("output_dir",),
+    "test": ("image_datapath", "mask_datapath", "output_dir"),
+    "infer": ("images_dir", "output_dir", "merged_dir", "sharpening", "mask_colorize"),
+    "tiledinfer": (
+        "overlapping",
+        "images_dir",
+        "output_dir",
+        "merged_dir",
+        "split_size",
+        "bitwise_blending",
+        "sharpening",
+        "mask_colorize",
+    ),
+    "segmentation": ("colorize", "black", "white", "blursize"),
+    "mask": ("blur", "blur_size", "binarize"),
+    "generator": ("debug", "verbose"),
+}
+IGNORED_WHY = (
+    "skinseg always seeds, checkpoints and logs; it reads [eval] folders for validation, and `skinseg infer` and "
+    "`skinseg evaluate` take their folders on the command line"
+)
+
+
+def ignored_keys_warning(cfg: Config, source: str) -> str | None:
+    """One line naming every key the file sets that skinseg ignores, or None."""
+    found = [
+        f"[{section}] {', '.join(k for k in keys if k in cfg.present.get(section, set()))}"
+        for section, keys in IGNORED_KEYS.items()
+        if any(k in cfg.present.get(section, set()) for k in keys)
+    ]
+    if not found:
+        return None
+    return f"{source}: these keys have no effect in skinseg and are ignored: {'; '.join(found)} ({IGNORED_WHY})"
+
+
 # Spellings the seed toolkit used that we accept with a warning: (section or "*", old) -> new.
 ALIASES: dict[tuple[str, str], str] = {("*", "alpah"): "alpha"}
 
@@ -509,6 +557,9 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         setattr(cfg, section, cls(**values))
         cfg.present[section] = set(values)
     _check_ranges(cfg, source)
+    ignored = ignored_keys_warning(cfg, source)
+    if ignored:
+        cfg.warnings.append(ignored)
     return cfg
 
 

@@ -32,18 +32,29 @@ class Pair:
         return self.image.stem
 
 
+@dataclass(frozen=True)
+class Ambiguous:
+    """An image that several mask files match (``a_mask.png`` and ``a_segmentation.png``)."""
+
+    image: Path
+    masks: tuple[Path, ...]
+
+    def __str__(self) -> str:
+        return f"{self.image}: several masks match ({', '.join(m.name for m in self.masks)}); keep one"
+
+
 @dataclass
 class PairingReport:
     pairs: list[Pair] = field(default_factory=list)
     images_without_mask: list[Path] = field(default_factory=list)
     masks_without_image: list[Path] = field(default_factory=list)
-    ambiguous: list[str] = field(default_factory=list)
+    ambiguous: list[Ambiguous] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
         out = [f"{p}: no mask found (expected <stem>.png or <stem>_segmentation.png)" for p in self.images_without_mask]
         out += [f"{p}: mask without an image" for p in self.masks_without_image]
-        out += self.ambiguous
+        out += [str(a) for a in self.ambiguous]
         return out
 
 
@@ -76,8 +87,7 @@ def pair_folders(images_dir: Path, masks_dir: Path) -> PairingReport:
                 report.images_without_mask.append(img)
             continue
         if len(candidates) > 1:
-            names = ", ".join(c.name for c in candidates)
-            report.ambiguous.append(f"{img}: several masks match ({names}); keep one")
+            report.ambiguous.append(Ambiguous(img, tuple(candidates)))
             continue
         report.pairs.append(Pair(img, candidates[0]))
         used.add(candidates[0])
@@ -148,10 +158,15 @@ def split_by_stem(pairs: Sequence[Pair], *, valid_ratio: float, seed: int) -> tu
     return train, valid
 
 
-def read_stem_list(path: Path) -> set[str]:
-    """Stems listed one per line (``#`` comments allowed): e.g. a held-out test split."""
+def read_stem_list(path: Path, *, what: str = "[train] exclude_stems_file") -> set[str]:
+    """Stems listed one per line (``#`` comments allowed): e.g. a held-out test split. DataError naming ``what``
+    (the option or key that gave the file) for an unreadable or empty list."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the stem list ({e.strerror}); check [train] exclude_stems_file") from None
-    return {s for line in lines if (s := line.split("#", 1)[0].strip())}
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise DataError(f"{what} {path}: cannot read the stem list ({reason}); give a UTF-8 text file") from None
+    stems = {s for line in lines if (s := line.split("#", 1)[0].strip())}
+    if not stems:
+        raise DataError(f"{what} {path}: lists no stems; write one image stem (file name without suffix) a line")
+    return stems

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.imageio import write_bytes_atomic
 

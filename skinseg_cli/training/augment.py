@@ -26,6 +26,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
 from skinseg.training import artefacts
 
 __all__ = [

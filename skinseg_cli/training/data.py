@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from skinseg.data.pairing import Pair
 from skinseg.runtime.imageio import image_size, read_image
 from skinseg.runtime.preprocess import apply_color_constancy

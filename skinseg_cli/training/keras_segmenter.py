@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from skinseg.runtime.errors import ModelError
 from skinseg.runtime.metadata import ModelMetadata
 from skinseg.runtime.segmenter import Segmenter
 
-__all__ = ["KerasBackend", "KerasSegmenter"]
+__all__ = ["KerasBackend", "KerasSegmenter", "open_segmenter"]
 
 RUN_CONFIG = "config.resolved.ini"
 
@@ -75,3 +76,22 @@ def KerasSegmenter(model_path: str | os.PathLike[str], *, threads: int | None = 
             "scale are unknown; give both --tile and --scale (e.g. --tile 256 --scale tile)"
         )
     return Segmenter(backend, threads=threads, **options)
+
+
+def open_segmenter(model_path: str | os.PathLike[str], **options: Any) -> Segmenter:
+    """A :class:`Segmenter` for a model file: ``.onnx`` on onnxruntime, ``.keras`` on Keras (``device`` ignored).
+
+    ``options`` as for :class:`Segmenter`. UsageError for another suffix.
+    """
+    from skinseg.runtime.errors import UsageError
+
+    path = Path(model_path)
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        if not path.is_file():
+            raise ModelError(f"{path}: file not found")
+        options.pop("device", None)
+        return KerasSegmenter(path, **options)
+    if suffix != ".onnx":
+        raise UsageError(f"--model {path}: expected an .onnx or .keras file (got {suffix or 'no'} suffix)")
+    return Segmenter(path, **options)

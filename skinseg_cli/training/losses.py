@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 from keras import ops
+
 from skinseg.runtime.errors import ConfigError
 
 __all__ = [

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 from keras import layers, ops
+
 from skinseg.data.config import BLOCKS
+from skinseg.runtime.atomic import atomic_path
 from skinseg.runtime.errors import ConfigError, ModelError
 from skinseg.training.losses import custom_objects, unknown_name_message
 
@@ -318,20 +319,11 @@ def copy_weights(source: keras.Model, target: keras.Model, *, source_name: str |
 
 
 def save_model_atomic(model: keras.Model, path: str | os.PathLike[str]) -> None:
-    """Save ``model`` to ``path`` (``.keras``) so that an interrupted save leaves any previous file intact.
-
-    The model is written to a temporary file in the same directory, flushed to disk, then renamed over
-    ``path`` (``os.replace`` is atomic within a filesystem).
-    """
+    """Save ``model`` to ``path`` (``.keras``) so that an interrupted save leaves any previous file intact
+    (the runtime's one atomic writer; the temporary name keeps the ``.keras`` suffix Keras requires)."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ModelError(f"cannot save a model to {path}: the file name must end in .keras")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.keras")
-    try:
+    with atomic_path(path, suffix=".keras", fsync=True) as tmp:
         model.save(tmp)
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

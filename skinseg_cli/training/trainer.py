@@ -15,9 +15,9 @@ best model saved. Progress reaches the caller through ``on_event`` callbacks: no
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -28,6 +28,7 @@ from typing import Any
 
 from skinseg import __version__
 from skinseg.data.config import Config, render_config
+from skinseg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from skinseg.runtime.errors import UsageError
 from skinseg.training.recipe import DataSplits, augment_params, find_splits, sample_spec
 
@@ -83,12 +84,6 @@ def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
         ) from None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
     """Write the config as given and resolved, the versions and the split."""
     import keras
@@ -96,7 +91,7 @@ def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
 
     if cfg.source and cfg.source.is_file():
         shutil.copyfile(cfg.source, run_dir / "config.given.ini")
-    (run_dir / "config.resolved.ini").write_text(render_config(cfg, comments=False), encoding="utf-8")
+    write_text_atomic(run_dir / "config.resolved.ini", render_config(cfg, comments=False))
     write_json_atomic(
         run_dir / "versions.json",
         {
@@ -208,6 +203,7 @@ def train(
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.train.mixed_precision else "float32")
 
     import cv2
+
     from skinseg.training.augment import Augmenter
     from skinseg.training.data import ExampleSource, make_dataset, steps_for
 
@@ -399,12 +395,11 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
@@ -426,7 +421,8 @@ def _plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)
