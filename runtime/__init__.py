@@ -7,8 +7,10 @@ first use), so ``from skinseg.runtime.errors import ...`` stays cheap for the CL
 
 from __future__ import annotations
 
+import os as _os
 from typing import TYPE_CHECKING
 
+from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, set_decoder_limit
 from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
 from skinseg.runtime.lazy import exports
 
@@ -44,5 +46,8 @@ __all__ = [
     "write_png_atomic",
 ]
 
+
+if DECODER_LIMIT_VARIABLE not in _os.environ:
+    set_decoder_limit()  # before anything imports cv2; `skinseg infer --max-pixels` raises it the same way
 
 __getattr__, __dir__ = exports(__name__, _LAZY, globals())

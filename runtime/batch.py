@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from skinseg.runtime.defaults import DEFAULT_MAX_PIXELS
 from skinseg.runtime.errors import SkinsegError, UsageError
-from skinseg.runtime.imageio import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, file_sha256, read_image
+from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS, file_sha256, read_image
 from skinseg.runtime.inputs import InputItem, discover_inputs, output_key
 from skinseg.runtime.outputs import (
     LOCK_NAME,

@@ -17,3 +17,21 @@ DEFAULT_BATCH_SIZE = 1
 
 # Colour-constancy methods a model can be trained with (skinseg.runtime.preprocess); the model's metadata says which.
 COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")
+
+
+# OpenCV's decoders check the pixel count they find against OPENCV_IO_MAX_IMAGE_PIXELS before allocating, reading
+# the variable once, when the cv2 module loads. skinseg sets it to the largest image it will accept, so a file
+# whose header lies to skinseg's own check (a TIFF that libtiff reads another way) is refused by the decoder too.
+DEFAULT_MAX_PIXELS = 250_000_000
+DECODER_LIMIT_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
+
+
+def set_decoder_limit(max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """Set OpenCV's decoder pixel limit to ``max_pixels`` unless cv2 is already loaded (then False: too late)."""
+    import os
+    import sys
+
+    if "cv2" in sys.modules:
+        return False
+    os.environ[DECODER_LIMIT_VARIABLE] = str(max(int(max_pixels), DEFAULT_MAX_PIXELS))
+    return True

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -27,15 +30,22 @@ import cv2
 import numpy as np
 
 from skinseg.runtime.atomic import write_bytes_atomic
+from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, DEFAULT_MAX_PIXELS
 from skinseg.runtime.errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "EXTENSION_FORMATS",
     "SUPPORTED_EXTENSIONS",
+    "ImageFile",
     "ImageInfo",
+    "content_fingerprint",
+    "decode_image",
+    "file_fingerprint",
     "image_info",
     "image_size",
     "is_supported",
+    "load_image_file",
     "read_image",
     "read_mask",
     "write_bytes_atomic",
@@ -44,7 +54,6 @@ __all__ = [
 ]
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
-DEFAULT_MAX_PIXELS = 250_000_000
 REDUCE_FACTORS = (1, 2, 4, 8)
 _REDUCED_FLAGS = {
     1: 0,
@@ -191,12 +200,36 @@ def _tiff_header(f: BinaryIO) -> _Header:
     for i in range(count):
         tag, typ, _n = struct.unpack_from(e + "HHI", entries, 12 * i)
         if tag in (256, 257, 274) and typ in (3, 4):
+            if tag in values:  # decoders disagree on which one counts: a size check could be fooled
+                raise _HeaderError(f"malformed TIFF: tag {tag} appears twice in the first directory")
             fmt = e + ("H" if typ == 3 else "I")
             values[tag] = struct.unpack_from(fmt, entries, 12 * i + 8)[0]
     if 256 not in values or 257 not in values:
         raise _HeaderError("TIFF without ImageWidth/ImageLength tags")
     orientation = values.get(274, 1)  # OpenCV (libtiff) applies the TIFF orientation tag
     return _Header("tiff", values[256], values[257], orientation if 1 <= orientation <= 8 else 1)
+
+
+_OTHER_FORMATS = (
+    (b"GIF8", "GIF"),
+    (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "ZIP"),
+    (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    (b"8BPS", "Photoshop"),
+)
+EXTENSION_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp",
+                     ".webp": "webp"}  # fmt: skip
+"""The format each supported extension promises; a file whose content is another format is refused."""
+
+
+def _what_else(magic: bytes) -> str:
+    """A name for content that is none of the supported formats (for the error message)."""
+    if len(magic) >= 12 and magic[4:8] == b"ftyp":
+        return " (it is a HEIC/HEIF or MP4 file)"
+    for prefix, name in _OTHER_FORMATS:
+        if magic.startswith(prefix):
+            return f" (it is a {name} file)"
+    return ""
 
 
 def _sniff(f: BinaryIO) -> _Header | None:
@@ -221,26 +254,51 @@ def _oriented(width: int, height: int, orientation: int) -> tuple[int, int]:
 
 
 def _open(path: Path) -> BinaryIO:
+    """Open ``path`` for reading without ever blocking on a special file: a FIFO, a device or a socket put where
+    an image should be (or a stalled mount's placeholder) is refused from its descriptor's own type."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        f = path.open("rb")
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as e:
         raise ImageError(f"{path}: cannot be opened ({e.strerror or e})") from None
-    return f
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        os.close(fd)
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+        raise ImageError(f"{path}: is {kind}, not an image") from None
+    return os.fdopen(fd, "rb")
 
 
-def _header(path: Path, f: BinaryIO) -> _Header | None:
+def _header(path: Path, f: BinaryIO) -> _Header:
+    """The header of an open image file; ImageError for an empty file, an unsupported format, or content that is
+    not what the file's extension says (a GIF named ``.png`` is refused before a byte of it is decoded)."""
     f.seek(0, os.SEEK_END)
     if f.tell() == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)")
     f.seek(0)
     try:
-        return _sniff(f)
+        info = _sniff(f)
     except (_HeaderError, struct.error) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
+    if info is None:
+        f.seek(0)
+        other = _what_else(f.read(16))
+        raise ImageError(f"{path}: not an image skinseg reads (not a PNG, JPEG, BMP, WebP or TIFF file{other})")
+    promised = EXTENSION_FORMATS.get(path.suffix.lower())
+    if promised is not None and promised != info.format:
+        raise ImageError(
+            f"{path}: the file is a {info.format.upper()} image but its name ends in {path.suffix}; "
+            "rename it to match its content"
+        )
+    return info
 
 
 class ImageInfo(NamedTuple):
@@ -256,13 +314,12 @@ def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     """Format and oriented size of an image, read from its header only (nothing is decoded).
 
     JPEG, PNG and TIFF orientations 5–8 (rotations by 90°) swap width and height (a WebP's is not read).
-    Raises :class:`ImageError` for a file that is missing, empty, or not a PNG, JPEG, BMP, WebP or TIFF.
+    Raises :class:`ImageError` for a file that is missing, empty, not a PNG, JPEG, BMP, WebP or TIFF, or not the
+    format its extension says.
     """
     path = Path(path)
     with _open(path) as f:
         info = _header(path, f)
-    if info is None:
-        raise ImageError(f"{path}: not a PNG, JPEG, BMP, WebP or TIFF file")
     return ImageInfo(info.format, *_oriented(info.width, info.height, info.orientation))
 
 
@@ -284,27 +341,149 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
 
 # --------------------------------------------------------------------------------------------------- reading
 
+BYTES_PER_PIXEL_MAX = 8  # 16-bit RGBA, uncompressed: no valid image file needs more
+SLACK_BYTES = 64 << 20  # metadata, thumbnails, ICC profiles, padding
 
-def _read_checked(path: Path, max_pixels: int) -> tuple[bytes, _Header | None]:
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file read whole and checked, not yet decoded: its bytes, header and ``os.stat``.
+
+    ``fingerprint`` identifies the content (size and a BLAKE2b hash of the bytes): a rerun compares it to decide
+    whether an input changed, whatever its modification time says.
+    """
+
+    path: Path
+    data: bytes
+    header: _Header
+    stat: os.stat_result
+
+    @property
+    def info(self) -> ImageInfo:
+        h = self.header
+        return ImageInfo(h.format, *_oriented(h.width, h.height, h.orientation))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return content_fingerprint(self.data)
+
+
+def content_fingerprint(data: bytes | memoryview) -> str:
+    """``<bytes>:<BLAKE2b-128 hex>`` of a file's content."""
+    return f"{len(data)}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """:func:`content_fingerprint` of a file, streamed (the same special-file checks as reading an image)."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    size = 0
+    with _open(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return f"{size}:{digest.hexdigest()}"
+
+
+def load_image_file(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFile:
+    """Open, check and read an image file (not decoding it). ImageError, naming the file, when:
+
+    it is missing, not a regular file, empty, not a supported format or not the one its extension says; its
+    header is malformed or gives more than ``max_pixels``; the file is far larger than its pixels could need
+    (it is not read then); a JPEG lacks its end-of-image marker (libjpeg would fill the rest with grey).
+    """
+    path = Path(path)
     with _open(path) as f:
         info = _header(path, f)
-        if info is not None:
-            _check_pixels(path, info.width, info.height, max_pixels)
+        _check_pixels(path, info.width, info.height, max_pixels)
+        st = os.fstat(f.fileno())
+        limit = info.width * info.height * BYTES_PER_PIXEL_MAX + SLACK_BYTES
+        if st.st_size > limit:
+            raise ImageError(
+                f"{path}: the file is {st.st_size / 1e6:,.0f} MB, more than a {info.width}×{info.height} image can "
+                "need; it is corrupt or not what it claims to be"
+            )
         f.seek(0)
         try:
             data = f.read()
         except OSError as e:
             raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if info is not None and info.format == "jpeg" and data.find(b"\xff\xd9", info.data_offset) < 0:
+    if info.format == "jpeg" and data.find(b"\xff\xd9", info.data_offset) < 0:
         # libjpeg fills a truncated scan with grey and reports success; a whole JPEG ends with an EOI marker.
         raise ImageError(f"{path}: the JPEG is truncated (no end-of-image marker); re-copy or re-export it")
-    return data, info
+    return ImageFile(path, data, info, st)
 
 
-def _decode_failed(path: Path, info: _Header | None) -> ImageError:
-    if info is None:
-        return ImageError(f"{path}: not an image OpenCV can decode (supported: PNG, JPEG, BMP, WebP, TIFF)")
-    return ImageError(f"{path}: the {info.format.upper()} data cannot be decoded (truncated or corrupt file)")
+def decoder_limit() -> int:
+    """The pixel count above which OpenCV's decoders refuse an image in this process (see
+    :func:`skinseg.runtime.defaults.set_decoder_limit`; OpenCV's own default is 2^30)."""
+    try:
+        return int(os.environ.get(DECODER_LIMIT_VARIABLE, 1 << 30))
+    except ValueError:
+        return 1 << 30
+
+
+def _imdecode(file: ImageFile, flags: int) -> np.ndarray:
+    try:
+        image = cv2.imdecode(np.frombuffer(file.data, np.uint8), flags)
+    except cv2.error as e:
+        detail = str(e).strip().splitlines()[-1]
+        if "CV_IO_MAX_IMAGE" in detail:
+            h = file.header
+            if h.width * h.height > decoder_limit():
+                raise ImageError(
+                    f"{file.path}: {h.width}×{h.height} px is more than this process decodes ({decoder_limit():,} "
+                    f"px, set when OpenCV loaded); start it with {DECODER_LIMIT_VARIABLE} or --max-pixels larger"
+                ) from None
+            raise ImageError(
+                f"{file.path}: the decoder finds more pixels than the header says ({h.width}×{h.height}); "
+                "the file is malformed"
+            ) from None
+        raise ImageError(f"{file.path}: cannot be decoded ({detail})") from None
+    if image is None or image.size == 0:
+        raise ImageError(
+            f"{file.path}: the {file.header.format.upper()} data cannot be decoded (truncated or corrupt file)"
+        )
+    return image
+
+
+def _check_decoded(file: ImageFile, image: np.ndarray, reduce: int, *, oriented: bool) -> None:
+    """The decoded size must be the header's (oriented or as stored, at ``reduce``): a decoder that sees another
+    image than the header announced is refused."""
+    h = file.header
+    width, height = _oriented(h.width, h.height, h.orientation) if oriented else (h.width, h.height)
+
+    def sides(n: int) -> set[int]:
+        return {n // reduce, -(-n // reduce)}
+
+    if image.shape[1] not in sides(width) or image.shape[0] not in sides(height):
+        raise ImageError(
+            f"{file.path}: decodes to {image.shape[1] * reduce}×{image.shape[0] * reduce} px but its header says "
+            f"{width}×{height}; the file is malformed"
+        )
+
+
+def _to_8bit(path: Path, image: np.ndarray) -> np.ndarray:
+    """uint8 as is; 16-bit data scaled by its real depth (10-, 12- or 14-bit data in a 16-bit file too)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise ImageError(f"{path}: {image.dtype} pixels are not supported; convert the image to 8 or 16 bits")
+    bits = int(image.max()).bit_length()
+    depth = next(d for d in (8, 10, 12, 14, 16) if bits <= d)
+    return cv2.convertScaleAbs(image, alpha=255.0 / (2**depth - 1))  # rounds and saturates to uint8
+
+
+def decode_image(file: ImageFile, *, reduce: int = 1) -> np.ndarray:
+    """Decode a loaded file as an ``H×W×3`` uint8 RGB array, EXIF orientation applied (see :func:`read_image`)."""
+    if reduce not in REDUCE_FACTORS:
+        raise ValueError(f"reduce must be one of {REDUCE_FACTORS}, got {reduce!r}")
+    # Decode as BGR and convert here: OpenCV 5.0's IMREAD_COLOR_RGB scrambles 16-bit RGB TIFFs.
+    flags = cv2.IMREAD_COLOR | (_REDUCED_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_ANYDEPTH)
+    image = _imdecode(file, flags)
+    _check_decoded(file, image, reduce, oriented=True)
+    image = _to_8bit(file.path, image)
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce: int = 1) -> np.ndarray:
@@ -313,52 +492,70 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     ``reduce`` ∈ {1, 2, 4, 8} decodes at 1/reduce of the size. For JPEG this is libjpeg's scaled DCT decoding,
     several times faster than a full decode (sides rounded up); other formats are decoded whole and shrunk by
     OpenCV (sides rounded down). ``max_pixels`` bounds the **full** size and is checked from the header
-    before anything is decoded.
+    before anything is decoded (see :func:`load_image_file` for every check).
     """
-    path = Path(path)
-    if reduce not in REDUCE_FACTORS:
-        raise ValueError(f"reduce must be one of {REDUCE_FACTORS}, got {reduce!r}")
-    data, info = _read_checked(path, max_pixels)
-    buf = np.frombuffer(data, np.uint8)
-    # Decode as BGR and convert here: OpenCV 5.0's IMREAD_COLOR_RGB scrambles 16-bit RGB TIFFs.
-    flags = cv2.IMREAD_COLOR | (_REDUCED_FLAGS[reduce] if reduce > 1 else cv2.IMREAD_ANYDEPTH)
-    try:
-        image = cv2.imdecode(buf, flags)
-    except cv2.error as e:
-        raise ImageError(f"{path}: cannot be decoded ({str(e).strip().splitlines()[-1]})") from None
-    del buf, data
-    if image is None or image.size == 0:
-        raise _decode_failed(path, info)
-    if info is None:  # unknown header: the size check has to happen after decoding
-        _check_pixels(path, image.shape[1] * reduce, image.shape[0] * reduce, max_pixels)
-    if image.dtype == np.uint16:
-        image = cv2.convertScaleAbs(image, alpha=1.0 / 257.0)  # rounds and saturates to uint8
-    elif image.dtype != np.uint8:
-        raise ImageError(f"{path}: {image.dtype} pixels are not supported; convert the image to 8 or 16 bits")
-    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
+    return decode_image(load_image_file(path, max_pixels=max_pixels), reduce=reduce)
 
 
 def read_mask(
     path: str | os.PathLike[str], *, threshold: int = 128, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Read a mask as ``H×W`` uint8 with values 0 or 255 (pixels >= ``threshold`` are foreground).
+    """Read a mask as ``H×W`` uint8 with values 0 or 255, EXIF orientation applied as for :func:`read_image`.
 
-    The default 128 makes anything above mid-grey foreground; the EXIF orientation is applied as for
-    :func:`read_image`, so a mask lines up with its photo.
+    Accepted: gray masks (0/255, pixels >= ``threshold`` are lesion; 16-bit ones scaled first), 0/1 masks (the
+    ones are lesion), and colour or palette masks with black background (any colour is lesion). A mask that is
+    not two-valued (a photograph, a probability map, a colour mask on a coloured background) raises
+    :class:`ImageError` saying so, instead of scoring as an empty or arbitrary mask.
     """
     if not 1 <= threshold <= 255:
         raise ValueError(f"mask threshold must be within 1–255, got {threshold!r}")
-    path = Path(path)
-    data, info = _read_checked(path, max_pixels)
-    try:
-        mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    except cv2.error as e:
-        raise ImageError(f"{path}: cannot be decoded ({str(e).strip().splitlines()[-1]})") from None
-    if mask is None or mask.size == 0:
-        raise _decode_failed(path, info)
-    if info is None:
-        _check_pixels(path, mask.shape[1], mask.shape[0], max_pixels)
-    return np.where(mask >= threshold, np.uint8(255), np.uint8(0))
+    file = load_image_file(path, max_pixels=max_pixels)
+    raw = _imdecode(file, cv2.IMREAD_UNCHANGED)  # as stored: the orientation is applied at the end
+    _check_decoded(file, raw, 1, oriented=False)
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        raw = raw[..., :3]
+    if raw.ndim == 3 and not (np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])):
+        return _apply_orientation(_colour_mask(file.path, raw), file.header.orientation)
+    gray = raw if raw.ndim == 2 else raw[..., 0]
+    if gray.dtype != np.uint8:
+        gray = _to_8bit(file.path, gray)
+    top = int(gray.max())
+    if top == 1:  # a 0/1 label image
+        return np.where(gray > 0, np.uint8(255), np.uint8(0))
+    if top > 0:
+        # Anti-aliased or JPEG-compressed masks have a few grey pixels; a photograph or probability map has many.
+        middle = np.count_nonzero((gray > 0.15 * top) & (gray < 0.85 * top))
+        if middle > max(0.05 * gray.size, 256):  # only judged on masks large enough for a share to mean much
+            raise ImageError(
+                f"{file.path}: not a binary mask ({middle / gray.size:.0%} of its pixels are grey levels between "
+                "black and white); give a 0/255 or 0/1 mask"
+            )
+    mask = gray >= threshold
+    return _apply_orientation(np.where(mask, np.uint8(255), np.uint8(0)), file.header.orientation)
+
+
+def _colour_mask(path: Path, bgr: np.ndarray) -> np.ndarray:
+    """A colour (or palette) mask: lesion wherever the pixel is not black; refused without a black background."""
+    lit = np.any(bgr > 32, axis=-1)
+    if np.count_nonzero(~lit) == 0:
+        raise ImageError(f"{path}: a colour mask without black background pixels; give a 0/255 or 0/1 mask")
+    return np.where(lit, np.uint8(255), np.uint8(0))
+
+
+def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Mask pixels as displayed: IMREAD_UNCHANGED ignores the EXIF orientation, so apply it here."""
+    if orientation == 1:
+        return array
+    ops = {
+        2: lambda a: cv2.flip(a, 1),
+        3: lambda a: cv2.flip(a, -1),
+        4: lambda a: cv2.flip(a, 0),
+        5: lambda a: cv2.transpose(a),
+        6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+        7: lambda a: cv2.flip(cv2.transpose(a), -1),
+        8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    }
+    return np.ascontiguousarray(ops[orientation](array))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

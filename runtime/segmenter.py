@@ -30,9 +30,15 @@ import cv2
 import numpy as np
 
 from skinseg.runtime import postprocess as pp
-from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST, DEFAULT_TTA
+from skinseg.runtime.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FILL_HOLES,
+    DEFAULT_KEEP_LARGEST,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TTA,
+)
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
-from skinseg.runtime.imageio import DEFAULT_MAX_PIXELS, read_image
+from skinseg.runtime.imageio import read_image
 from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
 from skinseg.runtime.preprocess import apply_color_constancy
 from skinseg.runtime.providers import check_provider_used, resolve_providers
