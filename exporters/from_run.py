@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,24 @@ def load_tiles(
     return np.stack(out).astype(np.float32) if out else np.zeros((0, *tile, 3), np.float32)
 
 
+def check_writable(path: Path) -> None:
+    """UsageError now, before minutes of conversion, when ``path`` cannot be written."""
+    folder = path.parent
+    if path.suffix.lower() != ".onnx":
+        raise UsageError(f"--output {path}: the file name must end in .onnx")
+    if path.is_dir():
+        raise UsageError(f"--output {path}: is a folder; give the .onnx file to write")
+    try:
+        import secrets
+
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".skinseg-probe-{secrets.token_hex(4)}"
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--output {path}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+
+
 def run_images(run_dir: Path | None, key: str) -> list[Path]:
     """Image files of the run's split ``key`` (``valid_files`` or ``train_files``) that still exist."""
     if run_dir is None or not (run_dir / "split.json").is_file():
@@ -209,7 +228,14 @@ def export_run(
 
     emit = on_event or (lambda e: None)
     model_path, run_dir = locate_model(source)
+    variant_output = None
+    if output is not None and len(quantize or []) == 1:
+        # A user asking for `--output q.onnx --quantize int8` wants the int8 model at q.onnx.
+        variant_output, output = output, output.with_name(f"{output.stem}.fp32{output.suffix}")
     output = output or (run_dir or model_path.parent) / "model.onnx"
+    for target in (output, variant_output):
+        if target is not None:
+            check_writable(target)
     emit({"event": "stage", "message": f"loading {model_path}"})
     model, _ = load_keras_model(model_path)
     meta = build_metadata(model, run_dir)
@@ -235,7 +261,7 @@ def export_run(
     )
     compare_on = valid if len(valid) else _synthetic(meta.tile_size)
     for kind in quantize or []:
-        path = output.with_name(f"{output.stem}.{kind}{output.suffix}")
+        path = variant_output or output.with_name(f"{output.stem}.{kind}{output.suffix}")
         emit({"event": "stage", "message": f"making the {kind} variant"})
         if kind == "int8":
             calib_paths = folder_images(calibration) if calibration else run_images(run_dir, "train_files")

@@ -49,5 +49,8 @@ __all__ = [
 
 if DECODER_LIMIT_VARIABLE not in _os.environ:
     set_decoder_limit()  # before anything imports cv2; `skinseg infer --max-pixels` raises it the same way
+# onnxruntime (1.2x+) otherwise writes a device id and an event database under ~/.cache/Microsoft at import, and
+# warns in colour when HOME is unwritable: a cron job writes nothing outside --output. Read once, at its import.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __getattr__, __dir__ = exports(__name__, _LAZY, globals())

@@ -1,56 +1,65 @@
 """Batch segmentation: many image files in, masks, overlays and a report out (the core of `skinseg infer`).
 
-One image's whole job is :func:`process_image`: it reads the image, segments it, writes its outputs and returns
-its report row. Its only shared state is a per-process cache of loaded models (:func:`get_segmenter`), so the
-same call can run unchanged on other processes or machines (a Dask worker, say).
+One image's whole job is :func:`process_image`: a function of (model path, image path, options, output folder,
+relative path) that reads the image, segments it, writes its outputs and returns its report row. Its only shared
+state is a per-process cache of loaded models (:func:`get_segmenter`), so the same call runs unchanged on other
+processes or machines (the Dask path, :mod:`skinseg.runtime.cluster`).
 
-:func:`run_batch` finds the inputs, checks the model and the output folder before touching an image, takes
-the output folder's lock, and runs :func:`process_image` on a small thread pool whose members share one
-inference lock: while one image is being segmented the next is decoded and the previous one written, so the
-cores running the model never wait on I/O, and at most :data:`PIPELINE_DEPTH` images are in memory.
+:func:`run_batch` finds the inputs, loads the model once (from one read of the file, whose hash it records) and
+checks the output folder before touching an image, takes the folder's lock, and runs :func:`process_image` on a
+few worker threads that share one inference lock: while one image is being segmented the next is decoded and the
+previous one written. Images are admitted by their estimated working memory against ``memory_limit`` and at most
+``max_in_flight`` at once, so three 240 MP photos do not need 9 GB together.
 
 Guarantees:
 
-- Outputs are written to hidden temporary files and renamed; the mask is written **last**, so an existing mask
-  that is newer than its input means the image is done. A rerun skips such images (``overwrite`` redoes them)
-  and removes temporary files a killed run left behind.
-- A rerun with another model or other options that change the outputs (:meth:`InferOptions.output_settings`)
-  redoes every image: the output folder's settings stamp (``.skinseg-settings.json``, see
-  :func:`skinseg.runtime.outputs.stamp_settings`) is rewritten and masks older than it are out of date. A folder
-  without a stamp (made by an older skinseg) gets one and its images are redone once.
-- Every output stays inside the output folder: a relative path with ``..``, an absolute one, or a symlinked
-  folder that leads out is refused for that image.
-- ``results.csv`` (one row per image) and ``summary.json`` are written atomically; a rerun merges its rows into
-  the previous ones, less the rows of inputs that were deleted since. ``results.csv`` is also checkpointed
-  during the run.
-- Two inputs whose outputs would have the same name (``a.jpg`` and ``a.png`` in one folder; names compared
-  case-insensitively, for case-insensitive file systems) are not overwritten: the second one fails with a reason.
+- Outputs are written to temporary files and renamed; each carries a record of its input and settings (see
+  :mod:`skinseg.runtime.outputs`), and the mask, written last, marks the image done. A rerun skips an image whose
+  mask records the same input content and the same model and options, and redoes it otherwise, whatever the
+  files' dates say. An image that failed and has not changed is not retried (``retry_failed`` forces it).
+- A file skinseg did not write is never overwritten (an ``--output`` equal to an input folder keeps its
+  ground-truth masks): that image fails with the reason.
+- The model is read once: replacing the file during a run changes nothing in that run.
+- Every output stays inside the output folder; two inputs whose outputs would share names are not overwritten
+  (the second fails with a reason); with several folders given, each gets its own sub-folder.
+- ``results.csv`` and ``summary.json`` are written atomically, at the end and (``results.csv``) during the run; a
+  rerun merges its rows into the previous ones, less those of inputs deleted since.
+- An interrupt stops taking new images, waits a few seconds for those in flight, writes the reports and
+  re-raises: a worker stuck on a dead mount cannot keep the process alive (workers are daemon threads). A full
+  output disk stops the batch at the first image that cannot be written.
 
 Progress is reported through ``on_event(dict)`` callbacks, always from the calling thread; nothing here prints.
-
-This module is the run itself (options, the model cache, one image's work, the pipeline); input discovery lives
-in :mod:`skinseg.runtime.inputs`, output paths and writing in :mod:`skinseg.runtime.outputs`, and the report files in
-:mod:`skinseg.runtime.report`. Their public names are re-exported here.
+Input discovery lives in :mod:`skinseg.runtime.inputs`, output paths and writing in :mod:`skinseg.runtime.outputs`,
+and the report files in :mod:`skinseg.runtime.report`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
+import errno
+import hashlib
 import os
 import queue
+import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from skinseg.runtime.defaults import DEFAULT_MAX_PIXELS
-from skinseg.runtime.errors import SkinsegError, UsageError
-from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS, file_sha256, read_image
-from skinseg.runtime.inputs import InputItem, discover_inputs, output_key
+from skinseg.runtime.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OVERLAY_SIZE,
+    default_memory_limit,
+)
+from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
+from skinseg.runtime.imageio import decode_image, file_fingerprint, image_size, load_image_file
+from skinseg.runtime.inputs import InputItem, Unreadable, discover, discover_inputs, output_key
 from skinseg.runtime.outputs import (
     LOCK_NAME,
     OUTPUT_SUFFIXES,
@@ -59,12 +68,16 @@ from skinseg.runtime.outputs import (
     SUMMARY_NAME,
     OutputPaths,
     check_inside,
+    is_ours,
     output_lock,
     output_paths,
     outputs_up_to_date,
     prepare_output,
+    quick_stat,
     remove_stale_temps,
+    settings_digest,
     stamp_settings,
+    up_to_date,
     write_outputs,
 )
 from skinseg.runtime.report import (
@@ -74,19 +87,16 @@ from skinseg.runtime.report import (
     drop_deleted_inputs,
     merge_rows,
     read_results,
-    row_from_outputs,
     stats_row,
     versions,
     write_reports,
     write_results,
 )
-from skinseg.runtime.tiling import DEFAULT_BATCH_SIZE
 
 __all__ = [
     "CSV_FIELDS",
     "LOCK_NAME",
     "OUTPUT_SUFFIXES",
-    "PIPELINE_DEPTH",
     "RESULTS_NAME",
     "SETTINGS_NAME",
     "SUMMARY_NAME",
@@ -96,6 +106,7 @@ __all__ = [
     "OutputPaths",
     "default_model_path",
     "discover_inputs",
+    "estimate_memory",
     "get_segmenter",
     "merge_rows",
     "output_lock",
@@ -111,8 +122,11 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "skinseg_default.onnx"
-PIPELINE_DEPTH = 3  # images in flight: one in the model, up to two being decoded or written
+PIPELINE_DEPTH = DEFAULT_MAX_IN_FLIGHT  # kept for callers of the old name
 CHECKPOINT_SECONDS = 2.0  # results.csv is rewritten at most this often during a run
+INTERRUPT_GRACE_SECONDS = 8.0  # after an interrupt, images in flight get this long to finish
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+FAILED_FINGERPRINT_MAX_BYTES = 512 << 20  # a failed input larger than this is retried rather than hashed each run
 
 Event = dict[str, Any]
 
@@ -122,7 +136,12 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True)
 class InferOptions:
-    """What `skinseg infer` does to each image. ``None`` means the model's own setting (from its metadata)."""
+    """What `skinseg infer` does to each image. ``None`` means the model's own setting (from its metadata).
+
+    ``overlay_size``: the overlay's long side in px (``None``: the photo's full size); ``memory_limit`` (bytes)
+    and ``max_in_flight`` bound the images worked on at once; ``model_sha256`` is set by :func:`run_batch` to the
+    model it loaded, so every image of a run, on any machine, is segmented by that model or fails.
+    """
 
     device: str = "auto"
     threads: int | None = None
@@ -138,6 +157,27 @@ class InferOptions:
     save_prob: bool = False
     contours: bool = False
     overwrite: bool = False
+    overlay_size: int | None = DEFAULT_OVERLAY_SIZE
+    retry_failed: bool = False
+    memory_limit: int | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    model_sha256: str | None = None
+
+    def check(self) -> None:
+        """UsageError for an option that makes no sense, before any work."""
+        from skinseg.runtime.metadata import Scale
+        from skinseg.runtime.segmenter import check_options, parse_tile
+
+        check_options(threads=self.threads, overlap=self.overlap, batch_size=self.batch_size, threshold=self.threshold)
+        if self.tile is not None:
+            parse_tile(self.tile)
+        if self.scale is not None:
+            try:
+                Scale.parse(self.scale)
+            except ValueError as e:
+                raise UsageError(f"--scale: {e}") from None
+        if self.max_in_flight < 1:
+            raise UsageError(f"--max-in-flight must be a positive integer, got {self.max_in_flight!r}")
 
     def segmenter_kwargs(self) -> dict[str, Any]:
         """The options that shape the :class:`~skinseg.runtime.segmenter.Segmenter` (and so its cache key)."""
@@ -156,15 +196,20 @@ class InferOptions:
         }
 
     def output_settings(self) -> dict[str, Any]:
-        """The options that change an image's outputs (recorded in the output folder's settings stamp).
+        """The options that change an image's outputs (recorded in every output and in the settings stamp).
 
-        Not the ones that only change the speed (``device``, ``threads``, ``batch_size``) or which images are
-        refused (``max_pixels``), nor ``overwrite``.
+        Not the ones that only change the speed or memory (``device``, ``threads``, ``batch_size``,
+        ``memory_limit``, ``max_in_flight``), which images are refused (``max_pixels``), nor ``overwrite`` and
+        ``retry_failed``.
         """
         kwargs = self.segmenter_kwargs()
         for key in ("device", "threads", "batch_size", "max_pixels"):
             del kwargs[key]
-        return {**kwargs, "save_prob": self.save_prob, "contours": self.contours}
+        return {**kwargs, "save_prob": self.save_prob, "contours": self.contours, "overlay_size": self.overlay_size}
+
+    def settings(self, model_sha256: str) -> str:
+        """The digest every output records: the model and :meth:`output_settings`."""
+        return settings_digest(model_sha256, self.output_settings())
 
 
 def default_model_path() -> Path:
@@ -185,29 +230,53 @@ _MAX_SEGMENTERS = 4
 
 
 def get_segmenter(model_path: str | os.PathLike[str], options: InferOptions) -> tuple[Any, threading.Lock]:
-    """A cached :class:`~skinseg.runtime.segmenter.Segmenter` for this model file and options, and its inference lock.
+    """A cached :class:`~skinseg.runtime.segmenter.Segmenter` for this model and options, and its inference lock.
 
-    The cache is per process and keyed by the model's real path, size and modification time and
-    :meth:`InferOptions.segmenter_kwargs`, so a replaced model file is reloaded. Hold the lock while running
-    the model: one inference at a time keeps onnxruntime's threads from competing for the cores.
+    The model file is read once (its bytes make the session, and their SHA-256 is the segmenter's
+    ``model_sha256``), so replacing the file while a run uses it changes nothing. The cache is per process, keyed by
+    the model's real path, ``options.model_sha256`` (the model a run pinned) and
+    :meth:`InferOptions.segmenter_kwargs`; without a pinned hash, a file replaced since is read again. A file
+    that no longer has the pinned hash raises :class:`ModelError`. Hold the lock while running the model: one
+    inference at a time keeps onnxruntime's threads from competing for the cores.
     """
-    from skinseg.runtime.segmenter import Segmenter
+    from skinseg.runtime.segmenter import OnnxBackend, Segmenter
 
     path = Path(model_path).resolve()
-    try:
-        st = path.stat()
-        stamp: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = None  # Segmenter reports the missing file
     kwargs = options.segmenter_kwargs()
-    key = (str(path), stamp, tuple(sorted(kwargs.items())))
+    identity: Any = options.model_sha256
+    if identity is None:
+        try:
+            st = path.stat()
+            identity = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            identity = None  # the backend reports the missing file
+    key = (str(path), identity, tuple(sorted(kwargs.items())))
     with _SEGMENTERS_LOCK:
         if key not in _SEGMENTERS:
-            segmenter = Segmenter(path, **kwargs)
+            data = _read_model(path)
+            sha = hashlib.sha256(data).hexdigest() if data is not None else None
+            if options.model_sha256 is not None and sha != options.model_sha256:
+                raise ModelError(
+                    f"{model_path}: the model file changed since this run started (sha256 {str(sha)[:12]}, the run "
+                    f"uses {options.model_sha256[:12]}); run again to use the new model"
+                )
+            backend = OnnxBackend(path, device=kwargs["device"], threads=kwargs["threads"], data=data)
+            segmenter = Segmenter(backend, **kwargs)
+            segmenter.model_sha256 = sha
             while len(_SEGMENTERS) >= _MAX_SEGMENTERS:
                 _SEGMENTERS.pop(next(iter(_SEGMENTERS)))
             _SEGMENTERS[key] = (segmenter, threading.Lock())
         return _SEGMENTERS[key]
+
+
+def _read_model(path: Path) -> bytes | None:
+    """The model file's bytes (one read: what is hashed is what is loaded), or None to let the backend say why."""
+    try:
+        if not path.is_file():
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------- one image
@@ -220,10 +289,82 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _empty_row(rel: PurePosixPath, image_path: str | os.PathLike[str]) -> Row:
+def _empty_row(rel: PurePosixPath | str, image_path: str | os.PathLike[str]) -> Row:
     row: Row = dict.fromkeys(CSV_FIELDS)
     row.update(path=str(rel), input=os.fspath(image_path), status="", error="")
     return row
+
+
+def estimate_memory(width: int, height: int, options: InferOptions) -> int:
+    """Bytes one image of ``width × height`` needs while it is worked on (an upper estimate for admission).
+
+    Full size: the probability map and the mask (1 byte a pixel each), the hole-filling frame (1) and the PNG
+    encoder's copy (1); the decode kept for the overlay (3 bytes a pixel at up to 1/2 of each side of a large
+    photo, all of a small one) and the overlay itself; 64 MB for the working scale and the model's buffers.
+    """
+    pixels = width * height
+    decoded = pixels if max(width, height) <= 2 * DEFAULT_OVERLAY_SIZE else pixels // 4
+    if options.overlay_size is None:
+        decoded = pixels
+    overlay = min(pixels, (options.overlay_size or max(width, height)) ** 2)
+    return 4 * pixels + 3 * decoded + 6 * overlay + (pixels if options.save_prob else 0) + (64 << 20)
+
+
+def _overlay_size(width: int, height: int, options: InferOptions) -> tuple[int, int]:
+    long_side = max(width, height)
+    limit = options.overlay_size or long_side
+    from skinseg.runtime.imageio import JPEG_MAX_SIDE
+
+    limit = min(limit, JPEG_MAX_SIDE)  # a JPEG cannot be wider: a 70,000 px photo still gets an overlay
+    if long_side <= limit:
+        return width, height
+    f = limit / long_side
+    return max(1, round(width * f)), max(1, round(height * f))
+
+
+def _failed_before(previous: Row | None, settings: str, image_path: str | os.PathLike[str]) -> bool:
+    """Whether ``previous`` is a failure of this very input with these settings (then it is not retried)."""
+    if not previous or previous.get("status") != "failed" or not previous.get("fingerprint"):
+        return False
+    if previous.get("settings") != settings:
+        return False
+    try:
+        return file_fingerprint(image_path) == previous["fingerprint"]
+    except (ImageError, OSError):
+        return False
+
+
+def _failed_fingerprint(image_path: str | os.PathLike[str]) -> str | None:
+    """The content fingerprint of an input refused before it was read, if it is a regular file of a size worth
+    hashing again on each run (a multi-gigabyte file that lies about its content is simply retried)."""
+    try:
+        if os.stat(image_path).st_size > FAILED_FINGERPRINT_MAX_BYTES:
+            return None
+        return file_fingerprint(image_path)
+    except (ImageError, OSError):
+        return None
+
+
+def _check_not_foreign(paths: OutputPaths, previous: Row | None) -> None:
+    """ImageError if an output would replace a file skinseg did not write."""
+    ours_before = previous is not None and previous.get("status") in ("ok", "skipped")
+    for path in paths.all():
+        if os.path.lexists(path) and not ours_before and not is_ours(path):
+            raise ImageError(
+                f"{path} exists and was not written by skinseg; refusing to overwrite it (move it away, or choose "
+                "another --output than the input folder)"
+            )
+
+
+def _check_space(output_root: str | os.PathLike[str], width: int, height: int) -> None:
+    """OSError(ENOSPC) before any work when the output disk cannot take this image's outputs."""
+    need = width * height // 8 + (8 << 20)  # a 1-bit mask without compression, an overlay, a margin
+    try:
+        free = shutil.disk_usage(output_root).free
+    except OSError:
+        return
+    if free < need:
+        raise OSError(errno.ENOSPC, f"no space left on the output disk ({free / 1e6:.0f} MB free)")
 
 
 def process_image(
@@ -234,49 +375,84 @@ def process_image(
     rel_path: str | PurePosixPath,
     *,
     on_tile: Callable[[int, int], None] | None = None,
-    since_ns: int | None = None,
+    previous: Row | None = None,
 ) -> Row:
     """Segment one image file and write its outputs under ``output_root``; return its report row.
 
     The row has the keys :data:`CSV_FIELDS`; ``status`` is ``ok``, ``skipped`` (outputs up to date and not
-    ``options.overwrite``) or ``failed`` with a one-line ``error``. Never raises for a bad image or a failed
-    write; a model that cannot be loaded raises :class:`ModelError` (nothing can succeed then). ``since_ns``
-    (the output folder's :class:`~skinseg.runtime.outputs.SettingsStamp`) makes masks not newer than it out of date.
+    ``options.overwrite``) or ``failed`` with a one-line ``error``. ``previous`` is the image's row of an earlier
+    run (from ``results.csv``): an unchanged input that failed then fails again without being retried (the row
+    has ``retried`` False). Never raises for a bad image or a failed write (a full disk marks the row
+    ``stop``); a model that cannot be loaded, or that changed since ``options.model_sha256``, raises
+    :class:`ModelError` (nothing can succeed then).
     """
     start = time.perf_counter()
     rel = PurePosixPath(rel_path)
     row = _empty_row(rel, image_path)
+    segmenter, lock = get_segmenter(model_path, options)  # no model, no batch: this one raises
+    settings = options.settings(segmenter.model_sha256 or "")
+    row["settings"] = settings
     try:
         paths = output_paths(output_root, rel, options)
-        if not options.overwrite and outputs_up_to_date(image_path, paths, since_ns):
-            row["status"] = "skipped"
-            return row
-    except Exception as e:  # a refused path fails this image only
-        row.update(status="failed", error=_one_line(e), seconds=0.0)
-        return row
-    segmenter, lock = get_segmenter(model_path, options)  # no model, no batch: this one raises
-    waited = 0.0
-    try:
-        image = read_image(image_path, max_pixels=options.max_pixels)
+        if not options.overwrite:
+            record = up_to_date(paths, image_path, settings)
+            if record is not None:
+                row.update(record.get("row") or {}, status="skipped", fingerprint=record.get("input"))
+                return row
+            if not options.retry_failed and _failed_before(previous, settings, image_path):
+                return {**previous, "input": os.fspath(image_path), "retried": False}
+        _check_not_foreign(paths, previous)
+        file = load_image_file(image_path, max_pixels=options.max_pixels)
+        row["fingerprint"] = file.fingerprint
+        width, height = file.info.width, file.info.height
+        _check_space(output_root, width, height)
+        overlay_wh = _overlay_size(width, height, options)
+        factor = segmenter.decode_factor(width, height)
+        image = decode_image(file, reduce=factor)
+        picture = image if (image.shape[1], image.shape[0]) == overlay_wh else None
+        if picture is None and overlay_wh[0] > image.shape[1]:  # a larger overlay than the decode: decode again
+            picture = decode_image(file, reduce=max(f for f in (1, 2, 4, 8) if width / f >= overlay_wh[0]))
+        stat_now = quick_stat(file.stat)
+        del file
         before = time.perf_counter()
         with lock:
             waited = time.perf_counter() - before
-            result = segmenter.segment(image, on_tile=on_tile)
+            result = segmenter.segment(image, on_tile=on_tile, full_size=(width, height), keep_prob=options.save_prob)
+        if picture is None:
+            picture = image
+        if (picture.shape[1], picture.shape[0]) != overlay_wh:
+            import cv2
+
+            picture = cv2.resize(picture, overlay_wh, interpolation=cv2.INTER_AREA)
+        del image
         paths.mask.parent.mkdir(parents=True, exist_ok=True)
         check_inside(Path(output_root).resolve(), paths.mask.parent, rel)  # in case a link appeared meanwhile
-        write_outputs(paths, image, result)
-        row.update(stats_row(result.stats), status="ok")
+        stats = stats_row(result.stats)
+        record = {"input": row["fingerprint"], "stat": stat_now, "settings": settings, "row": stats}
+        write_outputs(paths, picture, result, record=record)
+        row.update(stats, status="ok")
+        row["seconds"] = round(time.perf_counter() - start - waited, 4)
+    except OSError as e:  # the output side: a full disk stops the batch, other write errors fail this image
+        row.update(status="failed", error=_one_line(e), fingerprint=None)
+        if e.errno in DISK_FULL:
+            row.update(error=f"the output disk is full ({e.strerror or e}); free space and run again", stop="disk full")
     except Exception as e:  # one bad file must never stop the batch: record the reason and go on
         row.update(status="failed", error=_one_line(e))
-    row["seconds"] = round(time.perf_counter() - start - waited, 4)
+        if not isinstance(e, ImageError):
+            row["fingerprint"] = None  # not the input's fault: retried next time
+        elif row.get("fingerprint") is None:  # refused before it was read: fingerprint it, so it is not retried
+            row["fingerprint"] = _failed_fingerprint(image_path)
+    if row.get("seconds") is None:
+        row["seconds"] = round(time.perf_counter() - start, 4)
     return row
 
 
 # --------------------------------------------------------------------------------------------------- the batch
 
 
-def _collision_row(item: InputItem, first: InputItem) -> Row:
-    row = _empty_row(item.rel, item.path)
+def _collision_row(item: InputItem, first: InputItem, n: int) -> Row:
+    """The failed row of an input whose outputs would be ``first``'s; keyed apart when the two share a path."""
+    row = _empty_row(item.rel if item.rel != first.rel else f"{item.rel} [{n}]", item.path)
     row.update(
         status="failed",
         error=(
@@ -285,6 +461,31 @@ def _collision_row(item: InputItem, first: InputItem) -> Row:
         ),
     )
     return row
+
+
+def _unreadable_row(folder: Unreadable) -> Row:
+    row = _empty_row(f"{folder.rel}/" if folder.rel.parts else "./", folder.path)
+    row.update(
+        status="failed", error=f"{folder.path}: the folder cannot be read ({folder.reason}); its images were not found"
+    )
+    return row
+
+
+def pin_model(model_path: str | os.PathLike[str], options: InferOptions) -> tuple[Any, InferOptions]:
+    """Load the model for a run and pin it: the segmenter, and ``options`` carrying its SHA-256."""
+    segmenter, _ = get_segmenter(model_path, replace(options, model_sha256=None))
+    pinned = replace(options, model_sha256=segmenter.model_sha256)
+    with _SEGMENTERS_LOCK:  # the same segmenter under the pinned key: process_image finds it, never re-reads
+        key = (str(Path(model_path).resolve()), pinned.model_sha256, tuple(sorted(pinned.segmenter_kwargs().items())))
+        _SEGMENTERS[key] = (segmenter, _lock_of(segmenter))
+    return segmenter, pinned
+
+
+def _lock_of(segmenter: Any) -> threading.Lock:
+    for seg, lock in _SEGMENTERS.values():
+        if seg is segmenter:
+            return lock
+    return threading.Lock()
 
 
 def run_batch(
@@ -299,23 +500,23 @@ def run_batch(
 ) -> BatchSummary:
     """Segment every image in ``sources`` into ``output``; write ``results.csv`` and ``summary.json``.
 
-    Usage problems (no images found, a bad model, an unwritable or locked output folder) raise
-    :class:`UsageError` before any image is touched. Images that fail are recorded and the batch goes on.
-    Events passed to ``on_event`` (from the calling thread): ``waiting`` (for the lock), ``start`` (total,
-    provider), ``settings_changed`` (right after ``start``, when the folder holds outputs of another model or
-    other options, or of unknown settings: they will all be redone; ``previous`` and ``current`` settings,
-    ``previous`` ``None`` when unknown), ``image_start``, ``tiles`` (done, total), ``image_done`` (row),
-    ``summary``.
+    Usage problems (a source that does not exist, a bad model, an unwritable or locked output folder) raise
+    :class:`UsageError` before any image is touched; sources that hold no image give an empty summary (``total``
+    0) and write nothing. Images that fail are recorded and the batch goes on. Events passed to ``on_event``
+    (from the calling thread): ``waiting`` (for the lock), ``start`` (total, provider), ``settings_changed``
+    (right after ``start``, when the folder holds outputs of another model or other options: they will be
+    redone), ``image_start``, ``tiles`` (done, total), ``image_done`` (row), ``stopping`` (an interrupt or a
+    full disk: images in flight are finishing), ``summary``.
     """
     emit = on_event or (lambda event: None)
+    if not os.fspath(output).strip():  # before Path(): Path("") is the current folder
+        raise UsageError("--output is empty; give the folder the results go to")
     output = Path(output)
-    items = discover_inputs(sources, recursive=recursive, output=output)
-    if not items:
-        raise UsageError(
-            f"no images found in {', '.join(map(os.fspath, sources))} (looked for "
-            f"{', '.join(sorted(SUPPORTED_EXTENSIONS))}); add --recursive to search sub-folders"
-        )
-    segmenter, _ = get_segmenter(model_path, options)  # a bad model stops us before any image or output
+    options.check()  # a wrong option is said on a night with no new images too
+    found = discover(sources, recursive=recursive, output=output)
+    if not found.items and not found.unreadable:
+        return BatchSummary(0, 0, 0, 0.0, 0.0, "", str(model_path), "", str(output))
+    segmenter, options = pin_model(model_path, options)  # a bad model stops us before any image or output
     prepare_output(output)
 
     def on_wait() -> None:
@@ -323,11 +524,12 @@ def run_batch(
 
     with output_lock(output, wait=wait, on_wait=on_wait):
         remove_stale_temps(output)
-        return _run_locked(items, Path(model_path), output, options, segmenter.provider, emit)
+        return _run_locked(found.items, found.unreadable, Path(model_path), output, options, segmenter.provider, emit)
 
 
 def _run_locked(
     items: list[InputItem],
+    unreadable: list[Unreadable],
     model_path: Path,
     output: Path,
     options: InferOptions,
@@ -337,7 +539,7 @@ def _run_locked(
     results_path = output / RESULTS_NAME
     # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
     previous = drop_deleted_inputs(read_results(results_path), {str(item.rel) for item in items})
-    model_sha256 = file_sha256(model_path)
+    model_sha256 = options.model_sha256 or ""
     had_outputs = results_path.is_file()  # a new folder's first stamp is no news
     stamp = stamp_settings(output, model_sha256, options.output_settings())
     summary = BatchSummary(
@@ -355,7 +557,8 @@ def _run_locked(
     rows: list[Row] = []
     start = time.perf_counter()
     last_checkpoint = start
-    emit({"event": "start", "total": len(items), "provider": provider, "model": str(model_path), "output": str(output)})
+    total = len(items) + len(unreadable)
+    emit({"event": "start", "total": total, "provider": provider, "model": str(model_path), "output": str(output)})
     if stamp.changed and (had_outputs or stamp.previous is not None):
         current = {"model_sha256": model_sha256, "options": options.output_settings()}
         emit({"event": "settings_changed", "output": str(output), "previous": stamp.previous, "current": current})
@@ -364,28 +567,67 @@ def _run_locked(
         nonlocal last_checkpoint
         if row["status"] == "skipped":  # report what the outputs on disk say
             row = merge_rows(previous, [row])[row["path"]]
-            if row.get("width") is None:
-                row = row_from_outputs(row, output_paths(output, row["path"], options), options.max_pixels)
         rows.append(row)
-        setattr(summary, row["status"], getattr(summary, row["status"]) + 1)
+        if row["status"] == "failed" and row.get("retried") is False:
+            summary.failed_before += 1
+        else:
+            setattr(summary, row["status"], getattr(summary, row["status"]) + 1)
         if row["status"] == "ok":
             summary.megapixels += row["width"] * row["height"] / 1e6
-        emit({"event": "image_done", "index": index, "done": len(rows), "total": len(items), "row": row})
+        emit({"event": "image_done", "index": index, "done": len(rows), "total": total, "row": row})
         if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
             with contextlib.suppress(OSError):  # a full disk shows up in the final write, with a message
                 write_results(results_path, merge_rows(previous, rows).values())
             last_checkpoint = time.perf_counter()
 
+    for k, folder in enumerate(unreadable):
+        record(len(items) + k, _unreadable_row(folder))
+
+    def finish() -> None:
+        summary.seconds = time.perf_counter() - start
+        summary.not_done = total - len(rows)
+        write_reports(output, merge_rows(previous, rows).values(), summary, options, fresh=rows)
+        emit({"event": "summary", "summary": summary.to_dict()})
+
     try:
-        _pipeline(items, model_path, output, options, emit, record, stamp.since_ns)
+        summary.stopped = _pipeline(items, model_path, output, options, emit, record, previous)
     except BaseException:
         summary.interrupted = True
+        summary.stopped = "interrupted"
+        finish()
         raise
-    finally:
-        summary.seconds = time.perf_counter() - start
-        write_reports(output, merge_rows(previous, rows).values(), summary, options)
-    emit({"event": "summary", "summary": summary.to_dict()})
+    finish()
     return summary
+
+
+class _DaemonPool:
+    """A few daemon worker threads: unlike ``ThreadPoolExecutor``'s, a worker stuck in a read of a dead mount
+    cannot keep the process from exiting after an interrupt."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Row]] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # noqa: BLE001  handed to the caller through the future
+                future.set_exception(e)
+
+    def submit(self, fn: Callable[[], Row]) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
 
 
 def _pipeline(
@@ -395,19 +637,29 @@ def _pipeline(
     options: InferOptions,
     emit: Callable[[Event], None],
     record: Callable[[int, Row], None],
-    since_ns: int | None = None,
-) -> None:
-    """Run :func:`process_image` on ``items`` with :data:`PIPELINE_DEPTH` images in flight; events and rows
-    are handed to ``emit``/``record`` on this thread."""
+    previous: dict[str, Row],
+) -> str:
+    """Run :func:`process_image` on ``items``, admitting images by estimated memory (``options.memory_limit``) and
+    count (``options.max_in_flight``); events and rows are handed to ``emit``/``record`` on this thread.
+
+    Returns why it stopped early ("" when it did not): a full output disk. An interrupt (KeyboardInterrupt)
+    stops admitting images, gives those in flight :data:`INTERRUPT_GRACE_SECONDS` (a second interrupt ends the
+    wait), records what finished and re-raises.
+    """
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     seen: dict[tuple[str, str], InputItem] = {}
+    clashes: dict[tuple[str, str], int] = {}
     jobs: deque[tuple[int, InputItem]] = deque()
     for index, item in enumerate(items):
-        first = seen.setdefault(output_key(item.rel), item)
+        key = output_key(item.rel)
+        first = seen.setdefault(key, item)
         if first is item:
             jobs.append((index, item))
         else:
-            record(index, _collision_row(item, first))
+            clashes[key] = clashes.get(key, 1) + 1
+            record(index, _collision_row(item, first, clashes[key]))
+    budget = options.memory_limit or default_memory_limit()
+    slots = max(1, int(options.max_in_flight))
 
     def work(index: int, item: InputItem) -> Row:
         rel = str(item.rel)
@@ -416,7 +668,9 @@ def _pipeline(
         def on_tile(done: int, total: int) -> None:
             events.put({"event": "tiles", "index": index, "path": rel, "done": done, "total": total})
 
-        return process_image(model_path, item.path, options, output, item.rel, on_tile=on_tile, since_ns=since_ns)
+        return process_image(
+            model_path, item.path, options, output, item.rel, on_tile=on_tile, previous=previous.get(rel)
+        )
 
     def drain() -> None:
         while True:
@@ -425,24 +679,65 @@ def _pipeline(
             except queue.Empty:
                 return
 
-    pending: deque[tuple[int, cf.Future[Row]]] = deque()
-    with cf.ThreadPoolExecutor(PIPELINE_DEPTH, thread_name_prefix="skinseg-infer") as pool:
+    def cost(item: InputItem) -> int:
         try:
-            while jobs or pending:
-                while jobs and len(pending) < PIPELINE_DEPTH:
-                    index, item = jobs.popleft()
-                    pending.append((index, pool.submit(work, index, item)))
-                cf.wait([f for _, f in pending], timeout=0.1, return_when=cf.FIRST_COMPLETED)
-                drain()
-                for entry in [e for e in pending if e[1].done()]:
-                    pending.remove(entry)
-                    record(entry[0], entry[1].result())
+            width, height = image_size(item.path)
+        except (ImageError, OSError):
+            return 64 << 20  # it will fail fast
+        return estimate_memory(width, height, options)
+
+    pending: deque[tuple[int, Future, int]] = deque()
+    pool = _DaemonPool(slots, "skinseg-infer")
+    stopped = ""
+    try:
+        while (jobs and not stopped) or pending:
+            while jobs and not stopped and len(pending) < slots:
+                index, item = jobs[0]
+                need = cost(item)
+                if pending and sum(n for _, _, n in pending) + need > budget:
+                    break  # wait for memory; an image over the whole budget still runs, alone
+                jobs.popleft()
+                pending.append((index, pool.submit(lambda i=index, it=item: work(i, it)), need))
+            _wait_any([f for _, f, _ in pending], timeout=0.1)
             drain()
-        except BaseException:
-            for _, future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)  # images being written finish (their outputs are complete): record them
-            for index, future in pending:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    record(index, future.result())
-            raise
+            for entry in [e for e in pending if e[1].done()]:
+                pending.remove(entry)
+                row = entry[1].result()
+                if row.get("stop") and not stopped:
+                    stopped = row["stop"]
+                    emit({"event": "stopping", "reason": stopped, "in_flight": len(pending)})
+                record(entry[0], row)
+        drain()
+    except BaseException:
+        emit({"event": "stopping", "reason": "interrupted", "in_flight": len(pending)})
+        _finish_in_flight(pending, record, drain)
+        raise
+    finally:
+        pool.close()
+    return stopped
+
+
+def _wait_any(futures: list[Future], timeout: float) -> None:
+    import concurrent.futures as cf
+
+    if futures:
+        cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+    else:
+        time.sleep(timeout)
+
+
+def _finish_in_flight(
+    pending: deque[tuple[int, Future, int]], record: Callable[[int, Row], None], drain: Callable[[], None]
+) -> None:
+    """After an interrupt: let images in flight finish (their outputs are whole either way) for a few seconds, and
+    record those that did; a second interrupt, or a worker stuck past the grace, ends the wait."""
+    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+    with contextlib.suppress(KeyboardInterrupt):
+        while pending and time.monotonic() < deadline:
+            _wait_any([f for _, f, _ in pending], timeout=0.1)
+            for entry in [e for e in pending if e[1].done()]:
+                pending.remove(entry)
+                if not entry[1].cancelled() and entry[1].exception() is None:
+                    record(entry[0], entry[1].result())
+    with contextlib.suppress(Exception):
+        drain()

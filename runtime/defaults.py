@@ -35,3 +35,24 @@ def set_decoder_limit(max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
         return False
     os.environ[DECODER_LIMIT_VARIABLE] = str(max(int(max_pixels), DEFAULT_MAX_PIXELS))
     return True
+
+
+# Images worked on at once by `skinseg infer`, and the memory they may take together. On a 2-core CPU two images in
+# flight keep both cores busy (one decodes or writes while the other is segmented); each 29 MP photograph needs
+# about 200 MB at the default settings (see runtime.batch.estimate_memory and docs/performance.md).
+DEFAULT_MAX_IN_FLIGHT = 2
+
+# The overlay is for looking: its long side is capped at this many pixels (--overlay-size; "full" keeps the photo's
+# size). The mask, the data product, always has the photo's full size.
+DEFAULT_OVERLAY_SIZE = 2048
+
+
+def default_memory_limit() -> int:
+    """Bytes the images in flight may take together: a quarter of the machine's memory, from 256 MiB to 1 GiB."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        total = 4 << 30
+    return int(min(max(total // 4, 256 << 20), 1 << 30))

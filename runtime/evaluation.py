@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.imageio import image_size, read_image, read_mask, write_bytes_atomic, write_png_atomic
 from skinseg.runtime.metrics import METRICS, Counts, confusion_counts, scores
+from skinseg.runtime.names import csv_cell, json_text
 
 __all__ = [
     "CSV_COLUMNS",
@@ -341,19 +341,22 @@ def worst_grid(panels: Sequence[np.ndarray], *, columns: int = COLUMNS) -> np.nd
 
 
 def write_results_csv(path: str | Path, rows: Iterable[ImageResult]) -> None:
-    """``results.csv``: one row per image with :data:`CSV_COLUMNS`, written atomically."""
+    """``results.csv``: one row per image with :data:`CSV_COLUMNS`, written atomically (names as in
+    :func:`skinseg.runtime.report.write_results`: their own bytes, formula-like cells quoted)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row.as_row())
-    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+        cells = row.as_row()
+        for key in ("stem", "image", "error"):
+            cells[key] = csv_cell(str(cells[key]))
+        writer.writerow(cells)
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def write_summary_json(path: str | Path, summary: Mapping[str, Any]) -> None:
     """``summary.json`` (indented, UTF-8), written atomically; ``Path`` values become strings."""
-    text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json_text(dict(summary), indent=2) + "\n").encode("utf-8"))
 
 
 def write_worst_png(path: str | Path, result: EvaluationResult, *, columns: int = COLUMNS) -> bool:

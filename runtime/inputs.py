@@ -1,7 +1,11 @@
 """Input discovery for the batch runner: which image files a `skinseg infer` run reads, and where their outputs go.
 
 Sources are files, folders or glob patterns; each image found becomes an :class:`InputItem` carrying its path
-relative to the output folder. Files inside the output folder that look like our own outputs are never inputs.
+relative to the output folder. With several folders given, each one's outputs go to a sub-folder named after it
+(``infer clinicA/ clinicB/`` writes ``out/clinicA/...`` and ``out/clinicB/...``), so two folders holding the same
+file names never collide. Never inputs: files inside the output folder that look like our own outputs, and, when
+searching sub-folders, the output folder itself and any folder holding a skinseg settings stamp (an earlier
+run's output folder). A sub-folder that cannot be read is reported, not silently skipped.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS, is_supported
-from skinseg.runtime.outputs import OUTPUT_SUFFIXES
+from skinseg.runtime.outputs import OUTPUT_SUFFIXES, SETTINGS_NAME
 
-__all__ = ["InputItem", "discover_inputs", "output_key"]
+__all__ = ["Discovery", "InputItem", "Unreadable", "discover", "discover_inputs", "output_key"]
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -27,6 +31,21 @@ class InputItem:
 
     path: Path
     rel: PurePosixPath
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A folder that could not be listed: its images, if any, were not found."""
+
+    path: Path
+    rel: PurePosixPath
+    reason: str
+
+
+@dataclass
+class Discovery:
+    items: list[InputItem]
+    unreadable: list[Unreadable]
 
 
 def _has_glob(text: str) -> bool:
@@ -47,9 +66,12 @@ def _is_our_output(name: str) -> bool:
     return name.lower().endswith(OUTPUT_SUFFIXES)
 
 
-def _walk(root: Path, rel: PurePosixPath, *, recursive: bool, output_real: str | None) -> Iterator[InputItem]:
+def _walk(
+    root: Path, rel: PurePosixPath, *, recursive: bool, output_real: str | None, unreadable: list[Unreadable]
+) -> Iterator[InputItem]:
     """Supported images under ``root``; symlinked folders are followed once (loops end), hidden names skipped,
-    and files that look like our own outputs inside the output folder are ignored."""
+    files that look like our own outputs inside the output folder ignored, and (``recursive``) output folders not
+    entered."""
     visited: set[str] = set()
     stack = [(root, rel)]
     while stack:
@@ -59,59 +81,93 @@ def _walk(root: Path, rel: PurePosixPath, *, recursive: bool, output_real: str |
             continue
         visited.add(real)
         in_output = output_real is not None and _inside(real, output_real)
+        if folder_rel.parts and (real == output_real or os.path.lexists(os.path.join(folder, SETTINGS_NAME))):
+            continue  # an output folder met on the way down: its files are results, not new photos
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            continue  # an unreadable sub-folder is not an input
+        except OSError as e:
+            unreadable.append(Unreadable(Path(folder), folder_rel, e.strerror or str(e)))
+            continue
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
                 is_dir = entry.is_dir()
-                is_file = not is_dir and entry.is_file()
             except OSError:
                 continue
+            # Anything else with an image's name is an input, FIFOs and broken links included: reading refuses it
+            # with a row that says why, instead of leaving a photo out of the report without a word.
+            is_file = not is_dir
             if is_dir and recursive:
                 stack.append((Path(entry.path), folder_rel / entry.name))
             elif is_file and is_supported(entry.name) and not (in_output and _is_our_output(entry.name)):
                 yield InputItem(Path(entry.path), folder_rel / entry.name)
 
 
+def _folder_names(folders: list[Path]) -> dict[Path, PurePosixPath]:
+    """A distinct sub-folder name for each source folder: its name, with as many parents as tell it apart."""
+    paths = {folder: Path(os.path.abspath(folder)).parts for folder in folders}
+    names: dict[Path, PurePosixPath] = {}
+    for folder, parts in paths.items():
+        tail = parts
+        for depth in range(1, len(parts) + 1):
+            tail = parts[-depth:]
+            if all(other == parts or other[-depth:] != tail for other in paths.values()):
+                break
+        kept = [p for p in tail if p.strip(os.sep)]
+        names[folder] = PurePosixPath(*kept) if kept else PurePosixPath("root")
+    return names
+
+
 def discover_inputs(
     sources: Iterable[str | os.PathLike[str]], *, recursive: bool = False, output: str | os.PathLike[str] | None = None
 ) -> list[InputItem]:
+    """The images of :func:`discover` (without the unreadable folders)."""
+    return discover(sources, recursive=recursive, output=output).items
+
+
+def discover(
+    sources: Iterable[str | os.PathLike[str]], *, recursive: bool = False, output: str | os.PathLike[str] | None = None
+) -> Discovery:
     """The images named by ``sources`` (files, folders or glob patterns), each once, sorted by output path.
 
-    A folder's images map to their path below that folder (sub-folders only with ``recursive``); a single file
-    maps to its name; a glob match maps to its path below the pattern's fixed leading folders. Supported
-    extensions (any case): ``SUPPORTED_EXTENSIONS``. Raises :class:`UsageError` for a source that does not
-    exist or a named file that is not a supported image.
+    A folder's images map to their path below that folder (sub-folders only with ``recursive``), below a
+    sub-folder named after it when several folders are given; a single file maps to its name; a glob match maps
+    to its path below the pattern's fixed leading folders. Supported extensions (any case):
+    ``SUPPORTED_EXTENSIONS``. Raises :class:`UsageError` for a source that does not exist or a named file that
+    is not a supported image.
     """
     output_real = os.path.realpath(output) if output is not None else None
+    sources = [os.fspath(s) for s in sources]
+    folders = [Path(text) for text in sources if Path(text).is_dir()]
+    prefixes = _folder_names(folders) if len(folders) > 1 else {}
     found: list[InputItem] = []
-    for source in sources:
-        text = os.fspath(source)
+    unreadable: list[Unreadable] = []
+    for text in sources:
         path = Path(text)
         if path.is_dir():
-            found.extend(_walk(path, PurePosixPath(), recursive=recursive, output_real=output_real))
-        elif path.is_file():
+            base = prefixes.get(path, PurePosixPath())
+            found.extend(_walk(path, base, recursive=recursive, output_real=output_real, unreadable=unreadable))
+        elif os.path.lexists(path):  # a file, or a FIFO or device that the read refuses with a row
             if not is_supported(path):
                 raise UsageError(
                     f"{text}: not a supported image extension (supported: {', '.join(sorted(SUPPORTED_EXTENSIONS))})"
                 )
             found.append(InputItem(path, PurePosixPath(path.name)))
         elif _has_glob(text):
-            found.extend(_glob(text, recursive=recursive, output_real=output_real))
+            found.extend(_glob(text, recursive=recursive, output_real=output_real, unreadable=unreadable))
         else:
             raise UsageError(f"{text}: no such file or folder; check the SOURCE path")
     unique: dict[str, InputItem] = {}
     for item in found:
         unique.setdefault(os.path.realpath(item.path), item)
-    return sorted(unique.values(), key=lambda i: str(i.rel))
+    return Discovery(sorted(unique.values(), key=lambda i: str(i.rel)), unreadable)
 
 
-def _glob(pattern: str, *, recursive: bool, output_real: str | None) -> Iterator[InputItem]:
+def _glob(
+    pattern: str, *, recursive: bool, output_real: str | None, unreadable: list[Unreadable]
+) -> Iterator[InputItem]:
     import glob
 
     base = _glob_base(pattern)
@@ -119,8 +175,8 @@ def _glob(pattern: str, *, recursive: bool, output_real: str | None) -> Iterator
         path = Path(match)
         rel = PurePosixPath(Path(os.path.relpath(path, base)).as_posix())
         if path.is_dir():
-            yield from _walk(path, rel, recursive=recursive, output_real=output_real)
-        elif path.is_file() and is_supported(path):
+            yield from _walk(path, rel, recursive=recursive, output_real=output_real, unreadable=unreadable)
+        elif is_supported(path):
             in_output = output_real is not None and _inside(os.path.realpath(path.parent), output_real)
             if not (in_output and _is_our_output(path.name)):
                 yield InputItem(path, rel)

@@ -8,6 +8,7 @@ This module is the single source of truth for the schema, shared by ``exporters`
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +19,11 @@ FORMAT_VERSION = 1
 LAYOUTS = ("nhwc", "nchw")
 MODES = ("native", "tile", "factor", "long_side", "short_side")
 MAX_LONG_SIDE = 100_000.0  # px; also rejects inf and nan
+MIN_SIDE = 32.0  # px: a working image smaller than this is no segmentation
+MIN_FACTOR = 0.01  # a 100× reduction already turns a 6600 px photo into 66 px
+MAX_FACTOR = 8.0
+MAX_TILE = 4096  # px: a larger tile is a typo (its Gaussian weights alone would take gigabytes)
+COLOR_ORDERS = ("rgb", "bgr")
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,17 @@ class Scale:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"scale mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode not in ("native", "tile") and (self.value is None or not self.value > 0):
-            raise ValueError(f"scale {self.mode} needs a positive value, got {self.value!r}")
+        if self.mode in ("native", "tile"):
+            return
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"scale {self.mode} needs a positive number, got {v!r}")
+        if self.mode == "factor" and not MIN_FACTOR <= v <= MAX_FACTOR:
+            raise ValueError(f"a scale factor must be from {MIN_FACTOR:g} to {MAX_FACTOR:g}, got {v:g}")
+        if self.mode in ("long_side", "short_side") and not MIN_SIDE <= v <= MAX_LONG_SIDE:
+            raise ValueError(
+                f"a scale in pixels must be from {MIN_SIDE:g} to {MAX_LONG_SIDE:g} px, got {v:g} (factors go up to 8)"
+            )
 
     @classmethod
     def parse(cls, text: str | float | int) -> Scale:
@@ -54,8 +69,10 @@ class Scale:
                 v = float(s[6:])
             except ValueError:
                 v = float("nan")
-            if not 0 < v <= MAX_LONG_SIDE:
-                raise ValueError(f"scale short:N needs a number of pixels from 1 to {MAX_LONG_SIDE:g}, got {text!r}")
+            if not MIN_SIDE <= v <= MAX_LONG_SIDE:
+                raise ValueError(
+                    f"scale short:N needs a number of pixels from {MIN_SIDE:g} to {MAX_LONG_SIDE:g}, got {text!r}"
+                )
             return cls("short_side", v)
         try:
             v = float(s)
@@ -67,7 +84,7 @@ class Scale:
             ) from None
         if not 0 < v <= MAX_LONG_SIDE:
             raise ValueError(f"scale must be positive and at most {MAX_LONG_SIDE:g} px, got {text!r}")
-        return cls("factor", v) if v <= 8 else cls("long_side", v)
+        return cls("factor", v) if v <= MAX_FACTOR else cls("long_side", v)
 
     def factor_for(self, width: int, height: int, tile: tuple[int, int] | None = None) -> float:
         """The resize factor this scale gives for an image of ``width`` × ``height`` (the larger one for ``tile``)."""
@@ -153,26 +170,42 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
             f"{FORMAT_VERSION}); upgrade skinseg or re-export the model"
         )
     try:
-        tile = tuple(int(v) for v in d["tile_size"])
-        if len(tile) != 2 or min(tile) <= 0:
-            raise ValueError(f"tile_size must be two positive integers, got {d['tile_size']!r}")
+        tile = d["tile_size"]
+        if not (isinstance(tile, list) and len(tile) == 2 and all(_is_int(v) and 1 <= v <= MAX_TILE for v in tile)):
+            raise ValueError(f"tile_size must be two integers from 1 to {MAX_TILE}, got {tile!r}")
         scale_d = d["train_scale"]
-        scale = Scale(str(scale_d["mode"]), None if scale_d.get("value") is None else float(scale_d["value"]))
+        if not isinstance(scale_d, dict):
+            raise ValueError(f"train_scale must be an object with mode and value, got {scale_d!r}")
+        value = scale_d.get("value")
+        if value is not None and not _is_number(value):
+            raise ValueError(f"train_scale value must be a number, got {value!r}")
+        scale = Scale(str(scale_d["mode"]), None if value is None else float(value))
         layout = str(d.get("layout", "nhwc")).lower()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        threshold = float(d.get("threshold", 0.5))
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        threshold = d.get("threshold", 0.5)
+        if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a number within [0, 1], got {threshold!r}")
+        color_order = str(d.get("color_order", "rgb")).lower()
+        if color_order not in COLOR_ORDERS:
+            raise ValueError(f"color_order must be one of {COLOR_ORDERS}, got {color_order!r}")
+        value_range = d.get("value_range", [0.0, 255.0])
+        if not (
+            isinstance(value_range, list)
+            and len(value_range) == 2
+            and all(_is_number(v) and math.isfinite(v) and abs(v) <= 1e6 for v in value_range)
+            and value_range[1] > value_range[0]
+        ):
+            raise ValueError(f"value_range must be two finite numbers, low < high, got {value_range!r}")
         return ModelMetadata(
-            tile_size=tile,  # type: ignore[arg-type]
+            tile_size=(tile[0], tile[1]),
             train_scale=scale,
-            threshold=threshold,
+            threshold=float(threshold),
             input_name=str(d.get("input_name", "image")),
             output_name=str(d.get("output_name", "mask")),
             layout=layout,
-            color_order=str(d.get("color_order", "rgb")).lower(),
-            value_range=tuple(float(v) for v in d.get("value_range", (0.0, 255.0))),  # type: ignore[arg-type]
+            color_order=color_order,
+            value_range=(float(value_range[0]), float(value_range[1])),
             class_names=tuple(str(c) for c in d.get("class_names", ("lesion",))),
             skinseg_version=str(d.get("skinseg_version", "")),
             format_version=FORMAT_VERSION,
@@ -211,3 +244,11 @@ def _optional_bool(d: dict[str, Any], key: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise ValueError(f"{key} must be true, false or null, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -14,22 +14,28 @@ redone masks newer than the stamp (kept) and the old ones older than it (redone 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import secrets
+import stat
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from skinseg.runtime import atomic
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.errors import ImageError, SkinsegError, UsageError
-from skinseg.runtime.imageio import write_bytes_atomic, write_jpeg_atomic, write_png_atomic
+from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint, write_bytes_atomic
 
 __all__ = [
     "LOCK_NAME",
@@ -40,7 +46,14 @@ __all__ = [
     "OutputOptions",
     "OutputPaths",
     "SettingsStamp",
+    "RECORD_KEY",
     "check_inside",
+    "is_ours",
+    "quick_stat",
+    "read_record",
+    "settings_digest",
+    "up_to_date",
+    "with_record",
     "output_lock",
     "output_paths",
     "outputs_up_to_date",
@@ -118,11 +131,132 @@ def output_paths(
     )
 
 
+# --------------------------------------------------------------------------------------------------- records
+#
+# Every file skinseg writes carries a small record of where it came from: a PNG ``tEXt`` chunk, a JPEG comment
+# segment, a top-level key of the contours JSON. The mask's record (written last, so it marks completion) holds
+# the input's fingerprint (size and content hash, plus its stat for a quick check) and the digest of the model and
+# options that made it, and the image's statistics. A rerun compares them with the input and the settings it has
+# now; nothing else decides whether an image is up to date. A file without a record was not written by skinseg
+# (or by an older one) and is never overwritten silently.
+
+RECORD_KEY = "skinseg"
+RECORD_VERSION = 1
+_RECORD_READ_LIMIT = 1 << 16  # records sit in the first bytes of a file
+
+
+def settings_digest(model_sha256: str, options: dict[str, Any]) -> str:
+    """A short digest of the model and the options that change the outputs."""
+    text = json.dumps({"model_sha256": model_sha256, "options": options}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def quick_stat(st: os.stat_result) -> list[int]:
+    """What a rerun compares first: size, modification and change times, inode. Equal means unchanged; unequal
+    (a ``cp -p`` of another photo, a touched file) means the content hash decides."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def with_record(data: bytes, record: dict[str, Any]) -> bytes:
+    """PNG or JPEG bytes with ``record`` embedded (PNG: a tEXt chunk after IHDR; JPEG: a comment after SOI)."""
+    text = json.dumps({"v": RECORD_VERSION, **record}, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        at = 8 + 25  # signature, then the IHDR chunk (length, type, 13 bytes, CRC)
+        return data[:at] + _png_chunk(b"tEXt", RECORD_KEY.encode() + b"\x00" + text.encode()) + data[at:]
+    if data.startswith(b"\xff\xd8"):
+        payload = f"{RECORD_KEY}:{text}".encode()
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+    raise ValueError("with_record takes PNG or JPEG bytes")
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record a skinseg output carries, or None (not ours, unreadable, or not a file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, _RECORD_READ_LIMIT)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = _record_text(head)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("v") == RECORD_VERSION else None
+
+
+def _record_text(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        at = 8
+        while at + 8 <= len(head):
+            (length,) = struct.unpack_from(">I", head, at)
+            kind = head[at + 4 : at + 8]
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            body = head[at + 8 : at + 8 + length]
+            if kind == b"tEXt" and body.startswith(RECORD_KEY.encode() + b"\x00"):
+                return body[len(RECORD_KEY) + 1 :].decode("latin-1")
+            at += 12 + length
+        return None
+    if head.startswith(b"\xff\xd8"):
+        at = 2
+        while at + 4 <= len(head) and head[at] == 0xFF:
+            marker = head[at + 1]
+            (length,) = struct.unpack_from(">H", head, at + 2)
+            if marker == 0xFE and head[at + 4 : at + 4 + len(RECORD_KEY) + 1] == RECORD_KEY.encode() + b":":
+                return head[at + 4 + len(RECORD_KEY) + 1 : at + 2 + length].decode("latin-1")
+            if marker == 0xDA:
+                return None
+            at += 2 + length
+        return None
+    if head.lstrip().startswith(b"{"):  # contours JSON: the record is its first key
+        start = head.find(b'"' + RECORD_KEY.encode() + b'":')
+        if 0 <= start < 64:
+            end = head.find(b"}", start)
+            return head[start + len(RECORD_KEY) + 3 : end + 1].decode("utf-8", "replace") if end > 0 else None
+    return None
+
+
+def is_ours(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a file skinseg wrote (it carries a record)."""
+    return read_record(path) is not None
+
+
+def up_to_date(paths: OutputPaths, image_path: str | os.PathLike[str], settings: str) -> dict[str, Any] | None:
+    """The mask's record when every requested output exists, the mask was made with ``settings``, and the input
+    is the one it was made from (same stat, or else the same content); otherwise None (the image is redone)."""
+    record = read_record(paths.mask)
+    if record is None or record.get("settings") != settings or not all(p.is_file() for p in paths.all()):
+        return None
+    try:
+        st = os.stat(image_path)
+    except OSError:
+        return None
+    if record.get("stat") == quick_stat(st):
+        return record
+    try:
+        return record if record.get("input") == file_fingerprint(image_path) else None
+    except ImageError:
+        return None
+
+
 def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths, since_ns: int | None = None) -> bool:
     """Whether every requested output exists and the mask (written last) is not older than the image.
 
-    With ``since_ns`` (:attr:`SettingsStamp.since_ns`, a file modification time) the mask must also be newer
-    than it: masks made before the model or the options changed are out of date.
+    The modification-time rule of files written without records (older skinseg versions); the batch decides with
+    :func:`up_to_date` instead. With ``since_ns`` the mask must also be newer than it.
     """
     try:
         source = os.stat(image_path).st_mtime_ns
@@ -134,15 +268,32 @@ def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths, s
     return mask >= source and all(p.is_file() for p in paths.all())
 
 
-def write_outputs(paths: OutputPaths, image: np.ndarray, result: Any) -> None:
-    """Write the overlay, the optional probability map and contours, then the mask (last: it marks completion)."""
-    write_jpeg_atomic(paths.overlay, pp.overlay(image, result.mask), quality=90)
+def write_outputs(
+    paths: OutputPaths, image: np.ndarray, result: Any, *, record: dict[str, Any] | None = None, overlay: Any = None
+) -> None:
+    """Write the overlay, the optional probability map and contours, then the mask (last: it marks completion).
+
+    ``image`` is the photo at the overlay's size (the mask is brought to it); ``record`` goes into every file
+    (the mask's gets the image's statistics too).
+    """
+    record = record or {}
+    marker = {k: v for k, v in record.items() if k in ("input", "settings")}
+    small = result.mask if result.mask.shape == image.shape[:2] else _fit_mask(result.mask, image.shape[:2])
+    picture = pp.overlay(image, small) if overlay is None else overlay
+    write_bytes_atomic(paths.overlay, with_record(encode_jpeg(picture, quality=90), marker))
     if paths.prob is not None:
-        write_png_atomic(paths.prob, result.prob, bits=8)
+        write_bytes_atomic(paths.prob, with_record(encode_png(result.prob, bits=8), marker))
     if paths.contours is not None:
-        text = json.dumps(pp.contours_json(result.mask), separators=(",", ":"))
-        write_bytes_atomic(paths.contours, text.encode("utf-8"))
-    write_png_atomic(paths.mask, result.mask, bits=1)
+        body = json.dumps(pp.contours_json(result.mask), separators=(",", ":"))
+        head = json.dumps({RECORD_KEY: {"v": RECORD_VERSION, **marker}}, separators=(",", ":"))
+        write_bytes_atomic(paths.contours, (head[:-1] + "," + body[1:]).encode("utf-8"))
+    write_bytes_atomic(paths.mask, with_record(encode_png(result.mask, bits=1), record))
+
+
+def _fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The full-size mask at a smaller picture's size (area-weighted, then thresholded: thin parts survive)."""
+    small = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return np.where(small >= 128, np.uint8(255), np.uint8(0))
 
 
 # --------------------------------------------------------------------------------------------------- output folder
@@ -179,12 +330,19 @@ def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: 
         yield
         return
     path = Path(output) / LOCK_NAME
+    # Never follow a link (a link named .skinseg.lock would make whoever runs infer truncate its target) and
+    # never block on a FIFO put in its place.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, flags, 0o666)
     except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else (e.strerror or str(e))
         raise UsageError(
-            f"{path}: cannot create the lock file ({e.strerror or e}); check the folder's permissions"
+            f"{path}: cannot use the lock file ({why}); remove it, or check the folder's permissions"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: the lock file is not a regular file (a pipe or device?); remove it")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

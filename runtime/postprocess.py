@@ -42,14 +42,30 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     return np.where(labels == largest, np.uint8(255), np.uint8(0))
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions that do not touch the image border (holes inside the lesion)."""
+_FLOOD_FILL_MAX_SIDE = 65535
+
+
+def fill_holes(mask: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Fill background regions that do not touch the image border (holes inside the lesion).
+
+    ``inplace`` fills ``mask`` itself (a uint8 0/255 mask) instead of a copy: one full-size buffer fewer.
+    """
     mask = _as_mask(mask)
+    out = mask if inplace else mask.copy()
+    if max(mask.shape) + 2 > _FLOOD_FILL_MAX_SIDE:
+        # OpenCV's flood fill goes wrong past 65,533 px a side: fill each component's outer contour instead (the
+        # same pixels, slower on masks with very many holes).
+        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        if hierarchy is not None:
+            outer = [c for c, h in zip(contours, hierarchy[0], strict=True) if h[3] < 0]
+            cv2.drawContours(out, outer, -1, 255, thickness=cv2.FILLED)
+        return out
     # Flood the background from outside a one-pixel frame; what the flood cannot reach is a hole.
     framed = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     cv2.floodFill(framed, None, (0, 0), 255)
-    out = mask.copy()
-    out[framed[1:-1, 1:-1] == 0] = 255
+    inner = framed[1:-1, 1:-1]
+    cv2.bitwise_not(inner, dst=inner)  # the holes are 255 now, everything else 0
+    cv2.bitwise_or(out, inner, dst=out)
     return out
 
 
@@ -57,19 +73,22 @@ def mask_stats(mask: np.ndarray, prob: np.ndarray | None = None) -> dict[str, An
     """Area, fraction of the image, bounding box, component count and mean probability inside the mask.
 
     ``bbox`` is ``[x, y, w, h]`` in pixels (``None`` for an empty mask); ``mean_prob`` is within 0–1
-    (``None`` without ``prob`` or for an empty mask).
+    (``None`` without ``prob`` or for an empty mask). Components are 8-connected, counted by their outer borders
+    (no full-size label image is made: a 300 MP mask needs no 1.2 GB of labels).
     """
     mask = _as_mask(mask)
     height, width = mask.shape
-    fg = mask > 0
-    area = int(np.count_nonzero(fg))
-    n_components = cv2.connectedComponents(mask, connectivity=8)[0] - 1 if area else 0
-    bbox = list(cv2.boundingRect(fg.view(np.uint8))) if area else None
+    area = int(cv2.countNonZero(mask))
+    n_components = 0
+    if area:  # outer borders are the top level of RETR_CCOMP, lesions inside another's hole included
+        _contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        n_components = int(np.count_nonzero(hierarchy[0][:, 3] < 0))
+    bbox = list(cv2.boundingRect(mask)) if area else None
     mean_prob = None
     if prob is not None and area:
         if prob.shape != mask.shape:
             raise ValueError(f"prob has shape {prob.shape}, the mask {mask.shape}")
-        mean_prob = float(prob[fg].mean(dtype=np.float64)) / (255.0 if prob.dtype == np.uint8 else 1.0)
+        mean_prob = float(cv2.mean(prob, mask=mask)[0]) / (255.0 if prob.dtype == np.uint8 else 1.0)
     return {
         "width": width,
         "height": height,

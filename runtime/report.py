@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from skinseg.runtime import postprocess as pp
 from skinseg.runtime.errors import ImageError, SkinsegError
 from skinseg.runtime.gallery import write_gallery
 from skinseg.runtime.imageio import read_mask, write_bytes_atomic
+from skinseg.runtime.names import csv_cell, from_csv_cell, json_text
 from skinseg.runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
 
 __all__ = [
@@ -58,6 +58,8 @@ CSV_FIELDS = (
     "seconds",
     "status",
     "error",
+    "fingerprint",
+    "settings",
 )
 
 Row = dict[str, Any]
@@ -83,13 +85,16 @@ def stats_row(stats: dict[str, Any]) -> Row:
     }
 
 
+_TEXT_FIELDS = frozenset({"path", "input", "error"})
+
+
 def _csv_value(key: str, value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         digits = {"area_fraction": 6, "mean_prob": 4, "seconds": 3}.get(key, 6)
         return f"{value:.{digits}f}"
-    return str(value)
+    return csv_cell(str(value)) if key in _TEXT_FIELDS else str(value)
 
 
 _INT_FIELDS = frozenset({"width", "height", "area_px", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "n_components"})
@@ -98,6 +103,10 @@ _FLOAT_FIELDS = frozenset({"area_fraction", "mean_prob", "seconds"})
 
 def _parse_csv_row(raw: dict[str, str]) -> Row:
     row: Row = {k: raw.get(k) or "" for k in CSV_FIELDS}
+    for key in _TEXT_FIELDS:
+        row[key] = from_csv_cell(row[key])
+    for key in ("fingerprint", "settings"):
+        row[key] = row[key] or None
     for key in _INT_FIELDS | _FLOAT_FIELDS:
         try:
             row[key] = (int if key in _INT_FIELDS else float)(row[key]) if row[key] != "" else None
@@ -107,22 +116,28 @@ def _parse_csv_row(raw: dict[str, str]) -> Row:
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Row]:
-    """Rows of a previous ``results.csv`` keyed by ``path`` (numbers parsed); empty if missing or unreadable."""
+    """Rows of a previous ``results.csv`` keyed by ``path`` (numbers parsed); empty if missing or unreadable.
+
+    Names are read back byte for byte (``surrogateescape``), as :func:`write_results` wrote them."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return {r["path"]: _parse_csv_row(r) for r in csv.DictReader(f) if r.get("path")}
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = [_parse_csv_row(r) for r in csv.DictReader(f) if r.get("path")]
+        return {row["path"]: row for row in rows}
     except (OSError, UnicodeDecodeError, csv.Error, KeyError):
         return {}
 
 
 def write_results(path: str | os.PathLike[str], rows: Iterable[Row]) -> None:
-    """Write ``results.csv`` atomically, rows sorted by ``path``."""
+    """Write ``results.csv`` atomically, rows sorted by ``path``.
+
+    A file name that is not UTF-8 is written as its own bytes (``surrogateescape``: it reads back unchanged); text
+    cells that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) start with ``'``."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in sorted(rows, key=lambda r: str(r["path"])):
         writer.writerow({k: _csv_value(k, row.get(k)) for k in CSV_FIELDS})
-    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def drop_deleted_inputs(previous: dict[str, Row], current_paths: Collection[str]) -> dict[str, Row]:
@@ -209,10 +224,13 @@ class BatchSummary:
     output: str
     versions: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    failed_before: int = 0  # images that failed in an earlier run, unchanged since: not retried, still failed
+    stopped: str = ""  # why the run ended early ("interrupted", "disk full"), "" when it did not
+    not_done: int = 0  # inputs not reached because the run stopped early
 
     @property
     def total(self) -> int:
-        return self.ok + self.failed + self.skipped
+        return self.ok + self.failed + self.skipped + self.failed_before + self.not_done
 
     @property
     def megapixels_per_second(self) -> float:
@@ -233,15 +251,23 @@ class BatchSummary:
 # --------------------------------------------------------------------------------------------------- writing
 
 
-def write_reports(output: Path, rows: Iterable[Row], summary: BatchSummary, options: OutputOptions) -> None:
+def write_reports(
+    output: Path, rows: Iterable[Row], summary: BatchSummary, options: OutputOptions, fresh: Iterable[Row] = ()
+) -> None:
     """Write ``results.csv``, ``summary.json`` (with ``options``, an :class:`~skinseg.runtime.batch.InferOptions`) and
-    the gallery into ``output``; :class:`SkinsegError` if they cannot be written."""
+    the gallery into ``output``; :class:`SkinsegError` if they cannot be written. ``fresh``: this run's rows (the
+    gallery shows them first)."""
     rows = list(rows)
     try:
         write_results(output / RESULTS_NAME, rows)
-        text = json.dumps({**summary.to_dict(), "options": asdict(options)}, indent=2)
+        text = json_text({**summary.to_dict(), "options": asdict(options)}, indent=2)
         write_bytes_atomic(output / SUMMARY_NAME, text.encode("utf-8"))
-        write_gallery(output, _gallery_entries(output, rows, options), summary=_gallery_summary(summary))
+        write_gallery(
+            output,
+            _gallery_entries(output, rows, options),
+            summary=_gallery_summary(summary),
+            fresh={str(r["path"]) for r in fresh},
+        )
     except OSError as e:
         raise SkinsegError(
             f"{output}: cannot write {RESULTS_NAME} or {SUMMARY_NAME} ({e.strerror or e}); the masks are written, "
@@ -249,19 +275,20 @@ def write_reports(output: Path, rows: Iterable[Row], summary: BatchSummary, opti
         ) from None
 
 
-def _gallery_entries(output: Path, rows: list[Row], options: OutputOptions) -> list[tuple[Row, Path | None, Path]]:
+def _gallery_entries(output: Path, rows: list[Row], options: OutputOptions) -> list[tuple[Row, Path | None]]:
     entries = []
     for row in sorted(rows, key=lambda r: str(r["path"])):
         try:
             overlay: Path | None = output_paths(output, row["path"], options).overlay
         except ImageError:
             overlay = None
-        entries.append((row, overlay, Path(str(row.get("input") or row["path"])).resolve()))
+        entries.append((row, overlay))
     return entries
 
 
 def _gallery_summary(summary: BatchSummary) -> str:
+    before = f", {summary.failed_before} failed before" if summary.failed_before else ""
     return (
-        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped in {summary.seconds:.1f} s "
+        f"{summary.ok} ok, {summary.failed} failed{before}, {summary.skipped} skipped in {summary.seconds:.1f} s "
         f"on {summary.provider}; model {Path(summary.model).name} (sha256 {summary.model_sha256[:12]})"
     )

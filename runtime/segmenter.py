@@ -18,6 +18,7 @@ This module never imports TensorFlow, Keras, tf2onnx or onnx: metadata comes fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,8 +39,8 @@ from skinseg.runtime.defaults import (
     DEFAULT_TTA,
 )
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
-from skinseg.runtime.imageio import read_image
-from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
+from skinseg.runtime.imageio import decode_image, load_image_file
+from skinseg.runtime.metadata import MAX_TILE, METADATA_KEY, ModelMetadata, Scale, parse_metadata
 from skinseg.runtime.preprocess import apply_color_constancy
 from skinseg.runtime.providers import check_provider_used, resolve_providers
 from skinseg.runtime.tiling import flip_tta, plan_tiles, tiled_predict
@@ -47,6 +48,9 @@ from skinseg.runtime.tiling import flip_tta, plan_tiles, tiled_predict
 __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "parse_tile"]
 
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+MAX_OVERLAP = 0.9  # beyond it the tiles multiply without limit (0.999: 1,000,000 tiles where 25% needs 2)
+PREVIEW_SIDE = 2048
+"""Long side in px that a decode keeps for the overlay (``--overlay-size`` default): see :meth:`decode_factor`."""
 PHASES = ("decode", "resize", "preprocess", "model", "blend", "postprocess")
 """The phases :attr:`Result.timings` reports, in pipeline order (``blend``: tiling and stitching around the model;
 ``resize`` covers both the resize to the working scale and the one back to full size)."""
@@ -57,7 +61,7 @@ class Result:
     """One segmented image. ``mask`` and ``prob`` have the original image's size."""
 
     mask: np.ndarray  # H×W uint8, 0 or 255
-    prob: np.ndarray  # H×W uint8, probability × 255 (uint8 keeps a 30 MP map at 30 MB)
+    prob: np.ndarray | None  # H×W uint8, probability × 255 (None when segmented with keep_prob=False)
     stats: dict[str, Any]
     provider: str
     seconds: float
@@ -69,24 +73,26 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _first_line(error: BaseException, limit: int = 200) -> str:
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """An error as one line of at most ``limit`` characters, cut at a word; running out of memory said plainly."""
     text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if any(s in text.lower() for s in ("failed to allocate", "bad_alloc", "out of memory", "cannot allocate")):
+        return "out of memory: use a smaller --tile or --batch-size, or free memory"
+    if len(text) <= limit:
+        return text
+    return text[: text.rfind(" ", 0, limit - 1) if " " in text[: limit - 1] else limit - 1] + " …"
 
 
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-MAX_TILE = 4096  # px: a larger tile is a typo (its Gaussian weights alone would take gigabytes)
-
-
 def check_options(*, threads: int | None, overlap: float, batch_size: int, threshold: float | None) -> None:
     """The option rules every segmenter shares, with the CLI's option names in the messages."""
     if threads is not None and (int(threads) != threads or threads < 1):
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
-    if not 0.0 <= overlap < 1.0:
-        raise UsageError(f"--overlap must be within [0, 1), got {overlap!r}; 0.25 is a good default")
+    if not 0.0 <= overlap <= MAX_OVERLAP:
+        raise UsageError(f"--overlap must be within [0, {MAX_OVERLAP:g}], got {overlap!r}; 0.25 is a good default")
     if int(batch_size) != batch_size or batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -126,7 +132,8 @@ class OnnxBackend:
     ``device``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (see :mod:`skinseg.runtime.providers`);
     ``threads``: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core);
     ``session``: an ``onnxruntime.InferenceSession`` of this file made by the caller (e.g. with provider options),
-    used instead of one made here.
+    used instead of one made here; ``data``: the file's bytes, already read (the session is made from them, so
+    what the caller hashed is what runs).
     """
 
     def __init__(
@@ -136,6 +143,7 @@ class OnnxBackend:
         device: str = "auto",
         threads: int | None = None,
         session: Any = None,
+        data: bytes | None = None,
     ):
         import onnxruntime as ort
 
@@ -145,6 +153,8 @@ class OnnxBackend:
             what = "is a directory, not an .onnx file" if self.model_path.is_dir() else "file not found"
             raise ModelError(f"{name}: {what}")
         self.device = device
+        with contextlib.suppress(AttributeError):
+            ort.disable_telemetry_events()  # nothing leaves the machine, nothing is written outside --output
         if session is not None:
             self._session = session
         else:
@@ -156,7 +166,8 @@ class OnnxBackend:
             if threads is not None:
                 options.intra_op_num_threads = int(threads)
             try:
-                self._session = ort.InferenceSession(name, sess_options=options, providers=self._requested)
+                source = name if data is None else data
+                self._session = ort.InferenceSession(source, sess_options=options, providers=self._requested)
             except Exception as e:  # onnxruntime raises its own exception types for every kind of bad file
                 raise ModelError(
                     f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
@@ -348,7 +359,9 @@ class Segmenter:
         self._probe(name)
 
     def _probe(self, name: str) -> None:
-        """Run one blank tile now, so a tile size the model cannot take is a usage error before any image."""
+        """Run one blank tile now, so a tile size the model cannot take is a usage error before any image; then,
+        where the model takes any size, one tile wider than high, so an output with height and width swapped
+        (invisible on square tiles) is refused too."""
         try:
             self.predict_tiles(np.zeros((self.backend.fixed_batch or 1, *self.tile, 3), np.float32))
         except ModelError:
@@ -358,6 +371,19 @@ class Segmenter:
                 f"{name}: the model cannot segment {self.tile[0]}×{self.tile[1]} tiles ({_first_line(e)}); "
                 "use the model's own tile size (leave --tile out)"
             ) from None
+        if self.backend.fixed_tile != (None, None) or self.tile[0] != self.tile[1]:
+            return
+        wide = (self.tile[0], self.tile[1] + 64)
+        try:
+            y = np.asarray(self.backend.predict(np.zeros((self.backend.fixed_batch or 1, *wide, 3), np.float32)))
+        except Exception:  # noqa: BLE001  a model that takes only its own tile: nothing to check
+            return
+        spatial = y.shape[1:3] if y.ndim == 4 and y.shape[-1] == 1 else y.shape[-2:]
+        if tuple(spatial) == (wide[1], wide[0]):
+            raise ModelError(
+                f"{name}: the model returns its output with height and width swapped ({wide[0]}×{wide[1]} in, "
+                f"{spatial[0]}×{spatial[1]} out); re-export it"
+            )
 
     # ------------------------------------------------------------------------------------------- properties
 
@@ -409,25 +435,67 @@ class Segmenter:
         y = np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
         return np.nan_to_num(y, copy=False, nan=0.0)  # a NaN pixel is background, not undefined uint8
 
-    def segment(self, image: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> Result:
+    def segment(
+        self,
+        image: np.ndarray,
+        on_tile: Callable[[int, int], None] | None = None,
+        *,
+        full_size: tuple[int, int] | None = None,
+        keep_prob: bool = True,
+    ) -> Result:
         """Segment an ``H×W×3`` uint8 RGB image (gray and RGBA are accepted). ``on_tile(done, total)`` reports
-        progress after each batch of tiles."""
+        progress after each batch of tiles.
+
+        ``full_size`` ``(width, height)``: ``image`` is a reduced decode of a photo of that size (see
+        :meth:`decode_factor`); the working scale and the mask follow the photo's size. ``keep_prob`` False leaves
+        ``Result.prob`` None: the full-size probabilities are dropped once the mask and its statistics are made
+        (what ``skinseg infer`` does unless ``--save-prob``).
+        """
         start = time.perf_counter()
         image = _as_rgb(image)
-        return self._segment(image, on_tile, start, _Clock())
+        return self._segment(image, on_tile, start, _Clock(), full_size=full_size, keep_prob=keep_prob)
 
-    def segment_file(self, path: str | os.PathLike[str], on_tile: Callable[[int, int], None] | None = None) -> Result:
+    def decode_factor(self, width: int, height: int, *, preview: int = PREVIEW_SIDE) -> int:
+        """The JPEG reduced-decode factor (8, 4, 2 or 1) for a ``width × height`` photo: the largest that still
+        gives the working scale and ``preview`` px on the long side (what the overlay shows by default).
+
+        A decode at 1/2 or 1/4 is several times faster than a full one and the model never sees finer detail
+        than its working scale; keeping ``preview`` px means a default overlay needs no second decode.
+        """
+        work_w, work_h = self.work_size(width, height)
+        long_side = max(width, height)
+        keep = min(preview, long_side) / long_side
+        need_w, need_h = max(work_w, width * keep), max(work_h, height * keep)
+        for factor in (8, 4, 2):
+            if width / factor >= need_w and height / factor >= need_h:
+                return factor
+        return 1
+
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(w, h)`` a ``width × height`` photo is segmented at (its scale, tile and the model's setting)."""
+        return self.scale.work_size(width, height, self.tile)
+
+    def segment_file(
+        self,
+        path: str | os.PathLike[str],
+        on_tile: Callable[[int, int], None] | None = None,
+        *,
+        keep_prob: bool = True,
+    ) -> Result:
         """Read and segment an image file; the mask has the file's full (EXIF-oriented) size.
 
-        The file is decoded at full size, exactly as ``skinseg infer`` and ``skinseg evaluate`` do (they need the
-        full image for the overlay and the scores), so the API, the CLI and the published figures agree pixel for
-        pixel. Raises :class:`ImageError` for a file that cannot be read.
+        The file is decoded at the reduction :meth:`decode_factor` allows, exactly as ``skinseg infer`` and
+        ``skinseg evaluate`` decode it, so the API, the CLI and the published figures agree pixel for pixel.
+        Raises :class:`ImageError` for a file that cannot be read.
         """
         start = time.perf_counter()
         clock = _Clock()
         with clock.phase("decode"):
-            image = read_image(path, max_pixels=self.max_pixels)
-        return self._segment(image, on_tile, start, clock)
+            file = load_image_file(path, max_pixels=self.max_pixels)
+            width, height = file.info.width, file.info.height
+            image = decode_image(file, reduce=self.decode_factor(width, height))
+            del file
+        return self._segment(image, on_tile, start, clock, full_size=(width, height), keep_prob=keep_prob)
 
     def _check_work_size(self, size: tuple[int, int], work: tuple[int, int]) -> None:
         """Refuse an image the scale would blow up (a 1×3000 strip at short side 256 is 196 MP of work)."""
@@ -440,21 +508,29 @@ class Segmenter:
             )
 
     def _segment(
-        self, image: np.ndarray, on_tile: Callable[[int, int], None] | None, start: float, clock: _Clock
+        self,
+        image: np.ndarray,
+        on_tile: Callable[[int, int], None] | None,
+        start: float,
+        clock: _Clock,
+        *,
+        full_size: tuple[int, int] | None = None,
+        keep_prob: bool = True,
     ) -> Result:
-        height, width = image.shape[:2]
-        work_size = self.scale.work_size(width, height, self.tile)
+        width, height = full_size or (image.shape[1], image.shape[0])
+        work_size = self.work_size(width, height)
         self._check_work_size((width, height), work_size)
         with clock.phase("resize"):
-            if (width, height) == work_size:
+            if (image.shape[1], image.shape[0]) == work_size:
                 work = image
             else:
-                shrinking = work_size[0] < width
+                shrinking = work_size[0] < image.shape[1]
                 work = cv2.resize(image, work_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
         del image  # the caller may still hold it; we need only the working copy
         with clock.phase("preprocess"):
             work = apply_color_constancy(work, **self.color_constancy)
-        tiles = len(plan_tiles(work_size[1], work_size[0], self.tile, self.overlap))
+        tile = self._tile_for(work_size)
+        tiles = len(plan_tiles(work_size[1], work_size[0], tile, self.overlap))
 
         def predict(batch: np.ndarray) -> np.ndarray:
             with clock.phase("model"):
@@ -464,7 +540,7 @@ class Segmenter:
             prob_work = tiled_predict(
                 work,
                 flip_tta(predict) if self.tta else predict,
-                tile=self.tile,
+                tile=tile,
                 overlap=self.overlap,
                 batch_size=self.batch_size,
                 on_tile=on_tile,
@@ -484,8 +560,10 @@ class Segmenter:
             if self.keep_largest:
                 mask = pp.keep_largest_component(mask)
             if self.fill_holes:
-                mask = pp.fill_holes(mask)
+                mask = pp.fill_holes(mask, inplace=True)
             stats = pp.mask_stats(mask, prob)
+            if not keep_prob:
+                prob = None
         return Result(
             mask=mask,
             prob=prob,
@@ -498,6 +576,19 @@ class Segmenter:
             threshold=self.threshold,
             timings=dict(clock.seconds),
         )
+
+    def _tile_for(self, work_size: tuple[int, int]) -> tuple[int, int]:
+        """The tile, capped where it exceeds both the working image (rounded up to 64 px) and the model's own
+        tile: ``--tile 4096`` on a 600 px image would cost gigabytes for nothing. The model's tile and a model's
+        fixed input size are never changed."""
+        own = self.metadata.tile_size if self.metadata is not None else self.tile
+        out = []
+        for side, work, trained, pinned in zip(
+            self.tile, (work_size[1], work_size[0]), own, self.backend.fixed_tile, strict=True
+        ):
+            cap = max(trained, -(-work // 64) * 64)
+            out.append(side if pinned is not None or side <= cap else cap)
+        return out[0], out[1]
 
 
 def _choose(given: bool | None, recommended: bool | None, default: bool) -> bool:

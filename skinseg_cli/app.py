@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from skinseg import __version__
 from skinseg.runtime.errors import MissingExtraError, SkinsegError
+from skinseg.runtime.names import shown
 
 app = typer.Typer(
     name="skinseg",
@@ -31,7 +32,53 @@ app = typer.Typer(
 config_app = typer.Typer(help="Read, check and write train_eval_infer.config files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False, soft_wrap=True)
+
+class _Stdout:
+    """``sys.stdout`` for the console, except that a closed pipe (``skinseg infer … | head -1``) silences the output
+    instead of stopping the work: the rest of the run goes on, its report is written, and nothing complains at exit.
+    """
+
+    closed = False
+
+    def write(self, text: str) -> int:
+        if self.closed:
+            return len(text)
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            self._close()
+            return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        import os
+
+        self.closed = True
+        try:  # later writes (and the interpreter's own flush at exit) go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        return not self.closed and sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stdout, "encoding", "utf-8") or "utf-8"
+
+
+out = Console(file=_Stdout(), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 TRAIN_EXTRA_HINT = (
@@ -47,8 +94,13 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SkinsegError as e:
-            err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(shown(e))}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a file the command writes or reads: the path and the reason, not a traceback
+            where = f"{shown(e.filename)}: " if e.filename else ""
+            reason = e.strerror or str(e)
+            err.print(f"[red]error:[/red] {escape(where + reason)}; check the path and its permissions", soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -101,7 +153,7 @@ def _root(
 # ---------------------------------------------------------------------------------------------- shared options
 
 ConfigArg = Annotated[Path, typer.Argument(help="A train_eval_infer.config file.", show_default=False)]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides [train] seed).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides \\[train] seed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines only, no progress bars.")]
 
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+
+def output_path(text: str) -> Path:
+    """``--output`` as a path; an empty one is refused (``Path("")`` would be the current folder)."""
+    if not text.strip():
+        raise typer.BadParameter("is empty; give the file or folder the results go to")
+    return Path(text)
 
 
 class Device(str, Enum):
@@ -53,12 +61,29 @@ TtaOpt = Annotated[
     ),
 ]
 MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse larger images (default 250 MP).")]
+OverlaySizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--overlay-size",
+        help="Long side of <stem>_overlay.jpg in px, or 'full' for the photo's size (the mask is always full size).",
+    ),
+]
+MemoryLimitOpt = Annotated[
+    str,
+    typer.Option(
+        "--memory-limit",
+        help="Memory the images in flight may take together, e.g. 800M or 2G (auto: a quarter of RAM, 1G at most).",
+    ),
+]
+MaxInFlightOpt = Annotated[int, typer.Option("--max-in-flight", min=1, help="Images worked on at once.")]
 
 
 def infer_options(values: dict[str, Any]):
     """:class:`~skinseg.runtime.batch.InferOptions` from a command's parameters (``locals()``): the shared options
-    are taken by name, others ignored; ``device`` may be the enum; ``max_pixels`` None means the default."""
+    are taken by name, others ignored; ``device`` may be the enum; ``max_pixels`` None means the default; sizes
+    in their CLI form are parsed. Bad values are :class:`UsageError` naming the option."""
     import dataclasses
+    import os
 
     from skinseg.runtime.batch import InferOptions
 
@@ -68,4 +93,46 @@ def infer_options(values: dict[str, Any]):
         chosen["device"] = chosen["device"].value
     if chosen.get("max_pixels") is None:
         chosen.pop("max_pixels", None)
+    if "overlay_size" in chosen:
+        chosen["overlay_size"] = parse_overlay_size(chosen["overlay_size"])
+    if "memory_limit" in chosen:
+        chosen["memory_limit"] = parse_bytes(chosen["memory_limit"], "--memory-limit")
+    cores = os.cpu_count() or 1
+    if chosen.get("threads") and chosen["threads"] > cores:
+        from skinseg.app import err
+
+        err.print(f"note: --threads {chosen['threads']} is more than this machine's {cores} cores; using {cores}")
+        chosen["threads"] = cores
     return InferOptions(**chosen)
+
+
+def parse_overlay_size(text: str | int | None) -> int | None:
+    """``full`` → None (the photo's size); a number of pixels from 64 to 65,500 otherwise."""
+    from skinseg.runtime.errors import UsageError
+
+    if text is None or str(text).strip().lower() == "full":
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = 0
+    if not 64 <= value <= 65_500:
+        raise UsageError(f"--overlay-size must be 'full' or a number of pixels from 64 to 65500, got {text!r}")
+    return value
+
+
+def parse_bytes(text: str | int | None, option: str) -> int | None:
+    """``auto`` → None; ``800M``, ``2G``, ``1.5g``, ``512k`` or a number of bytes otherwise (at least 64 MB)."""
+    import re
+
+    from skinseg.runtime.errors import UsageError
+
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return None
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)[bB]?\s*", str(text))
+    if not m:
+        raise UsageError(f"{option} must be a size such as 800M or 2G (or auto), got {text!r}")
+    value = int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
+    if value < 64 << 20:
+        raise UsageError(f"{option} {text} is below 64M: not even one image fits; give more, or auto")
+    return value

@@ -6,7 +6,6 @@ The core reports progress through callbacks and event dicts; only this module kn
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from skinseg.runtime.names import json_text, shown
 
 
 def use_bars(console: Console, quiet: bool) -> bool:
@@ -121,6 +122,9 @@ class InferProgress(_BarsDisplay):
     - bars (a terminal, not ``quiet``): an images bar and a tiles bar for the current image on ``console``,
       with a line for each failed image;
     - otherwise (cron, pipes, ``quiet``): one plain line per image and a summary line on ``out``.
+
+    Plain and JSON lines start with (or carry) an ISO-8601 UTC timestamp; names are shown escaped (a newline in a
+    file name cannot forge a line).
     """
 
     def __init__(self, *, out: Console, console: Console, quiet: bool, log_format: str = "text"):
@@ -132,52 +136,104 @@ class InferProgress(_BarsDisplay):
         self.images: Any = None
         self.tiles: Any = None
 
-    def _line(self, text: str, *, style: str | None = None) -> None:
+    def _line(self, text: str, *, style: str | None = None, stamp: bool = True) -> None:
         console = self.progress.console if self.progress is not None else self.out
+        if stamp and self.progress is None:
+            text = f"{now()} {text}"
         console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)
+
+    def _note(self, text: str) -> None:
+        """A message for the person watching, on the terminal (stderr), even when the log goes elsewhere."""
+        console = self.progress.console if self.progress is not None else self.console
+        console.print(text if self.progress is not None else f"{now()} {text}", markup=False, highlight=False)
+
+    def _end_bars(self) -> None:
+        """Stop the bars before the last lines, so they are not drawn again below the summary."""
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+            self.progress = None
 
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "waiting":
-            self.console.print(f"waiting for another skinseg infer on {escape(event['output'])} to finish…")
+            self._note(f"waiting for another skinseg infer on {shown(event['output'])} to finish…")
+        elif kind == "stopping":
+            self._stopping(event)
         elif self.json:
             if kind == "image_done":
-                self._line(json.dumps({"event": "image", **event["row"]}, ensure_ascii=False))
+                self._line(json_text({"event": "image", "time": now(), **event["row"]}), stamp=False)
             elif kind == "summary":
-                self._line(json.dumps({"event": "summary", **event["summary"]}, ensure_ascii=False))
+                self._line(json_text({"event": "summary", "time": now(), **event["summary"]}), stamp=False)
         elif kind == "start":
             total, model, provider = event["total"], event["model"], event["provider"]
-            self._line(f"segmenting {total} images with {model} on {provider} into {event['output']}")
+            self._line(
+                f"segmenting {plural(total, 'image')} with {shown(model)} on {provider} into {shown(event['output'])}"
+            )
             if self.progress is not None:
                 self.images = self.progress.add_task("images", total=event["total"], info="")
                 self.tiles = self.progress.add_task("tiles", total=None, info="")
+        elif kind == "settings_changed":
+            self._line(
+                "the model or the options changed since the last run into this folder: its images will be redone"
+            )
         elif kind == "tiles" and self.progress is not None:
-            self.progress.update(self.tiles, completed=event["done"], total=event["total"], info=event["path"])
+            self.progress.update(self.tiles, completed=event["done"], total=event["total"], info=shown(event["path"]))
         elif kind == "image_done":
             row = event["row"]
             if self.progress is not None:
-                self.progress.update(self.images, completed=event["done"], info=row["path"])
+                self.progress.update(self.images, completed=event["done"], info=shown(row["path"]))
             if self.progress is None or row["status"] == "failed":
                 self._line(format_image_line(row), style="red" if row["status"] == "failed" else None)
         elif kind == "summary":
+            self._end_bars()
             self._line(format_summary_line(event["summary"]))
+
+    def _stopping(self, event: dict[str, Any]) -> None:
+        waiting = event.get("in_flight", 0)
+        finishing = f"; finishing the {plural(waiting, 'image')} in flight" if waiting else ""
+        if event["reason"] == "interrupted":
+            again = " (press Ctrl-C again to stop at once)" if waiting else ""
+            self._note(f"stopping{finishing}{again}; the images done are kept")
+        else:
+            self._note(f"stopping: {event['reason']}{finishing}; a rerun does the rest")
+
+
+def now() -> str:
+    """The current time as ISO 8601, UTC, to the second: ``2026-12-02T10:20:31Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def format_image_line(row: dict[str, Any]) -> str:
     """``ok      path  lesion 12.3%  0.84s`` (the reason instead of the lesion for a failed image)."""
-    status, path = row["status"], row["path"]
+    status, path = row["status"], shown(row["path"])
     if status == "failed":
-        return f"failed  {path}  {row['error']}"
+        before = (
+            " (failed before, unchanged: not retried; --retry-failed retries it)" if row.get("retried") is False else ""
+        )
+        return f"failed  {path}  {shown(row['error'])}{before}"
     if status == "skipped":
         return f"skipped {path}  (outputs up to date)"
     return f"ok      {path}  lesion {100 * float(row['area_fraction']):.1f}%  {float(row['seconds']):.2f}s"
 
 
 def format_summary_line(s: dict[str, Any]) -> str:
-    """One line: counts, time, throughput, provider and where the outputs are."""
-    out = s["output"]
+    """One line: counts, time, throughput, provider and where the outputs are; why a run stopped early."""
+    out = shown(s["output"])
+    counts = [f"{s['ok']} ok", f"{s['failed']} failed"]
+    if s.get("failed_before"):
+        counts.append(f"{s['failed_before']} failed before (unchanged)")
+    counts.append(f"{s['skipped']} skipped")
+    speed = f" ({s['megapixels_per_second']:.2f} MP/s on {s['provider']})" if s["ok"] else ""
+    head = f"{plural(s['total'], 'image')}: {', '.join(counts)} in {s['seconds']:.1f}s{speed}"
+    if s.get("stopped"):
+        done = s["total"] - s.get("not_done", 0)
+        reason = "interrupted" if s["stopped"] == "interrupted" else f"stopped ({s['stopped']})"
+        head = f"{reason} after {done} of {plural(s['total'], 'image')}: {', '.join(counts)}; a rerun does the rest"
     return (
-        f"{s['total']} images: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped in {s['seconds']:.1f}s "
-        f"({s['megapixels_per_second']:.2f} MP/s on {s['provider']}); masks and overlays (<stem>_mask.png, "
-        f"<stem>_overlay.jpg) in {out}/, report {out}/results.csv, gallery {out}/index.html"
+        f"{head}; masks and overlays (<stem>_mask.png, <stem>_overlay.jpg) in {out}/, report {out}/results.csv, "
+        f"gallery {out}/index.html"
     )

@@ -230,7 +230,10 @@ def test_run_batch_events_reports_and_merge(model, tmp_path):
     assert read_rows(out)["a.png"]["area_px"] == first["area_px"]
 
 
-def test_rerun_skips_overwrite_redoes_and_touch_reprocesses(model, tmp_path):
+def test_rerun_skips_by_content_overwrite_redoes_and_a_changed_photo_reprocesses(model, tmp_path):
+    """Up to date means: the same content as when it was segmented (issue 12, finding 9), whatever the dates say.
+    A touched file, or one dated in the future, is not redone on every run; another photo copied over it with its
+    old date (``cp -p``) is."""
     src = tmp_path / "src"
     paths = [write_png(src / f"i{i}.png", lesion_image(seed=i)) for i in range(3)]
     out = tmp_path / "out"
@@ -242,8 +245,13 @@ def test_rerun_skips_overwrite_redoes_and_touch_reprocesses(model, tmp_path):
     future = time.time() + 60
     os.utime(paths[1], (future, future))
     third = run_batch([src], model, out, OPTS)
-    assert (third.ok, third.skipped) == (1, 2) and read_rows(out)["i1.png"]["status"] == "ok"
-    os.utime(paths[1], (time.time() - 60, time.time() - 60))
+    assert (third.ok, third.skipped) == (0, 3)  # touched, same content: up to date
+    assert run_batch([src], model, out, OPTS).skipped == 3  # and not redone on every run either
+    old = paths[2].stat()
+    write_png(paths[2], lesion_image(seed=7))
+    os.utime(paths[2], ns=(old.st_atime_ns, old.st_mtime_ns))  # cp -p: another photo, the old date
+    fourth = run_batch([src], model, out, OPTS)
+    assert (fourth.ok, fourth.skipped) == (1, 2) and read_rows(out)["i2.png"]["status"] == "ok"
     redo = run_batch([src], model, out, InferOptions(threads=1, overwrite=True))
     assert (redo.ok, redo.skipped) == (3, 0)
 
@@ -288,10 +296,12 @@ def test_lock_refuses_a_second_run_and_wait_waits(model, tmp_path):
     assert events[0]["event"] == "waiting"
 
 
-def test_no_inputs_and_unwritable_output_are_usage_errors(model, tmp_path):
+def test_no_inputs_is_an_empty_run_and_unwritable_output_a_usage_error(model, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="no images found"):
-        run_batch([tmp_path / "empty"], model, tmp_path / "out", OPTS)
+    empty = run_batch([tmp_path / "empty"], model, tmp_path / "out", OPTS)  # cron on a quiet night: no error
+    assert (empty.total, empty.exit_code) == (0, 0) and not (tmp_path / "out").exists()
+    with pytest.raises(UsageError, match="no such file or folder"):
+        run_batch([tmp_path / "missing"], model, tmp_path / "out", OPTS)
     src = write_png(tmp_path / "a.png", lesion_image())
     a_file = tmp_path / "file"
     a_file.write_text("x")

@@ -220,22 +220,26 @@ def full_disk_for(monkeypatch, predicate: Callable[[str], bool]) -> None:
     monkeypatch.setattr(runtime_imageio.os, "fdopen", fdopen)
 
 
-def test_full_disk_fails_one_image_cleanly_and_the_batch_goes_on(dataset, tmp_path, monkeypatch):
+def test_full_disk_stops_the_batch_cleanly_and_a_rerun_completes_it(dataset, tmp_path, monkeypatch):
+    """The disk fills while the 2nd image is written: that image fails with the reason, the batch stops instead of
+    decoding and segmenting every remaining image only to fail writing it (issue 12), nothing half-written stays,
+    and once space is freed a rerun does exactly what is missing."""
     src, model, reference = dataset
     out = tmp_path / "out"
     full_disk_for(monkeypatch, lambda name: name.startswith(".img01_mask.png."))  # the 2nd image's last output
-    summary = run_batch([src], model, out, InferOptions(threads=1, save_prob=True, contours=True))
-    assert (summary.ok, summary.failed) == (N_IMAGES - 1, 1)
+    summary = run_batch([src], model, out, InferOptions(threads=1, save_prob=True, contours=True, max_in_flight=1))
+    assert summary.failed == 1 and summary.stopped == "disk full" and summary.exit_code == 1
+    assert summary.ok + summary.failed + summary.not_done == N_IMAGES and summary.not_done >= N_IMAGES - 3
     rows = report(out)
     with open(out / "results.csv", newline="", encoding="utf-8") as f:
         errors = {r["path"]: r["error"] for r in csv.DictReader(f)}
-    assert rows["img01.png"]["status"] == "failed" and "No space left on device" in errors["img01.png"]
+    assert rows["img01.png"]["status"] == "failed" and "disk is full" in errors["img01.png"]
     assert all(r["status"] == "ok" for p, r in rows.items() if p != "img01.png")
     assert not (out / "img01_mask.png").exists() and stray_files(out) == []
 
-    monkeypatch.undo()  # space is freed: a rerun completes the image and nothing else
+    monkeypatch.undo()  # space is freed: a rerun completes what is missing and redoes nothing else
     again = run_batch([src], model, out, InferOptions(threads=1, save_prob=True, contours=True))
-    assert (again.ok, again.skipped, again.failed) == (1, N_IMAGES - 1, 0)
+    assert (again.ok, again.skipped, again.failed) == (N_IMAGES - summary.ok, summary.ok, 0)
     assert outputs(out) == outputs(reference)
 
 

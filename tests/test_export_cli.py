@@ -130,6 +130,10 @@ def test_strict_refuses_a_variant_that_disagrees_with_fp32(run_dir, tmp_path, mo
     out = tmp_path / "m.onnx"
     result = runner.invoke(app, ["export", str(run_dir), "--output", str(out), "--quantize", "int8", "--strict"])
     assert result.exit_code == 2 and "--strict" in result.output
-    assert out.is_file() and not (tmp_path / "m.int8.onnx").exists()  # fp32 kept, the refused variant removed
+    # with one --quantize, --output names the int8 file: refused, it is removed; the fp32 model is kept beside it
+    assert (tmp_path / "m.fp32.onnx").is_file() and not out.exists()
     lenient = runner.invoke(app, ["export", str(run_dir), "--output", str(out), "--quantize", "int8"])
-    assert lenient.exit_code == 0 and "warning" in lenient.output and (tmp_path / "m.int8.onnx").is_file()
+    assert lenient.exit_code == 0 and "warning" in lenient.output and out.is_file()
+    import onnx
+
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(out)).graph.node)  # the int8 model

@@ -22,9 +22,14 @@ def test_gallery_links_every_image_and_escapes_names(tmp_path):
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "<b>x" not in page and "&lt;b&gt;x" in page  # a file name cannot inject markup
     assert "failed" in page and "broken.png" in page
-    links = set(re.findall(r'src="([^"]+)"', page))
-    assert len(links) == 4  # input and overlay of each good image
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page)) == 2  # thumbnails embedded, no originals
+    assert len(page) < 200_000
+    links = set(re.findall(r'href="([^"]+)"', page))
+    assert len(links) == 2  # each good image's full overlay
+    moved = tmp_path / "moved"
+    out.rename(moved)  # the page still works where the folder goes
     for link in links:
-        target = (out / unquote(link.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))).resolve()
-        assert target.is_file(), link
+        assert not link.startswith(("/", "..")), link
+        target = (moved / unquote(link)).resolve()
+        assert target.is_file() and moved in target.parents, link
     assert "lesion area" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,9 @@ def test_folder_tree_is_mirrored_exit_0(model, tmp_path):
     assert result.exit_code == 0, result.output
     for rel in ["top", "a/one", "a/b/two"]:
         assert (out / f"{rel}_mask.png").is_file() and (out / f"{rel}_overlay.jpg").is_file()
-    lines = result.stdout.strip().splitlines()
+    stamped = result.stdout.strip().splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line) for line in stamped)  # ISO 8601 UTC
+    lines = [line.split(" ", 1)[1] for line in stamped]
     assert "CPUExecutionProvider" in lines[0]
     assert sum(line.startswith("ok ") for line in lines) == 3 and "lesion" in lines[1]
     assert lines[-1].startswith("3 images: 3 ok, 0 failed, 0 skipped")
@@ -138,7 +141,7 @@ def test_usage_errors_exit_2(model, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     cases = [
-        ([tmp_path / "empty", "--model", model, "--output", tmp_path / "o1"], "no images found"),
+        ([tmp_path / "missing_folder", "--model", model, "--output", tmp_path / "o1"], "no such file or folder"),
         ([src, "--model", model, "--output", a_file / "sub"], "cannot be created or written"),
         ([src, "--model", junk, "--output", tmp_path / "o2"], "not a loadable ONNX model"),
         ([src, "--model", odd, "--output", tmp_path / "o3"], "4-D image batch"),

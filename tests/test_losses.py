@@ -248,3 +248,16 @@ def test_new_losses_train_a_model() -> None:
             loss = fn(y, model(x, training=True))
         grads = tape.gradient(loss, model.trainable_weights)
         assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None), fn.__name__
+
+
+def test_the_config_check_at_load_knows_exactly_the_names_training_accepts() -> None:
+    """`skinseg config` checks names without TensorFlow; its lists must be the training registries' names."""
+    from skinseg.data import config as schema
+    from skinseg.training import model
+
+    assert set(schema.LOSS_NAMES) == set(losses._LOSSES) | set(losses.LOSS_ALIASES)
+    assert set(schema.METRIC_NAMES) == set(losses._METRICS) | set(losses.METRIC_ALIASES)
+    assert set(schema.OPTIMIZER_NAMES) == set(losses.OPTIMIZERS)
+    assert {n.lower() for n in schema.ACTIVATION_NAMES} == {n.lower() for n in model.ACTIVATIONS}
+    for name in schema.LOSS_NAMES:
+        assert callable(losses.get_loss(name))

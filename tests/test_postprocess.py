@@ -48,6 +48,33 @@ def test_fill_holes_keeps_border_background():
     assert (out > 0).sum() == (m > 0).sum() + 9
 
 
+def test_fill_holes_past_opencvs_flood_fill_limit_fills_the_same_pixels(monkeypatch):
+    """Past 65,533 px a side OpenCV's flood fill floods everything; the contour path fills what the flood would."""
+    import skinseg.runtime.postprocess as post
+
+    rng = np.random.default_rng(0)
+    masks = [((rng.random((h, w)) < p) * 255).astype(np.uint8) for h, w, p in [(40, 60, 0.5), (31, 17, 0.7)]]
+    masks.append(fill_holes_keeps_border_background_mask())
+    flooded = [fill_holes(m) for m in masks]
+    monkeypatch.setattr(post, "_FLOOD_FILL_MAX_SIDE", 8)  # the contour path on small masks
+    for m, expected in zip(masks, flooded, strict=True):
+        np.testing.assert_array_equal(fill_holes(m), expected)
+    monkeypatch.undo()
+    wide = np.zeros((12, 66000), np.uint8)
+    wide[:, 1000:2000] = 255
+    wide[5, 1500] = 0  # a hole
+    out = fill_holes(wide)
+    assert (out > 0).sum() == 1000 * 12 and out[5, 1500] == 255
+
+
+def fill_holes_keeps_border_background_mask() -> np.ndarray:
+    m = np.zeros((20, 20), np.uint8)
+    m[3:15, 3:15] = 255
+    m[6:9, 6:9] = 0
+    m[0:5, 17:20] = 255
+    return m
+
+
 def test_mask_stats():
     m = two_blobs()
     prob = np.where(m > 0, np.uint8(204), np.uint8(10))

@@ -92,8 +92,11 @@ def pil_bytes(rgb: np.ndarray, mode: str, fmt: str) -> bytes | None:
 
 
 def read_rows(output: Path) -> dict[str, dict[str, str]]:
+    """results.csv as a spreadsheet-safe reader sees it: a leading ' that guards a formula-like name removed."""
+    from skinseg.runtime.names import from_csv_cell
+
     with open(output / "results.csv", newline="", encoding="utf-8") as f:
-        return {r["path"]: r for r in csv.DictReader(f)}
+        return {from_csv_cell(r["path"]): r for r in csv.DictReader(f)}
 
 
 def mask_of(output: Path, stem: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from skinseg.app import (
     load_config_for_cli,
     out,
 )
+from skinseg.options import output_path
 
 # ---------------------------------------------------------------------------------------------- augment-preview
 
@@ -24,12 +25,14 @@ from skinseg.app import (
 def augment_preview(
     config: ConfigArg,
     count: Annotated[int, typer.Option("--count", "-n", min=1, max=256, help="Number of augmented pairs.")] = 16,
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("augment_preview.png"),
+    output: Annotated[Path, typer.Option("--output", "-o", parser=output_path, help="PNG file to write.")] = Path(
+        "augment_preview.png"
+    ),
     seed: SeedOpt = None,
 ) -> None:
     """Draw augmented training pairs, mask outlines on the images, as one picture.
 
-    Example: skinseg augment-preview configs/isic.config --count 16 --output grid.png
+    Example: skinseg augment-preview configs/isic_reference.config --count 16 --output grid.png
     """
     import numpy as np
 

@@ -26,7 +26,7 @@ def config_show(
 ) -> None:
     """Print the resolved config: every key with its type-checked value, paths made absolute.
 
-    Example: skinseg config show configs/isic.config
+    Example: skinseg config show configs/isic_reference.config
     """
     from skinseg.data.config import render_config
 

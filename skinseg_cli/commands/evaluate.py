@@ -25,6 +25,7 @@ from skinseg.options import (
     TileOpt,
     TtaOpt,
     infer_options,
+    output_path,
 )
 from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
 
@@ -42,7 +43,9 @@ def evaluate(
         Path,
         typer.Option("--masks", help="Folder of masks: <stem>.png, <stem>_segmentation.png, _mask or _lesion."),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports (created if needed).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", parser=output_path, help="Folder for the reports (created if needed).")
+    ],
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="An .onnx or .keras model (default: the bundled model).")
     ] = None,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from skinseg.app import app, cli_errors, err, out, require_modules, require_tensorflow
+from skinseg.options import output_path
 from skinseg.runtime.errors import UsageError
 
 EXPORT_HINT = "skinseg export needs TensorFlow and tf2onnx: install the train extra with `pip install 'skinseg[train]'`"
@@ -32,7 +33,10 @@ def export(
         typer.Argument(help="A run directory (from skinseg train), a .keras model, or with --check an .onnx file."),
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The .onnx file to write (default: RUN_DIR/model.onnx).")
+        Path | None,
+        typer.Option(
+            "--output", "-o", parser=output_path, help="The .onnx file to write (default: RUN_DIR/model.onnx)."
+        ),
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13–18).")] = 17,
     layout: Annotated[
@@ -40,7 +44,11 @@ def export(
     ] = Layout.nhwc,
     quantize: Annotated[
         list[Quantize] | None,
-        typer.Option("--quantize", "-q", help="Also write a variant: int8 (static QDQ) or fp16. Repeatable."),
+        typer.Option(
+            "--quantize",
+            help="Also write a variant: int8 (static QDQ) or fp16. Repeatable. With one --quantize, --output names "
+            "that variant's file (the fp32 model goes next to it as NAME.fp32.onnx).",
+        ),
     ] = None,
     calibration: Annotated[
         Path | None,
@@ -60,9 +68,11 @@ def export(
 ) -> None:
     """Export a trained model to ONNX with its metadata, verified against Keras (max abs diff ≤ 1e-4).
 
-    Example: skinseg export runs/isic --quantize int8
+    Prints every file it writes.
 
-    Example: skinseg export --check runs/isic/model.onnx
+    Example: skinseg export runs/reference --quantize int8
+
+    Example: skinseg export --check runs/reference/model.onnx
     """
     if check:
         _check(source)

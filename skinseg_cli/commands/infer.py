@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from skinseg.app import QuietOpt, app, cli_errors, err, out
 from skinseg.options import (
@@ -18,16 +19,28 @@ from skinseg.options import (
     DeviceOpt,
     FillHolesOpt,
     KeepLargestOpt,
+    MaxInFlightOpt,
     MaxPixelsOpt,
+    MemoryLimitOpt,
     OverlapOpt,
+    OverlaySizeOpt,
     ScaleOpt,
     ThreadsOpt,
     ThresholdOpt,
     TileOpt,
     TtaOpt,
     infer_options,
+    output_path,
 )
-from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
+from skinseg.runtime.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OVERLAY_SIZE,
+    set_decoder_limit,
+)
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.names import shown
 
 
 class LogFormat(str, Enum):
@@ -69,7 +82,9 @@ def infer(
     sources: Annotated[
         list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", metavar="SOURCE...")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", parser=output_path, help="Output folder (created if needed).")
+    ],
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="The .onnx model (default: the bundled model).")
     ] = None,
@@ -86,7 +101,13 @@ def infer(
     save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")] = False,
     contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
     max_pixels: MaxPixelsOpt = None,
+    overlay_size: OverlaySizeOpt = str(DEFAULT_OVERLAY_SIZE),
+    memory_limit: MemoryLimitOpt = "auto",
+    max_in_flight: MaxInFlightOpt = DEFAULT_MAX_IN_FLIGHT,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs are up to date.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Retry images that failed before and have not changed since.")
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another run on the same --output to end.")] = False,
     quiet: QuietOpt = False,
     log_format: Annotated[
@@ -96,21 +117,45 @@ def infer(
 ) -> None:
     """Segment images: a mask, an overlay and a report row for each, mirroring the input folders.
 
-    Writes <stem>_mask.png and <stem>_overlay.jpg per image, plus results.csv and summary.json.
+    Writes <stem>_mask.png and <stem>_overlay.jpg per image, plus results.csv, summary.json and index.html. With
+    several folders, each one's outputs go to a sub-folder named after it.
 
-    A rerun skips images whose outputs are newer than the image, so cron can call it on a folder of new photos.
+    A rerun redoes only what changed: new or changed photos (by content), or another model or options. An image
+    that failed is not retried until it changes (--retry-failed to force), so cron can call it on a folder of new
+    photos every night. A folder with no images is not an error.
 
-    Exit code 0 when all images succeed, 1 when some failed (the others are done), 2 for usage errors.
+    Exit code 0 when all images succeed, 1 when some failed (the others are done), 2 for usage errors, 130 when
+    interrupted (the images done so far are kept and reported).
 
     Example: skinseg infer photos/ --recursive --model model.onnx --output masks/
     """
+    if model is not None and model.suffix.lower() == ".keras":
+        raise UsageError(
+            f"--model {model}: infer runs ONNX models; export it first with `skinseg export {model.parent}` "
+            f"(or `skinseg evaluate` scores a .keras model)"
+        )
+    set_decoder_limit(max_pixels or DEFAULT_MAX_PIXELS)  # before OpenCV loads: its decoders refuse larger images
     quiet_opencv()
     from skinseg.progress import InferProgress
     from skinseg.runtime.batch import default_model_path, run_batch
+    from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS
 
     options = infer_options(locals())
     model_path = model if model is not None else default_model_path()
-    with sigterm_as_interrupt(), InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value) as p:
-        summary = run_batch(sources, model_path, output, options, recursive=recursive, wait=wait, on_event=p.handle)
+    progress = InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value)
+    try:
+        with sigterm_as_interrupt(), progress:
+            summary = run_batch(
+                sources, model_path, output, options, recursive=recursive, wait=wait, on_event=progress.handle
+            )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # the progress printed what was done; the reports are written
+    if summary.total == 0:
+        where = ", ".join(escape(shown(s)) for s in sources)
+        kinds = ", ".join(sorted(SUPPORTED_EXTENSIONS))
+        err.print(
+            f"no images in {where} (looked for {kinds}{'' if recursive else '; --recursive searches sub-folders'})"
+        )
+        return
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)

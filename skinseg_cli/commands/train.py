@@ -17,6 +17,7 @@ from skinseg.app import (
     out,
     require_tensorflow,
 )
+from skinseg.options import output_path
 
 # ---------------------------------------------------------------------------------------------- train
 
@@ -34,24 +35,27 @@ STOPPED = {
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="The train_eval_infer.config to train from.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Run directory (overrides [train] model_dir).")
+        Path | None,
+        typer.Option("--output", "-o", parser=output_path, help="Run directory (overrides \\[train] model_dir)."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides [train] epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Overrides [train] batch_size.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides \\[train] epochs.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Overrides \\[train] batch_size.")
+    ] = None,
     learning_rate: Annotated[
-        float | None, typer.Option("--learning-rate", help="Overrides [model] learning_rate.")
+        float | None, typer.Option("--learning-rate", help="Overrides \\[model] learning_rate.")
     ] = None,
     steps_per_epoch: Annotated[
-        int | None, typer.Option("--steps-per-epoch", min=1, help="Overrides [train] steps_per_epoch.")
+        int | None, typer.Option("--steps-per-epoch", min=1, help="Overrides \\[train] steps_per_epoch.")
     ] = None,
-    patience: Annotated[int | None, typer.Option("--patience", min=1, help="Overrides [train] patience.")] = None,
+    patience: Annotated[int | None, typer.Option("--patience", min=1, help="Overrides \\[train] patience.")] = None,
     seed: SeedOpt = None,
     init_weights: Annotated[
         Path | None,
         typer.Option(
             "--init-weights",
-            help="Fine-tune: start from this trained .keras model (same [model] settings; overrides "
-            "[train] init_weights).",
+            help="Fine-tune: start from this trained .keras model (same \\[model] settings; overrides "
+            "\\[train] init_weights).",
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run in the run directory.")] = False,
@@ -68,7 +72,7 @@ def train(
 
     Create a file named STOP in the run directory (or press Ctrl-C) to end cleanly with the best model saved.
 
-    Example: skinseg train --config configs/isic.config --epochs 30 --output runs/isic
+    Example: skinseg train --config configs/isic_reference.config --epochs 30 --output runs/reference
     """
     require_tensorflow()
     cfg = load_config_for_cli(

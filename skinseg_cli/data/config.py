@@ -329,6 +329,7 @@ class Config:
     source: Path | None = None
     present: dict[str, set[str]] = field(default_factory=dict)  # keys the file set, per section
     warnings: list[str] = field(default_factory=list)
+    lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (section, key) -> line in the file
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The resolved values as plain Python (paths as strings), section by section."""
@@ -416,6 +417,8 @@ def parse_literal(text: str, *, expects_str: bool) -> Any:
             continue
     if expects_str and _BARE_STRING_RE.match(stripped):
         return stripped.strip()
+    if stripped.lower() in ("true", "false", "none"):
+        raise ValueError(f"{stripped!r} is not a literal: write {stripped.capitalize()} (Python's spelling)")
     raise ValueError(
         f'{stripped[:60]!r} is not a literal (number, "string", True/False, None, tuple or list); '
         "nothing in a config is evaluated as code"
@@ -556,6 +559,8 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
                 ) from None
         setattr(cfg, section, cls(**values))
         cfg.present[section] = set(values)
+        for key, rv in entries.items():
+            cfg.lines[(section, ALIASES.get((section, key)) or ALIASES.get(("*", key)) or key)] = rv.line
     _check_ranges(cfg, source)
     ignored = ignored_keys_warning(cfg, source)
     if ignored:
@@ -619,7 +624,76 @@ def _check_ranges(cfg: Config, source: str) -> None:
         rules.append(("augmentor", name, ok, "True, False, or a probability within [0, 1]"))
     for section, key, ok, rule in rules:
         if not ok:
-            raise ConfigError(f"{source}: [{section}] {key} = {getattr(getattr(cfg, section), key)!r} must be {rule}")
+            where = _where(cfg, source, section, key)
+            raise ConfigError(f"{where}: [{section}] {key} = {getattr(getattr(cfg, section), key)!r} must be {rule}")
+    _check_names(cfg, source)
+
+
+def _where(cfg: Config, source: str, section: str, key: str) -> str:
+    line = cfg.lines.get((section, key))
+    return f"{source}:{line}" if line else source
+
+
+# Names the trainer accepts, checked when the file is read (not minutes later in `train`). The Keras registries in
+# skinseg.training (losses, metrics, activations) are tested to match these lists.
+MODEL_NAMES = ("TensorflowUNet",)
+OPTIMIZER_NAMES = ("Adam", "AdamW")
+ACTIVATION_NAMES = ("relu", "elu", "gelu", "mish")
+LOSS_NAMES = (
+    "bce",
+    "dice",
+    "iou",
+    "bce_dice",
+    "bce_iou",
+    "jaccard",
+    "lovasz",
+    "bce_jaccard",
+    "bce_lovasz",
+    "binary_crossentropy",
+    "bce_loss",
+    "dice_loss",
+    "iou_loss",
+    "jacard_loss",
+    "jaccard_loss",
+    "jaccard_image",
+    "lovasz_loss",
+    "bce_dice_loss",
+    "bce_iou_loss",
+    "bce_jaccard_loss",
+    "bce_lovasz_loss",
+)
+METRIC_NAMES = (
+    "binary_accuracy",
+    "dice_coef",
+    "iou_coef",
+    "sensitivity",
+    "specificity",
+    "dice",
+    "iou",
+    "jacard_similarity",
+    "jaccard_similarity",
+)
+
+
+def _check_names(cfg: Config, source: str) -> None:
+    """Unknown model, optimizer, activation, loss or metric names: an error naming the file, line and a fix."""
+    m = cfg.model
+    checks = [
+        ("model", m.model, MODEL_NAMES),
+        ("optimizer", m.optimizer, OPTIMIZER_NAMES),
+        ("activation", m.activation, ACTIVATION_NAMES),
+        ("loss", m.loss, LOSS_NAMES),
+    ] + [("metrics", name, METRIC_NAMES) for name in m.metrics]
+    for key, value, valid in checks:
+        if str(value).strip().lower() not in {v.lower() for v in valid}:
+            close = difflib.get_close_matches(str(value).lower(), [v.lower() for v in valid], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            shown = repr(value) if len(str(value)) <= 60 else repr(str(value)[:57] + "...")
+            canonical = [v for v in valid if "_loss" not in v and v != "binary_crossentropy"][:12]
+            raise ConfigError(
+                f"{_where(cfg, source, 'model', key)}: [model] {key} {shown} is not one skinseg knows; "
+                f"{hint}choose from: {', '.join(canonical)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- overrides
