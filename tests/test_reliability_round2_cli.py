@@ -279,12 +279,10 @@ def test_evaluate_output_inside_the_images_folder_is_not_read_back(model, tmp_pa
     truth = (lesion_image()[..., 0] > 127).astype(np.uint8) * 255
     masks.mkdir(parents=True)
     cv2.imwrite(str(masks / "a.png"), truth)
-    for _ in range(2):
-        result = invoke(
-            "evaluate", "--model", model, "--images", images, "--masks", masks, "--output", images / "ev", "--quiet"
-        )
+    for out in (images / "ev", images / "ev", images, images):  # a folder inside the images folder, and itself
+        result = invoke("evaluate", "--model", model, "--images", images, "--masks", masks, "--output", out, "--quiet")
         assert result.exit_code == 0, result.output
-        summary = json.loads((images / "ev" / "summary.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
         assert summary["n_images"] == 1 and summary["jaccard"]["mean"] == pytest.approx(1.0)
 
 

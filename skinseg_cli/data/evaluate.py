@@ -9,6 +9,7 @@ into the output folder. It takes any segmenter with ``segment_file``, ``options(
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,21 @@ def unpaired_rows(report: PairingReport, wanted: set[str] | None) -> list[ImageR
     return rows
 
 
+def _without_own_reports(report: PairingReport, output: Path) -> PairingReport:
+    """``report`` without this command's own ``worst.png``, met when ``--output`` is the images folder."""
+    own = os.path.realpath(output / WORST)
+
+    def ours(path: Path) -> bool:
+        return os.path.realpath(path) == own
+
+    return PairingReport(
+        pairs=[p for p in report.pairs if not ours(p.image)],
+        images_without_mask=[p for p in report.images_without_mask if not ours(p)],
+        masks_without_image=report.masks_without_image,
+        ambiguous=report.ambiguous,
+    )
+
+
 def evaluate_folders(
     segmenter: Any,
     *,
@@ -84,7 +100,7 @@ def evaluate_folders(
     Raises :class:`DataError` when nothing at all can be evaluated; unpaired files are rows, not errors.
     """
     wanted = read_stem_list(stems, what="--stems") if stems is not None else None
-    report = pair_folders(images, masks)
+    report = _without_own_reports(pair_folders(images, masks), output)
     pairs = [p for p in report.pairs if wanted is None or p.stem in wanted]
     skipped = unpaired_rows(report, wanted)
     if not pairs and not skipped:
