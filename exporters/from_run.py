@@ -8,6 +8,7 @@ validation metrics of the best epoch (``history.csv``), and validation images fo
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from skinseg.runtime.errors import UsageError
+from skinseg.runtime.imageio import file_sha256
 from skinseg.runtime.metadata import ModelMetadata, Scale
 from skinseg.runtime.preprocess import describe as describe_color_constancy
 
@@ -247,8 +249,16 @@ def export_run(
         }
     )
     report = export_onnx(
-        model_path, output, metadata=meta, opset=opset, layout=layout, check_inputs=valid if len(valid) else None
+        model,
+        output,
+        metadata=meta,
+        opset=opset,
+        layout=layout,
+        check_inputs=valid if len(valid) else None,
+        model_sha256=file_sha256(model_path),
     )
+    del model  # the variants work from the ONNX file: a large network's Keras weights are not needed any more
+    gc.collect()
     result = RunExport(
         fp32_path=report.path,
         max_abs_diff=report.max_abs_diff,

@@ -266,3 +266,38 @@ def test_bad_opset_and_path_are_usage_errors(tmp_path, metadata):
         export_onnx(None, tmp_path, metadata=metadata)
     with pytest.raises(UsageError, match="layout"):
         export_onnx(None, tmp_path / "m.onnx", metadata=metadata, layout="chw")
+
+
+def test_the_lean_conversion_builds_the_stock_graph_and_falls_back_when_an_optimizer_fails(model, monkeypatch):
+    """Without tf2onnx's per-pass weight copies (the seed network's export: 9.3 → 2.8 GB), the same ONNX graph."""
+    from tf2onnx import graph as tf2onnx_graph
+
+    from skinseg.exporters import keras_to_onnx
+
+    update = tf2onnx_graph.Node.update_proto
+    lean = keras_to_onnx.convert(model, opset=17, layout="nhwc")
+    stock = keras_to_onnx.convert(model, opset=17, layout="nhwc", lean=False)
+    assert tf2onnx_graph.Node.update_proto is update  # tf2onnx is left as it was
+    assert [n.op_type for n in lean.graph.node] == [n.op_type for n in stock.graph.node]  # names carry counters
+    images, _ = _disks(2, seed=3)
+    outputs = [
+        ort.InferenceSession(p.SerializeToString()).run(None, {"image": images.astype(np.float32)})[0]
+        for p in (lean, stock)
+    ]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+    import tf2onnx.optimizer
+
+    real = tf2onnx.optimizer.optimize_graph
+    calls = []
+
+    def failing_once(graph, catch_errors=True, optimizers=None):
+        calls.append(catch_errors)
+        if not catch_errors:
+            raise RuntimeError("an optimizer that needed its safety copy")
+        return real(graph, catch_errors, optimizers=optimizers)
+
+    monkeypatch.setattr(tf2onnx.optimizer, "optimize_graph", failing_once)
+    fallback = keras_to_onnx.convert(model, opset=17, layout="nhwc")
+    assert calls == [False, True]  # the lean way failed, the stock way ran
+    assert [n.op_type for n in fallback.graph.node] == [n.op_type for n in stock.graph.node]
