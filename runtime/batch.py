@@ -367,6 +367,43 @@ def _check_space(output_root: str | os.PathLike[str], width: int, height: int) -
         raise OSError(errno.ENOSPC, f"no space left on the output disk ({free / 1e6:.0f} MB free)")
 
 
+def _no_work_row(
+    row: Row, paths: OutputPaths, image_path: str | os.PathLike[str], options: InferOptions, settings: str,
+    previous: Row | None,
+) -> Row | None:  # fmt: skip
+    """The row of an image that needs no work (its outputs are up to date; or it failed before and has not changed
+    since), or None."""
+    if options.overwrite:
+        return None
+    record = up_to_date(paths, image_path, settings)
+    if record is not None:
+        return {**row, **(record.get("row") or {}), "status": "skipped", "fingerprint": record.get("input")}
+    if previous is not None and not options.retry_failed and _failed_before(previous, settings, image_path):
+        return {**previous, "input": os.fspath(image_path), "retried": False}
+    return None
+
+
+def no_work_row(
+    model_path: str | os.PathLike[str],
+    image_path: str | os.PathLike[str],
+    options: InferOptions,
+    output_root: str | os.PathLike[str],
+    rel_path: str | PurePosixPath,
+    *,
+    previous: Row | None = None,
+) -> Row | None:
+    """What :func:`process_image` would return without segmenting (``skipped``, or ``failed`` before and
+    unchanged), or None when the image needs work: the check a cluster's client makes before submitting a task."""
+    rel = PurePosixPath(rel_path)
+    segmenter, _ = get_segmenter(model_path, options)
+    settings = options.settings(segmenter.model_sha256 or "")
+    row = {**_empty_row(rel, image_path), "settings": settings}
+    try:
+        return _no_work_row(row, output_paths(output_root, rel, options), image_path, options, settings, previous)
+    except (ImageError, OSError):
+        return None  # the task says why
+
+
 def process_image(
     model_path: str | os.PathLike[str],
     image_path: str | os.PathLike[str],
@@ -394,13 +431,9 @@ def process_image(
     row["settings"] = settings
     try:
         paths = output_paths(output_root, rel, options)
-        if not options.overwrite:
-            record = up_to_date(paths, image_path, settings)
-            if record is not None:
-                row.update(record.get("row") or {}, status="skipped", fingerprint=record.get("input"))
-                return row
-            if not options.retry_failed and _failed_before(previous, settings, image_path):
-                return {**previous, "input": os.fspath(image_path), "retried": False}
+        done = _no_work_row(row, paths, image_path, options, settings, previous)
+        if done is not None:
+            return done
         _check_not_foreign(paths, previous)
         file = load_image_file(image_path, max_pixels=options.max_pixels)
         row["fingerprint"] = file.fingerprint
@@ -497,8 +530,13 @@ def run_batch(
     recursive: bool = False,
     wait: bool = False,
     on_event: Callable[[Event], None] | None = None,
+    scheduler: str | None = None,
+    security: Any = None,
 ) -> BatchSummary:
     """Segment every image in ``sources`` into ``output``; write ``results.csv`` and ``summary.json``.
+
+    ``scheduler``: run the images as tasks on a Dask cluster instead of this process's threads (``local:N``, a
+    scheduler file or address; :mod:`skinseg.runtime.cluster`), with the same outputs, reports and lock.
 
     Usage problems (a source that does not exist, a bad model, an unwritable or locked output folder) raise
     :class:`UsageError` before any image is touched; sources that hold no image give an empty summary (``total``
@@ -522,9 +560,27 @@ def run_batch(
     def on_wait() -> None:
         emit({"event": "waiting", "output": str(output)})
 
-    with output_lock(output, wait=wait, on_wait=on_wait):
+    if scheduler is None:
+        with output_lock(output, wait=wait, on_wait=on_wait):
+            remove_stale_temps(output)
+            return _run_locked(
+                found.items, found.unreadable, Path(model_path), output, options, segmenter.provider, emit
+            )
+    from skinseg.runtime.cluster import connect
+
+    with output_lock(output, wait=wait, on_wait=on_wait), connect(scheduler, security=security) as cluster:
+        cluster.check_workers(model_path, output)
         remove_stale_temps(output)
-        return _run_locked(found.items, found.unreadable, Path(model_path), output, options, segmenter.provider, emit)
+        return _run_locked(
+            found.items,
+            found.unreadable,
+            Path(model_path),
+            output,
+            options,
+            f"{segmenter.provider} on {cluster.describe()}",
+            emit,
+            make_runner=cluster.runner,
+        )
 
 
 def _run_locked(
@@ -535,6 +591,7 @@ def _run_locked(
     options: InferOptions,
     provider: str,
     emit: Callable[[Event], None],
+    make_runner: Callable[..., Any] | None = None,
 ) -> BatchSummary:
     results_path = output / RESULTS_NAME
     # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
@@ -590,7 +647,7 @@ def _run_locked(
         emit({"event": "summary", "summary": summary.to_dict()})
 
     try:
-        summary.stopped = _pipeline(items, model_path, output, options, emit, record, previous)
+        summary.stopped = _pipeline(items, model_path, output, options, emit, record, previous, make_runner)
     except BaseException:
         summary.interrupted = True
         summary.stopped = "interrupted"
@@ -638,6 +695,7 @@ def _pipeline(
     emit: Callable[[Event], None],
     record: Callable[[int, Row], None],
     previous: dict[str, Row],
+    make_runner: Callable[..., Any] | None = None,
 ) -> str:
     """Run :func:`process_image` on ``items``, admitting images by estimated memory (``options.memory_limit``) and
     count (``options.max_in_flight``); events and rows are handed to ``emit``/``record`` on this thread.
@@ -658,19 +716,7 @@ def _pipeline(
         else:
             clashes[key] = clashes.get(key, 1) + 1
             record(index, _collision_row(item, first, clashes[key]))
-    budget = options.memory_limit or default_memory_limit()
-    slots = max(1, int(options.max_in_flight))
-
-    def work(index: int, item: InputItem) -> Row:
-        rel = str(item.rel)
-        events.put({"event": "image_start", "index": index, "path": rel})
-
-        def on_tile(done: int, total: int) -> None:
-            events.put({"event": "tiles", "index": index, "path": rel, "done": done, "total": total})
-
-        return process_image(
-            model_path, item.path, options, output, item.rel, on_tile=on_tile, previous=previous.get(rel)
-        )
+    runner = (make_runner or _LocalRunner)(model_path, output, options, previous, events)
 
     def drain() -> None:
         while True:
@@ -679,25 +725,17 @@ def _pipeline(
             except queue.Empty:
                 return
 
-    def cost(item: InputItem) -> int:
-        try:
-            width, height = image_size(item.path)
-        except (ImageError, OSError):
-            return 64 << 20  # it will fail fast
-        return estimate_memory(width, height, options)
-
     pending: deque[tuple[int, Future, int]] = deque()
-    pool = _DaemonPool(slots, "skinseg-infer")
     stopped = ""
     try:
         while (jobs and not stopped) or pending:
-            while jobs and not stopped and len(pending) < slots:
+            while jobs and not stopped and len(pending) < runner.slots:
                 index, item = jobs[0]
-                need = cost(item)
-                if pending and sum(n for _, _, n in pending) + need > budget:
+                need = runner.cost(item)
+                if pending and sum(n for _, _, n in pending) + need > runner.budget:
                     break  # wait for memory; an image over the whole budget still runs, alone
                 jobs.popleft()
-                pending.append((index, pool.submit(lambda i=index, it=item: work(i, it)), need))
+                pending.append((index, runner.start(index, item), need))
             _wait_any([f for _, f, _ in pending], timeout=0.1)
             drain()
             for entry in [e for e in pending if e[1].done()]:
@@ -713,8 +751,52 @@ def _pipeline(
         _finish_in_flight(pending, record, drain)
         raise
     finally:
-        pool.close()
+        runner.close()
     return stopped
+
+
+class _LocalRunner:
+    """Images worked on by a few daemon threads of this process, admitted by their estimated memory."""
+
+    def __init__(
+        self, model_path: Path, output: Path, options: InferOptions, previous: dict[str, Row], events: queue.SimpleQueue
+    ) -> None:
+        self.model_path, self.output, self.options, self.previous, self.events = (
+            model_path, output, options, previous, events,
+        )  # fmt: skip
+        self.budget = options.memory_limit or default_memory_limit()
+        self.slots = max(1, int(options.max_in_flight))
+        self._pool = _DaemonPool(self.slots, "skinseg-infer")
+
+    def cost(self, item: InputItem) -> int:
+        try:
+            width, height = image_size(item.path)
+        except (ImageError, OSError):
+            return 64 << 20  # it will fail fast
+        return estimate_memory(width, height, self.options)
+
+    def start(self, index: int, item: InputItem) -> Future:
+        return self._pool.submit(lambda: self._work(index, item))
+
+    def _work(self, index: int, item: InputItem) -> Row:
+        rel = str(item.rel)
+        self.events.put({"event": "image_start", "index": index, "path": rel})
+
+        def on_tile(done: int, total: int) -> None:
+            self.events.put({"event": "tiles", "index": index, "path": rel, "done": done, "total": total})
+
+        return process_image(
+            self.model_path,
+            item.path,
+            self.options,
+            self.output,
+            item.rel,
+            on_tile=on_tile,
+            previous=self.previous.get(rel),
+        )
+
+    def close(self) -> None:
+        self._pool.close()
 
 
 def _wait_any(futures: list[Future], timeout: float) -> None:

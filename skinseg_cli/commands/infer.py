@@ -114,6 +114,17 @@ def infer(
         LogFormat, typer.Option("--log-format", help="text lines or one JSON object per line.")
     ] = LogFormat.text,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also search sub-folders.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Run on a Dask cluster: local:N (N worker processes here), a scheduler file, or an address "
+            "(tcp://host:8786, tls://…). Needs the cluster extra; workers must see the files (docs/cluster.md).",
+        ),
+    ] = None,
+    tls_ca_file: Annotated[str | None, typer.Option("--tls-ca-file", help="TLS to the scheduler: CA file.")] = None,
+    tls_cert: Annotated[str | None, typer.Option("--tls-cert", help="TLS to the scheduler: certificate.")] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", help="TLS to the scheduler: private key.")] = None,
 ) -> None:
     """Segment images: a mask, an overlay and a report row for each, mirroring the input folders.
 
@@ -142,11 +153,26 @@ def infer(
 
     options = infer_options(locals())
     model_path = model if model is not None else default_model_path()
+    security = None
+    if scheduler is not None:
+        from skinseg.runtime.cluster import tls_security
+
+        security = tls_security(tls_ca_file, tls_cert, tls_key)
+    elif tls_ca_file or tls_cert or tls_key:
+        raise UsageError("--tls-ca-file, --tls-cert and --tls-key go with --scheduler")
     progress = InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value)
     try:
         with sigterm_as_interrupt(), progress:
             summary = run_batch(
-                sources, model_path, output, options, recursive=recursive, wait=wait, on_event=progress.handle
+                sources,
+                model_path,
+                output,
+                options,
+                recursive=recursive,
+                wait=wait,
+                on_event=progress.handle,
+                scheduler=scheduler,
+                security=security,
             )
     except KeyboardInterrupt:
         raise typer.Exit(130) from None  # the progress printed what was done; the reports are written
