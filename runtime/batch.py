@@ -555,32 +555,29 @@ def run_batch(
     if not found.items and not found.unreadable:
         return BatchSummary(0, 0, 0, 0.0, 0.0, "", str(model_path), "", str(output))
     segmenter, options = pin_model(model_path, options)  # a bad model stops us before any image or output
-    prepare_output(output)
+    cluster = None
+    if scheduler is not None:  # an unreachable scheduler stops us before any output too
+        from skinseg.runtime.cluster import connect
 
-    def on_wait() -> None:
-        emit({"event": "waiting", "output": str(output)})
+        cluster = connect(scheduler, security=security)
+    try:
+        prepare_output(output)
 
-    if scheduler is None:
+        def on_wait() -> None:
+            emit({"event": "waiting", "output": str(output)})
+
         with output_lock(output, wait=wait, on_wait=on_wait):
+            provider, make_runner = segmenter.provider, None
+            if cluster is not None:
+                cluster.check_workers(model_path, output)
+                provider, make_runner = f"{segmenter.provider} on {cluster.describe()}", cluster.runner
             remove_stale_temps(output)
             return _run_locked(
-                found.items, found.unreadable, Path(model_path), output, options, segmenter.provider, emit
+                found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner
             )
-    from skinseg.runtime.cluster import connect
-
-    with output_lock(output, wait=wait, on_wait=on_wait), connect(scheduler, security=security) as cluster:
-        cluster.check_workers(model_path, output)
-        remove_stale_temps(output)
-        return _run_locked(
-            found.items,
-            found.unreadable,
-            Path(model_path),
-            output,
-            options,
-            f"{segmenter.provider} on {cluster.describe()}",
-            emit,
-            make_runner=cluster.runner,
-        )
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def _run_locked(
