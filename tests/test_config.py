@@ -159,3 +159,12 @@ def test_every_schema_key_is_used_somewhere_or_listed_as_ignored():
     assert unused == [], f"read nowhere and not in IGNORED_KEYS: {unused}"
     for section, keys in IGNORED_KEYS.items():
         assert set(keys) <= {f.name for f in dataclasses.fields(SECTIONS[section])}, section
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.config")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads(path):
+    """The recipe, the fine-tuning template, the demo and every lever screen stay valid as the schema moves."""
+    cfg = load_config(path)
+    assert cfg.model.image_width > 0 and cfg.train.epochs > 0
