@@ -33,13 +33,25 @@ def threshold(prob: np.ndarray, t: float = 0.5) -> np.ndarray:
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected foreground component (an empty mask stays empty)."""
+    """Keep only the largest 8-connected foreground component (an empty mask stays empty).
+
+    Labelled only where it matters: a mask of one component (counted by its outer contours, which costs a tenth of
+    labelling) comes back as is, and otherwise only the foreground's bounding box is labelled (a 29 MP mask's
+    labels are 116 MB): the same pixels as labelling the whole mask.
+    """
     mask = _as_mask(mask)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    if n <= 2:  # background only, or a single component
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
         return mask.copy()
+    crop = mask[y : y + h, x : x + w]
+    _contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None or np.count_nonzero(hierarchy[0][:, 3] < 0) <= 1:
+        return mask.copy()
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=cv2.CV_32S)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return np.where(labels == largest, np.uint8(255), np.uint8(0))
+    out = np.zeros_like(mask)
+    out[y : y + h, x : x + w] = np.where(labels == largest, np.uint8(255), np.uint8(0))
+    return out
 
 
 _FLOOD_FILL_MAX_SIDE = 65535

@@ -38,6 +38,27 @@ def test_keep_largest_component():
     np.testing.assert_array_equal(keep_largest_component(empty), empty)
 
 
+def test_keep_largest_labels_only_the_foreground_box_and_keeps_the_same_pixels():
+    """Against labelling the whole mask: random masks, one component, nested components, ties, empty."""
+    import cv2
+
+    def reference(m: np.ndarray) -> np.ndarray:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8, ltype=cv2.CV_32S)
+        if n <= 2:
+            return m.copy()
+        return np.where(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), np.uint8(255), np.uint8(0))
+
+    rng = np.random.default_rng(1)
+    masks = [((rng.random((h, w)) < p) * 255).astype(np.uint8) for h, w, p in [(40, 60, 0.3), (33, 21, 0.55)] * 5]
+    ring = np.zeros((30, 30), np.uint8)
+    ring[5:25, 5:25] = 255
+    ring[8:22, 8:22] = 0
+    ring[12:18, 12:18] = 255  # a component inside the ring's hole
+    masks += [ring, two_blobs(), np.zeros((9, 9), np.uint8), np.full((4, 4), 255, np.uint8)]
+    for m in masks:
+        np.testing.assert_array_equal(keep_largest_component(m), reference(m))
+
+
 def test_fill_holes_keeps_border_background():
     m = np.zeros((20, 20), np.uint8)
     m[3:15, 3:15] = 255
