@@ -278,7 +278,8 @@ def test_the_lean_conversion_builds_the_stock_graph_and_falls_back_when_an_optim
     lean = keras_to_onnx.convert(model, opset=17, layout="nhwc")
     stock = keras_to_onnx.convert(model, opset=17, layout="nhwc", lean=False)
     assert tf2onnx_graph.Node.update_proto is update  # tf2onnx is left as it was
-    assert [n.op_type for n in lean.graph.node] == [n.op_type for n in stock.graph.node]  # names carry counters
+    # the same nodes (names carry global counters, and the topological order of independent nodes may differ)
+    assert sorted(n.op_type for n in lean.graph.node) == sorted(n.op_type for n in stock.graph.node)
     images, _ = _disks(2, seed=3)
     outputs = [
         ort.InferenceSession(p.SerializeToString()).run(None, {"image": images.astype(np.float32)})[0]
@@ -300,4 +301,4 @@ def test_the_lean_conversion_builds_the_stock_graph_and_falls_back_when_an_optim
     monkeypatch.setattr(tf2onnx.optimizer, "optimize_graph", failing_once)
     fallback = keras_to_onnx.convert(model, opset=17, layout="nhwc")
     assert calls == [False, True]  # the lean way failed, the stock way ran
-    assert [n.op_type for n in fallback.graph.node] == [n.op_type for n in stock.graph.node]
+    assert sorted(n.op_type for n in fallback.graph.node) == sorted(n.op_type for n in stock.graph.node)
