@@ -35,11 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 def run_child(args: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall seconds, peak RSS in MB, the result) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # pipes could fill and block
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     proc.returncode = os.waitstatus_to_exitcode(status)
     done = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
     if done.returncode not in (0, 1):

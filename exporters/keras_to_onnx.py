@@ -214,16 +214,6 @@ def convert(
     ``lean`` converts without tf2onnx's per-pass copies of the weights (:func:`_lean_tf2onnx`); should that fail,
     the stock conversion runs instead.
     """
-    if lean:
-        try:
-            with _lean_tf2onnx():
-                return convert(
-                    model, opset=opset, layout=layout, input_name=input_name, output_name=output_name, lean=False
-                )
-        except (ModelError, UsageError):
-            raise
-        except Exception:  # noqa: BLE001  an optimizer that needed tf2onnx's safety copy: the stock way
-            logging.getLogger(__name__).info("lean tf2onnx conversion failed; converting the stock way")
     tf, tf2onnx = _import_tensorflow()
     out_channels = _check_signature(model, "model")
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name=input_name)
@@ -233,15 +223,28 @@ def convert(
         return {output_name: tf.cast(model(image, training=False), tf.float32)}
 
     nchw = layout == "nchw"
-    with _quiet_tf2onnx():
-        proto, _ = tf2onnx.convert.from_function(
-            serve,
-            input_signature=serve.input_signature,
-            opset=opset,
-            custom_rewriter=[graph.rewrite_dilated_convs],
-            inputs_as_nchw=[input_name] if nchw else None,
-            outputs_as_nchw=[output_name] if nchw else None,
-        )
+
+    def from_function() -> onnx.ModelProto:
+        with _quiet_tf2onnx():
+            proto, _ = tf2onnx.convert.from_function(
+                serve,
+                input_signature=serve.input_signature,
+                opset=opset,
+                custom_rewriter=[graph.rewrite_dilated_convs],
+                inputs_as_nchw=[input_name] if nchw else None,
+                outputs_as_nchw=[output_name] if nchw else None,
+            )
+        return proto
+
+    proto = None
+    if lean:
+        try:
+            with _lean_tf2onnx():
+                proto = from_function()
+        except Exception:  # noqa: BLE001  an optimizer that needed tf2onnx's safety copy: the stock way
+            logging.getLogger(__name__).info("lean tf2onnx conversion failed; converting the stock way")
+    if proto is None:
+        proto = from_function()
     graph.fold_input_rescaling(proto)
     graph.name_dynamic_dims(proto, layout=layout, out_channels=out_channels)
     return proto

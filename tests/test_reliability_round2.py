@@ -203,9 +203,15 @@ def rows_of(out: Path) -> dict[str, dict[str, str]]:
     return read_results(out / "results.csv")
 
 
-def cli(*args: object) -> subprocess.CompletedProcess:
+def cli(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
+    """`python -m skinseg ARGS` in a subprocess from the repository root (``kwargs``: e.g. ``env``)."""
     return subprocess.run(
-        [sys.executable, "-m", "skinseg", *map(str, args)], capture_output=True, text=True, timeout=180, cwd=ROOT
+        [sys.executable, "-m", "skinseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 

@@ -10,14 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.runtime.batch import InferOptions, run_batch
@@ -26,32 +24,8 @@ from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import IR_VERSION, OPSET, identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
 
-ROOT = Path(__file__).resolve().parents[1]
-OPTS = InferOptions(threads=1)
-runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
-
-
-def rows_of(out: Path) -> dict[str, dict[str, str]]:
-    from skinseg.runtime.report import read_results
-
-    return read_results(out / "results.csv")
-
-
-def cli(*args: object, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "skinseg", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        env=env,
-        **kwargs,
-    )
+# The stand-in model, the options and the helpers of the numbered findings' tests.
+from tests.test_reliability_round2 import OPTS, ROOT, cli, model, rows_of, runner  # noqa: E402, F401
 
 
 def invoke(*args: object):
