@@ -4,9 +4,9 @@ One import name over five layers, each importing only the ones below it (``tests
 
 1. :mod:`skinseg.runtime` (folder ``runtime/``): onnxruntime inference: reading images, tiling, blending,
    pre- and post-processing, batch runs, reports. numpy, OpenCV and onnxruntime only; never TensorFlow.
-2. :mod:`skinseg.data` (``skinseg_cli/data/``): pairing images with masks, synthetic images, the config schema.
+2. :mod:`skinseg.data` (``data/``): pairing images with masks, synthetic images, the config schema.
 3. :mod:`skinseg.exporters` (``exporters/``): Keras to ONNX, graph clean-up, quantization, checks.
-4. :mod:`skinseg.training` (``skinseg_cli/training/``): augmentation, the UNet, losses, the trainer.
+4. :mod:`skinseg.training` (``training/``): augmentation, the UNet, losses, the trainer.
 5. the CLI: :mod:`skinseg.cli`, :mod:`skinseg.app`, :mod:`skinseg.commands` (a thin shell over the layers).
 
 The embedding API is here, imported lazily so that ``import skinseg`` stays cheap::

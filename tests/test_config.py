@@ -146,7 +146,7 @@ def test_every_schema_key_is_used_somewhere_or_listed_as_ignored():
     root = Path(__file__).resolve().parents[1]
     code = "\n".join(
         p.read_text(encoding="utf-8")
-        for folder in ("runtime", "exporters", "skinseg_cli")
+        for folder in ("runtime", "data", "exporters", "training", "skinseg_cli")
         for p in (root / folder).rglob("*.py")
         if p.name != "config.py"
     )

@@ -17,15 +17,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # repository folder -> installed package name (pyproject.toml [tool.setuptools] package-dir)
-FOLDERS = {"runtime": "skinseg.runtime", "exporters": "skinseg.exporters", "skinseg_cli": "skinseg"}
+FOLDERS = {
+    "runtime": "skinseg.runtime",
+    "data": "skinseg.data",
+    "exporters": "skinseg.exporters",
+    "training": "skinseg.training",
+    "skinseg_cli": "skinseg",
+}
 LAYERS = ["skinseg.runtime", "skinseg.data", "skinseg.exporters", "skinseg.training"]  # then the CLI: the rest
-OLD_NAMES = ("runtime", "exporters", "skinseg_cli")
+OLD_NAMES = tuple(FOLDERS)
 SUBMODULES = {
     p.stem for p in (ROOT / "skinseg_cli").iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()
-} | {
-    "runtime",
-    "exporters",
-}
+} | {name.rpartition(".")[2] for name in FOLDERS.values() if name != "skinseg"}
 # What no module of a layer may import, even indirectly through a third-party package.
 FORBIDDEN = {
     "skinseg.runtime": ("tensorflow", "keras", "tf2onnx", "onnx", "typer", "rich"),
