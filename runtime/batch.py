@@ -291,7 +291,8 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 
 def _empty_row(rel: PurePosixPath | str, image_path: str | os.PathLike[str]) -> Row:
     row: Row = dict.fromkeys(CSV_FIELDS)
-    row.update(path=str(rel), input=os.fspath(image_path), status="", error="")
+    # The input as an absolute path: a later run started in another folder (cron runs from $HOME) still finds it.
+    row.update(path=str(rel), input=os.path.abspath(image_path), status="", error="")
     return row
 
 
@@ -379,7 +380,7 @@ def _no_work_row(
     if record is not None:
         return {**row, **(record.get("row") or {}), "status": "skipped", "fingerprint": record.get("input")}
     if previous is not None and not options.retry_failed and _failed_before(previous, settings, image_path):
-        return {**previous, "input": os.fspath(image_path), "retried": False}
+        return {**previous, "input": row["input"], "retried": False}
     return None
 
 

@@ -1,8 +1,9 @@
 """A batch's report: ``results.csv`` (one row per image), ``summary.json`` and the HTML gallery.
 
 Both files are written atomically; a rerun reads the previous ``results.csv`` (:func:`read_results`) and merges
-its rows into it (:func:`merge_rows`), so skipped images keep their data; rows of inputs deleted since are dropped
-first (:func:`drop_deleted_inputs`). :func:`write_reports` writes all three
+its rows into it (:func:`merge_rows`): a skipped image's row is what its mask's record says, so the report follows
+the disk even after a run killed before writing it; rows of inputs deleted since are dropped first
+(:func:`drop_deleted_inputs`). :func:`write_reports` writes all three
 at the end of a run.
 """
 
@@ -144,25 +145,42 @@ def drop_deleted_inputs(previous: dict[str, Row], current_paths: Collection[str]
     """``previous`` without the rows of inputs that no longer exist.
 
     A row is dropped when its ``path`` is not among ``current_paths`` (this run's inputs) and its ``input`` file
-    is gone. ``input`` is the path as the run that wrote the row was given it; a relative one is looked up from
-    the current folder. Rows of inputs that exist but were not part of this run (other sources) are kept, and so
-    are rows without an ``input``.
+    is gone. ``input`` is an absolute path (whatever folder the run that wrote it started in); a relative one, as
+    older versions wrote, cannot be checked from another folder, so its row is kept. Rows of inputs that exist but
+    were not part of this run (other sources) are kept, and so are rows without an ``input``.
     """
     kept: dict[str, Row] = {}
     for key, row in previous.items():
         source = str(row.get("input") or "")
-        if key in current_paths or not source or os.path.lexists(source):
+        if key in current_paths or not os.path.isabs(source) or os.path.lexists(source):
             kept[key] = row
     return kept
 
 
+def _same_outputs(old: Row | None, row: Row) -> bool:
+    """Whether ``old`` describes the outputs ``row`` found up to date: the same input content and settings."""
+    return (
+        old is not None
+        and old.get("width") is not None
+        and old.get("fingerprint") == row.get("fingerprint")
+        and old.get("settings") == row.get("settings")
+    )
+
+
 def merge_rows(previous: dict[str, dict[str, Any]], current: Iterable[Row]) -> dict[str, Row]:
-    """This run's rows over the previous ones; a skipped image keeps its previous data (status ``skipped``)."""
+    """This run's rows over the previous ones.
+
+    A skipped image's row is what its mask's record says (the report is rebuilt from the disk whenever the two
+    disagree: a run killed before its report leaves rows of the run before it). The previous row is only used
+    where it describes the same outputs (same input content and settings): for the time it took, or for all its
+    data when the mask's record holds none.
+    """
     merged: dict[str, Row] = dict(previous)
     for row in current:
         old = previous.get(row["path"])
-        if row["status"] == "skipped" and old is not None and old.get("width") is not None:
-            merged[row["path"]] = {**old, "input": row["input"], "status": "skipped", "error": ""}
+        if row["status"] == "skipped" and _same_outputs(old, row):
+            data = {k: v for k, v in row.items() if v is not None and k != "seconds"}
+            merged[row["path"]] = {**old, **data, "status": "skipped", "error": ""}
         else:
             merged[row["path"]] = row
     return merged
