@@ -544,7 +544,8 @@ def run_batch(
     0) and write nothing. Images that fail are recorded and the batch goes on. Events passed to ``on_event``
     (from the calling thread): ``waiting`` (for the lock), ``start`` (total, provider), ``settings_changed``
     (right after ``start``, when the folder holds outputs of another model or other options: they will be
-    redone), ``image_start``, ``tiles`` (done, total), ``image_done`` (row), ``stopping`` (an interrupt or a
+    redone), ``hidden`` (before ``start``: image files skipped for their hidden names, ``count`` and a few
+    ``examples``), ``image_start``, ``tiles`` (done, total), ``image_done`` (row), ``stopping`` (an interrupt or a
     full disk: images in flight are finishing), ``summary``.
     """
     emit = on_event or (lambda event: None)
@@ -553,6 +554,8 @@ def run_batch(
     output = Path(output)
     options.check()  # a wrong option is said on a night with no new images too
     found = discover(sources, recursive=recursive, output=output)
+    if found.hidden:  # said once, not one line each: a Mac's ._ files can be many
+        emit({"event": "hidden", "count": len(found.hidden), "examples": [str(p) for p in found.hidden[:3]]})
     if not found.items and not found.unreadable:
         return BatchSummary(0, 0, 0, 0.0, 0.0, "", str(model_path), "", str(output))
     segmenter, options = pin_model(model_path, options)  # a bad model stops us before any image or output

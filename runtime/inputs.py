@@ -3,9 +3,11 @@
 Sources are files, folders or glob patterns; each image found becomes an :class:`InputItem` carrying its path
 relative to the output folder. With several folders given, each one's outputs go to a sub-folder named after it
 (``infer clinicA/ clinicB/`` writes ``out/clinicA/...`` and ``out/clinicB/...``), so two folders holding the same
-file names never collide. Never inputs: files inside the output folder that look like our own outputs, and, when
-searching sub-folders, the output folder itself and any folder holding a skinseg settings stamp (an earlier
-run's output folder). A sub-folder that cannot be read is reported, not silently skipped.
+file names never collide. Never inputs: files that look like our own outputs in a folder that holds outputs (the
+output folder, any folder with a skinseg settings stamp, i.e. an earlier run's output folder, and their
+sub-folders); the photos in such a folder are inputs like any others (``--output`` may be the input folder). A
+sub-folder that cannot be read is reported, not silently skipped; image files with hidden names (``.x.jpg``) are
+listed in :attr:`Discovery.hidden`, so the caller can say so.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from skinseg.runtime.atomic import temp_target
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS, is_supported
 from skinseg.runtime.outputs import OUTPUT_SUFFIXES, SETTINGS_NAME
@@ -46,6 +49,7 @@ class Unreadable:
 class Discovery:
     items: list[InputItem]
     unreadable: list[Unreadable]
+    hidden: list[Path] = field(default_factory=list)  # image files skipped for their hidden names (``.x.jpg``)
 
 
 def _has_glob(text: str) -> bool:
@@ -67,22 +71,31 @@ def _is_our_output(name: str) -> bool:
 
 
 def _walk(
-    root: Path, rel: PurePosixPath, *, recursive: bool, output_real: str | None, unreadable: list[Unreadable]
+    root: Path,
+    rel: PurePosixPath,
+    *,
+    recursive: bool,
+    output_real: str | None,
+    unreadable: list[Unreadable],
+    hidden: list[Path],
 ) -> Iterator[InputItem]:
-    """Supported images under ``root``; symlinked folders are followed once (loops end), hidden names skipped,
-    files that look like our own outputs inside the output folder ignored, and (``recursive``) output folders not
-    entered."""
+    """Supported images under ``root``; symlinked folders are followed once (loops end), hidden names skipped (the
+    image files among them listed in ``hidden``), and files that look like our own outputs ignored in a folder that
+    holds outputs: the output folder, a folder with a settings stamp (an earlier run's output folder, perhaps also
+    its input folder), and their sub-folders."""
     visited: set[str] = set()
-    stack = [(root, rel)]
+    stack = [(root, rel, False)]
     while stack:
-        folder, folder_rel = stack.pop()
+        folder, folder_rel, holds_outputs = stack.pop()
         real = os.path.realpath(folder)
         if real in visited:
             continue
         visited.add(real)
-        in_output = output_real is not None and _inside(real, output_real)
-        if folder_rel.parts and (real == output_real or os.path.lexists(os.path.join(folder, SETTINGS_NAME))):
-            continue  # an output folder met on the way down: its files are results, not new photos
+        holds_outputs = (
+            holds_outputs
+            or (output_real is not None and _inside(real, output_real))
+            or os.path.lexists(os.path.join(folder, SETTINGS_NAME))
+        )
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -90,18 +103,19 @@ def _walk(
             unreadable.append(Unreadable(Path(folder), folder_rel, e.strerror or str(e)))
             continue
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
             try:
                 is_dir = entry.is_dir()
             except OSError:
                 continue
+            if entry.name.startswith("."):
+                if not is_dir and is_supported(entry.name) and temp_target(entry.name) is None:
+                    hidden.append(Path(entry.path))
+                continue
             # Anything else with an image's name is an input, FIFOs and broken links included: reading refuses it
             # with a row that says why, instead of leaving a photo out of the report without a word.
-            is_file = not is_dir
             if is_dir and recursive:
-                stack.append((Path(entry.path), folder_rel / entry.name))
-            elif is_file and is_supported(entry.name) and not (in_output and _is_our_output(entry.name)):
+                stack.append((Path(entry.path), folder_rel / entry.name, holds_outputs))
+            elif not is_dir and is_supported(entry.name) and not (holds_outputs and _is_our_output(entry.name)):
                 yield InputItem(Path(entry.path), folder_rel / entry.name)
 
 
@@ -144,11 +158,14 @@ def discover(
     prefixes = _folder_names(folders) if len(folders) > 1 else {}
     found: list[InputItem] = []
     unreadable: list[Unreadable] = []
+    hidden: list[Path] = []
     for text in sources:
         path = Path(text)
         if path.is_dir():
             base = prefixes.get(path, PurePosixPath())
-            found.extend(_walk(path, base, recursive=recursive, output_real=output_real, unreadable=unreadable))
+            found.extend(
+                _walk(path, base, recursive=recursive, output_real=output_real, unreadable=unreadable, hidden=hidden)
+            )
         elif os.path.lexists(path):  # a file, or a FIFO or device that the read refuses with a row
             if not is_supported(path):
                 raise UsageError(
@@ -156,17 +173,19 @@ def discover(
                 )
             found.append(InputItem(path, PurePosixPath(path.name)))
         elif _has_glob(text):
-            found.extend(_glob(text, recursive=recursive, output_real=output_real, unreadable=unreadable))
+            found.extend(
+                _glob(text, recursive=recursive, output_real=output_real, unreadable=unreadable, hidden=hidden)
+            )
         else:
             raise UsageError(f"{text}: no such file or folder; check the SOURCE path")
     unique: dict[str, InputItem] = {}
     for item in found:
         unique.setdefault(os.path.realpath(item.path), item)
-    return Discovery(sorted(unique.values(), key=lambda i: str(i.rel)), unreadable)
+    return Discovery(sorted(unique.values(), key=lambda i: str(i.rel)), unreadable, sorted(set(hidden)))
 
 
 def _glob(
-    pattern: str, *, recursive: bool, output_real: str | None, unreadable: list[Unreadable]
+    pattern: str, *, recursive: bool, output_real: str | None, unreadable: list[Unreadable], hidden: list[Path]
 ) -> Iterator[InputItem]:
     import glob
 
@@ -175,7 +194,9 @@ def _glob(
         path = Path(match)
         rel = PurePosixPath(Path(os.path.relpath(path, base)).as_posix())
         if path.is_dir():
-            yield from _walk(path, rel, recursive=recursive, output_real=output_real, unreadable=unreadable)
+            yield from _walk(
+                path, rel, recursive=recursive, output_real=output_real, unreadable=unreadable, hidden=hidden
+            )
         elif is_supported(path):
             in_output = output_real is not None and _inside(os.path.realpath(path.parent), output_real)
             if not (in_output and _is_our_output(path.name)):

@@ -159,8 +159,17 @@ class InferProgress(_BarsDisplay):
             self._note(f"waiting for another skinseg infer on {shown(event['output'])} to finish…")
         elif kind == "stopping":
             self._stopping(event)
+        elif kind == "hidden" and not self.json:
+            names = ", ".join(shown(p) for p in event["examples"])
+            more = ", …" if event["count"] > len(event["examples"]) else ""
+            self._line(
+                f"skipping {plural(event['count'], 'hidden file')} ({names}{more}): names starting with '.' are not "
+                "searched; rename a photo without the dot to segment it"
+            )
         elif self.json:
-            if kind == "image_done":
+            if kind == "hidden":
+                self._line(json_text({**event, "time": now()}), stamp=False)
+            elif kind == "image_done":
                 self._line(json_text({"event": "image", "time": now(), **event["row"]}), stamp=False)
             elif kind == "summary":
                 self._line(json_text({"event": "summary", "time": now(), **event["summary"]}), stamp=False)
