@@ -357,8 +357,28 @@ class RawValue:
     line: int
 
 
-def parse_ini(text: str, source: str) -> dict[str, dict[str, RawValue]]:
-    """Split INI text into ``{section: {key: RawValue}}`` keeping line numbers. Comments start with ; or #."""
+class ConfigErrors(ConfigError):
+    """Every problem found in a config, reported at once: ``messages`` holds one line each (file, line, key, fix)."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
+
+
+def _raise_all(errors: list[str]) -> None:
+    """Raise :class:`ConfigErrors` with ``errors`` in the file's line order, if there are any."""
+    if errors:
+        raise ConfigErrors(sorted(errors, key=lambda m: int(n.group(1)) if (n := _LINE_RE.match(m)) else 0))
+
+
+_LINE_RE = re.compile(r"^.*?:(\d+): ")
+
+
+def parse_ini(text: str, source: str, errors: list[str] | None = None) -> dict[str, dict[str, RawValue]]:
+    """Split INI text into ``{section: {key: RawValue}}`` keeping line numbers. Comments start with ; or #.
+
+    Problems are appended to ``errors``; without it, :class:`ConfigErrors` lists them all."""
+    found: list[str] = [] if errors is None else errors
     sections: dict[str, dict[str, RawValue]] = {}
     current: str | None = None
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -368,19 +388,24 @@ def parse_ini(text: str, source: str) -> dict[str, dict[str, RawValue]]:
         if m := _SECTION_RE.match(line):
             current = m.group(1).strip().lower()
             if current in sections:
-                raise ConfigError(f"{source}:{lineno}: section [{current}] appears twice; merge the two")
-            sections[current] = {}
+                found.append(f"{source}:{lineno}: section [{current}] appears twice; merge the two")
+            sections.setdefault(current, {})
             continue
         m = _KEY_RE.match(line)
         if m is None:
-            raise ConfigError(f"{source}:{lineno}: cannot read {line[:60]!r}; expected `key = value` or `[section]`")
+            found.append(f"{source}:{lineno}: cannot read {line[:60]!r}; expected `key = value` or `[section]`")
+            continue
         if current is None:
-            raise ConfigError(f"{source}:{lineno}: `{m.group(1)}` comes before any [section]; put it under one")
+            found.append(f"{source}:{lineno}: `{m.group(1)}` comes before any [section]; put it under one")
+            continue
         key = m.group(1).lower()
         if key in sections[current]:
             first = sections[current][key].line
-            raise ConfigError(f"{source}:{lineno}: [{current}] {key} is set twice (first on line {first}); keep one")
+            found.append(f"{source}:{lineno}: [{current}] {key} is set twice (first on line {first}); keep one")
+            continue
         sections[current][key] = RawValue(m.group(2).strip(), lineno)
+    if errors is None:
+        _raise_all(found)
     return sections
 
 
@@ -524,13 +549,17 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Validate INI ``text`` against the schema. ``base_dir`` anchors relative paths."""
-    raw = parse_ini(text, source)
+    """Validate INI ``text`` against the schema. ``base_dir`` anchors relative paths.
+
+    Every problem is found in one pass: :class:`ConfigErrors` lists them all, one line each."""
+    errors: list[str] = []
+    raw = parse_ini(text, source, errors)
     cfg = Config(source=Path(source) if source != "<config>" else None)
     hints_cache: dict[type, dict[str, Any]] = {}
     for section, entries in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{section}]; {_suggest(section, list(SECTIONS))}")
+            errors.append(f"{source}: unknown section [{section}]; {_suggest(section, list(SECTIONS))}")
+            continue
         cls = SECTIONS[section]
         hints = hints_cache.setdefault(cls, typing.get_type_hints(cls))
         values: dict[str, Any] = {}
@@ -541,35 +570,38 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
                     f"{source}:{rv.line}: [{section}] `{key}` is read as `{name}` (the seed's spelling)"
                 )
             if name not in hints:
-                raise ConfigError(
-                    f"{source}:{rv.line}: unknown key `{key}` in [{section}]; {_suggest(name, list(hints))}"
-                )
+                errors.append(f"{source}:{rv.line}: unknown key `{key}` in [{section}]; {_suggest(name, list(hints))}")
+                continue
             tp = hints[name]
             expects_str = tp in (str, Path) or typing.get_args(tp) in ((str, type(None)), (Path, type(None)))
             try:
                 literal = parse_literal(rv.text, expects_str=expects_str)
             except ValueError as e:
-                raise ConfigError(f"{source}:{rv.line}: [{section}] {key}: {e}") from None
+                errors.append(f"{source}:{rv.line}: [{section}] {key}: {e}")
+                continue
             try:
                 values[name] = coerce(literal, tp, base_dir)
             except TypeError:
-                raise ConfigError(
+                errors.append(
                     f"{source}:{rv.line}: [{section}] {key} = {rv.text[:60]} has the wrong type; "
                     f"expected {_describe(tp)}"
-                ) from None
+                )
         setattr(cfg, section, cls(**values))
         cfg.present[section] = set(values)
         for key, rv in entries.items():
             cfg.lines[(section, ALIASES.get((section, key)) or ALIASES.get(("*", key)) or key)] = rv.line
-    _check_ranges(cfg, source)
+    _check_ranges(cfg, source, errors)
+    _raise_all(errors)
     ignored = ignored_keys_warning(cfg, source)
     if ignored:
         cfg.warnings.append(ignored)
     return cfg
 
 
-def _check_ranges(cfg: Config, source: str) -> None:
-    """Value rules that a type cannot express."""
+def _check_ranges(cfg: Config, source: str, errors: list[str] | None = None) -> None:
+    """Value rules that a type cannot express. Problems are appended to ``errors``; without it, raised at once."""
+    found: list[str] = [] if errors is None else errors
+    epochs = max(cfg.train.epochs, 1)  # rules "within [0, epochs)": a bad epochs is its own error, said once
     rules: list[tuple[str, str, bool, str]] = [
         ("model", "image_width", cfg.model.image_width > 0, "a positive number of pixels"),
         ("model", "image_height", cfg.model.image_height > 0, "a positive number of pixels"),
@@ -594,7 +626,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
         ),
         ("model", "color_constancy_p", 1 <= cfg.model.color_constancy_p <= 64, "within [1, 64] (6 is usual)"),
         ("train", "lr_schedule", cfg.train.lr_schedule in LR_SCHEDULES, " or ".join(f'"{s}"' for s in LR_SCHEDULES)),
-        ("train", "warmup_epochs", 0 <= cfg.train.warmup_epochs < cfg.train.epochs, "within [0, epochs)"),
+        ("train", "warmup_epochs", 0 <= cfg.train.warmup_epochs < epochs, "within [0, epochs)"),
     ]
     for name in (
         "vflip",
@@ -625,8 +657,10 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for section, key, ok, rule in rules:
         if not ok:
             where = _where(cfg, source, section, key)
-            raise ConfigError(f"{where}: [{section}] {key} = {getattr(getattr(cfg, section), key)!r} must be {rule}")
-    _check_names(cfg, source)
+            found.append(f"{where}: [{section}] {key} = {getattr(getattr(cfg, section), key)!r} must be {rule}")
+    _check_names(cfg, source, found)
+    if errors is None:
+        _raise_all(found)
 
 
 def _where(cfg: Config, source: str, section: str, key: str) -> str:
@@ -675,7 +709,7 @@ METRIC_NAMES = (
 )
 
 
-def _check_names(cfg: Config, source: str) -> None:
+def _check_names(cfg: Config, source: str, errors: list[str]) -> None:
     """Unknown model, optimizer, activation, loss or metric names: an error naming the file, line and a fix."""
     m = cfg.model
     checks = [
@@ -690,7 +724,7 @@ def _check_names(cfg: Config, source: str) -> None:
             hint = f"did you mean {close[0]!r}? " if close else ""
             shown = repr(value) if len(str(value)) <= 60 else repr(str(value)[:57] + "...")
             canonical = [v for v in valid if "_loss" not in v and v != "binary_crossentropy"][:12]
-            raise ConfigError(
+            errors.append(
                 f"{_where(cfg, source, 'model', key)}: [model] {key} {shown} is not one skinseg knows; "
                 f"{hint}choose from: {', '.join(canonical)}"
             )
@@ -758,15 +792,78 @@ def _render_value(v: Any) -> str:
     return repr(v)
 
 
-DEFAULT_CONFIG_HEADER = """\
-; skinseg train_eval_infer.config
+# ---------------------------------------------------------------------------------------------- recipes
+
+# The recipes shipped with skinseg: the repository's configs/*.config, installed as the package skinseg.configs.
+RECIPES_PACKAGE = "skinseg.configs"
+REFERENCE_RECIPE = "isic_reference"  # the bundled model's recipe: what `skinseg config init` writes
+# [section] keys naming data folders or files: `config init` moves them under the user's data folder
+DATA_KEYS = {
+    "train": ("image_datapath", "mask_datapath", "data_root", "exclude_stems_file"),
+    "eval": ("image_datapath", "mask_datapath"),
+    "test": ("image_datapath", "mask_datapath"),
+}
+
+CONFIG_HEADER = """\
+; skinseg train_eval_infer.config: the recipe `{recipe}` (configs/{recipe}.config of skinseg), written by
+; `skinseg config init`.
+; Only keys that act are set; every other key keeps its default (`skinseg config show THIS_FILE` lists them all).
 ; Values are Python literals: numbers, "strings", True/False, None, (tuples) and [lists]. Nothing is evaluated.
 ; Relative paths resolve against this file's folder. CLI options (--epochs, --batch-size, ...) override values here.
+; The data folders are those `skinseg data prepare --output {data}` makes from the ISIC archives.
 ; Train with:  skinseg train --config THIS_FILE
 """
 
 
+def recipe_path(name: str = REFERENCE_RECIPE) -> Path:
+    """The shipped recipe ``name`` (a file of ``configs/``, without ``.config``); ConfigError if there is none."""
+    import importlib.resources
+
+    try:
+        folder = Path(str(importlib.resources.files(RECIPES_PACKAGE)))
+    except (ModuleNotFoundError, TypeError):
+        folder = Path(__file__).resolve().parents[1] / "configs"  # a checkout that was not installed
+    path = folder / f"{name}.config"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.config")) if folder.is_dir() else []
+        raise ConfigError(f"no recipe named {name!r}; {_suggest(name, known) if known else 'reinstall skinseg'}")
+    return path
+
+
+def init_config_text(config_path: str | Path, *, data: str | Path = "data", recipe: str = REFERENCE_RECIPE) -> str:
+    """The config ``skinseg config init`` writes to ``config_path``: the shipped ``recipe``, read from its file (so
+    it follows the recipe), with only the keys that act. Its data folders move under ``data`` (taken from the
+    current folder, written relative to the new file), keeping the data sets' names (``isic2017-train/images``); its run
+    directory becomes ``runs/<config stem>`` next to the new file; other paths stay where the recipe points."""
+    source = recipe_path(recipe)
+    cfg = load_config(source)
+    where = Path(os.path.abspath(config_path)).parent
+    data_root = Path(os.path.abspath(data))
+    found = [
+        (section, key, getattr(getattr(cfg, section), key))
+        for section, keys in DATA_KEYS.items()
+        for key in keys
+        if key in cfg.present.get(section, set()) and getattr(getattr(cfg, section), key) is not None
+    ]
+    paths = [p for _, _, v in found for p in (v if isinstance(v, list) else [v])]
+    # the recipe's data root: above its data sets' folders (…/isic2017-train/images → …), so their names stay
+    common = Path(os.path.commonpath([p.parent.parent for p in paths])) if paths else None
+
+    def moved(p: Path) -> Path:
+        assert common is not None
+        target = data_root / (p.relative_to(common) if p != common else Path())
+        return Path(os.path.relpath(target, where))
+
+    for section, key, value in found:
+        setattr(getattr(cfg, section), key, [moved(p) for p in value] if isinstance(value, list) else moved(value))
+    if "model_dir" in cfg.present.get("train", set()):
+        cfg.train.model_dir = Path("runs") / Path(config_path).stem
+    for section, keys in IGNORED_KEYS.items():
+        cfg.present[section] = cfg.present.get(section, set()) - set(keys)
+    header = CONFIG_HEADER.format(recipe=recipe, data=Path(data).as_posix())
+    return header + "\n" + render_config(cfg, only_present=True)
+
+
 def default_config_text() -> str:
-    cfg = Config()
-    cfg.train.data_root = None
-    return DEFAULT_CONFIG_HEADER + "\n" + render_config(cfg)
+    """What ``skinseg config init my.config`` writes: the reference recipe, data under ``data/``."""
+    return init_config_text("my.config")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from skinseg import install_hint
 from skinseg.exporters import graph
 from skinseg.runtime import atomic
 from skinseg.runtime.errors import MissingExtraError, ModelError, UsageError
@@ -44,7 +45,7 @@ from skinseg.runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
 
 MIN_OPSET = 13
 FP32_TOLERANCE = 1e-4
-_TRAIN_EXTRA = "pip install 'skinseg[train]'"
+_TRAIN_EXTRA = install_hint("train")
 
 
 @dataclass(frozen=True)

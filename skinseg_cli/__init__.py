@@ -24,6 +24,16 @@ from typing import TYPE_CHECKING
 from skinseg.runtime.lazy import exports
 
 __version__ = "0.1.0"
+# The name on the package index: `skinseg` there is an unrelated project, so skinseg is published as `skinseg-edge`
+# (`pip install 'skinseg-edge[cpu]'`); the command and the import name stay `skinseg`.
+DISTRIBUTION = "skinseg-edge"
+
+
+def install_hint(extras: str) -> str:
+    """How to install skinseg with ``extras`` (such as ``"train"`` or ``"cpu,train"``): from the package index, and
+    from a checkout of the repository."""
+    return f"pip install '{DISTRIBUTION}[{extras}]' (from a checkout: pip install -e '.[{extras}]')"
+
 
 if TYPE_CHECKING:
     from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
@@ -47,8 +57,10 @@ __all__ = [
     "Result",
     "Segmenter",
     "SkinsegError",
+    "DISTRIBUTION",
     "UsageError",
     "__version__",
+    "install_hint",
     "read_image",
     "read_mask",
 ]

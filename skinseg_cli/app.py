@@ -17,9 +17,41 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from skinseg import __version__
+from skinseg import __version__, install_hint
 from skinseg.runtime.errors import MissingExtraError, SkinsegError
 from skinseg.runtime.names import shown
+
+
+def _click_style_help() -> None:
+    """Help as click writes it: Typer 0.2x shows a type after every flag (``--help <bool>``) and arguments as
+    ``{path}`` and ``{SOURCE...}...`` in the usage line. Here flags show no type, and arguments read ``PATH``,
+    ``[PATH]`` and ``SOURCE...`` (tests/test_cli_help.py reads every command's help). Each patch applies only where
+    Typer has the method it replaces."""
+    from typer import core
+
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if option is not None and hasattr(option, "display_type_rich"):
+        typed = option.display_type_rich
+
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if self.is_flag or self.count else typed(self, ctx)
+
+        option.display_type_rich = display_type_rich
+    if argument is not None and isinstance(getattr(argument, "display_name_raw", None), property):
+
+        def display_name_raw(self: Any) -> str:
+            return self.metavar or (self.name or "").upper()
+
+        def usage_name(self: Any) -> str:
+            name = display_name_raw(self)
+            name += "..." if self.nargs != 1 and not name.endswith("...") else ""
+            return name if self.required else f"[{name}]"
+
+        argument.display_name_raw = property(display_name_raw)
+        argument._usage_display_name = usage_name
+
+
+_click_style_help()
 
 app = typer.Typer(
     name="skinseg",
@@ -81,9 +113,7 @@ class _Stdout:
 out = Console(file=_Stdout(), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-TRAIN_EXTRA_HINT = (
-    "skinseg train needs TensorFlow: install the train extra with `pip install 'skinseg[train]'` (or `make install`)"
-)
+TRAIN_EXTRA_HINT = f"skinseg train needs TensorFlow: install the train extra, {install_hint('train')}"
 
 
 def cli_errors(fn):
@@ -94,7 +124,8 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SkinsegError as e:
-            err.print(f"[red]error:[/red] {escape(shown(e))}", soft_wrap=True)
+            for message in getattr(e, "messages", None) or [e]:  # a config's problems, all at once: a line each
+                err.print(f"[red]error:[/red] {escape(shown(message))}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a file the command writes or reads: the path and the reason, not a traceback
             where = f"{shown(e.filename)}: " if e.filename else ""

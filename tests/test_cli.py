@@ -68,7 +68,7 @@ def test_train_without_tensorflow_says_how_to_install(monkeypatch, tmp_path):
     cfg.write_text("[model]\n")
     result = runner.invoke(app, ["train", "--config", str(cfg)])
     assert result.exit_code == 2
-    assert "pip install 'skinseg[train]'" in result.output
+    assert "pip install 'skinseg-edge[train]'" in result.output and "pip install -e '.[train]'" in result.output
 
 
 def test_synth_command_writes_pairs(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from skinseg.app import (
     ConfigArg,
@@ -38,19 +39,30 @@ def config_show(
 @cli_errors
 def config_init(
     path: Annotated[Path, typer.Argument(help="Where to write the new config.", show_default=False)],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="The data folder `skinseg data prepare --output` made (its paths go in the file)."),
+    ] = Path("data"),
+    recipe: Annotated[
+        str,
+        typer.Option("--recipe", help="Which shipped recipe: isic_reference (the bundled model's), finetune, demo."),
+    ] = "isic_reference",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented default config to PATH.
+    """Write a config to PATH: the bundled model's training recipe (configs/isic_reference.config), with only the
+    keys that act, its data folders under --data and its run directory runs/<name>.
 
-    Example: skinseg config init my.config
+    Example: skinseg config init my.config --data data
     """
-    from skinseg.data.config import default_config_text
+    from skinseg.data.config import init_config_text
+    from skinseg.runtime.atomic import write_text_atomic
     from skinseg.runtime.errors import UsageError
 
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to overwrite it")
+    text = init_config_text(path, data=data, recipe=recipe)
     try:
-        path.write_text(default_config_text(), encoding="utf-8")
+        write_text_atomic(path, text)
     except OSError as e:
         raise UsageError(f"{path}: cannot write ({e.strerror}); choose another path") from None
-    out.print(f"wrote {path}")
+    out.print(f"wrote {escape(str(path))}: the {recipe} recipe; train with: skinseg train --config {escape(str(path))}")

@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 
+from skinseg import install_hint
 from skinseg.app import app, cli_errors, err, out, require_modules, require_tensorflow
 from skinseg.options import output_path
 from skinseg.runtime.errors import UsageError
 
-EXPORT_HINT = "skinseg export needs TensorFlow and tf2onnx: install the train extra with `pip install 'skinseg[train]'`"
+EXPORT_HINT = f"skinseg export needs TensorFlow and tf2onnx: install the train extra, {install_hint('train')}"
 
 
 class Layout(str, Enum):

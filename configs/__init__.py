@@ -1,0 +1,1 @@
+"""The training recipes (``*.config``), shipped with skinseg for `skinseg config init`."""

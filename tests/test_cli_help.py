@@ -1,0 +1,46 @@
+"""Every command's help reads as click writes it: flags without a type, arguments as PATH / [PATH] / SOURCE...."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from skinseg.cli import app
+
+runner = CliRunner()
+
+
+def _commands(group: click.Command, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, command in (getattr(group, "commands", None) or {}).items():  # Typer's groups are click Commands
+        found += _commands(command, (*prefix, name))
+    return found
+
+
+COMMANDS = _commands(typer.main.get_command(app))
+
+
+def test_every_command_is_checked():
+    assert {("infer",), ("config", "init"), ("config", "show")} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "skinseg")
+def test_help_shows_no_type_after_flags_and_plain_argument_names(command):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output  # `--help <bool>`, `--force <bool>` before
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage  # `{path}`, `{SOURCE...}...` before
+    assert "......" not in result.output and "...}..." not in usage
+    # argument names in capitals, as in the usage line: PATH, SOURCE..., [MODEL]
+    for name in re.findall(r"\s([\[\]A-Za-z_.]+)\s*$", usage):
+        assert name == "[OPTIONS]" or name.strip("[].").isupper(), usage
+
+
+def test_a_missing_argument_is_named_as_the_usage_line_names_it():
+    result = runner.invoke(app, ["config", "init"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "Missing argument 'PATH'" in result.output
