@@ -7,28 +7,33 @@ PIP    := $(PY) -m pip
 STAMP_ALL := $(VENV)/.install-stamp-all
 STAMP_RT  := $(VENV)/.install-stamp-runtime
 
-.PHONY: help install install-runtime test test-all lint fixup demo bench reference-model evaluate-reference clean
+.PHONY: help install install-runtime test test-all lint fixup demo bench reference-model evaluate-reference clean distclean
 
 help:
-	@echo "make install   create .venv and install skinseg with the train, dev and cluster extras"
+	@echo "make install   create .venv and install skinseg with the cpu, train, dev and cluster extras"
 	@echo "make test      install if needed, then run the fast test suite"
 	@echo "make test-all  also run the slow tests"
 	@echo "make lint      ruff (style, bugs, bandit security rules)"
 	@echo "make demo      segment samples/ with the bundled model into demo_output/ (gallery: index.html)"
-	@echo "make bench     performance benchmarks"
+	@echo "make bench     performance benchmarks, figures in build/bench/ (UPDATE_DOCS=1: into docs/ and benchmarks/)"
 	@echo "make reference-model   retrain, export and install the bundled model (about 1.5 hours on 2 cores)"
 	@echo "make evaluate-reference   the bundled model's figures on isic-raw (MODEL_CARD.md)"
+	@echo "make clean     remove what the demo, evaluations, builds and tests wrote (not runs/: trained models)"
+	@echo "make distclean also remove runs/, clinic/, grid.png and .venv: everything skinseg made in the repository"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# The cpu extra brings onnxruntime; for an NVIDIA GPU: make install RUNTIME_EXTRA=gpu (README, "Install").
+RUNTIME_EXTRA ?= cpu
+
 $(STAMP_ALL): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[train,dev,cluster]'
+	$(PIP) install --quiet -e '.[$(RUNTIME_EXTRA),train,dev,cluster]'
 	touch $@ $(STAMP_RT)
 
 $(STAMP_RT): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e '.[$(RUNTIME_EXTRA)]'
 	touch $@
 
 install: $(STAMP_ALL)
@@ -52,13 +57,19 @@ fixup: $(STAMP_ALL)
 demo: $(STAMP_RT)
 	rm -rf demo_output
 	$(VENV)/bin/skinseg infer samples/ --output demo_output/
-	@echo "open demo_output/index.html for the gallery (input, overlay and lesion area of each sample)"
+	@echo "open demo_output/index.html for the gallery (input, mask and overlay of each sample)"
+	@echo "the skinseg command is $(VENV)/bin/skinseg (or: source $(VENV)/bin/activate, then skinseg)"
 
 # OV_PATH: a folder where onnxruntime-openvino was installed with `pip install --target`, to measure OpenVINO too.
+# The figures go to build/bench/; UPDATE_DOCS=1 writes them into the tracked docs/*.md and benchmarks/results.json.
+BENCH_DOCS := $(if $(UPDATE_DOCS),docs/,build/bench/)
+BENCH_JSON := $(if $(UPDATE_DOCS),benchmarks/,build/bench/)
 bench: $(STAMP_ALL)
+	mkdir -p build/bench
 	$(PY) benchmarks/bench_augment.py --size 512 --count 200
-	$(PY) benchmarks/bench_folder.py --markdown docs/folder_performance.md
-	$(PY) benchmarks/bench_infer.py --levers --out benchmarks/results.json --markdown docs/performance.md $(if $(OV_PATH),--ov-path $(OV_PATH))
+	$(PY) benchmarks/bench_folder.py --markdown $(BENCH_DOCS)folder_performance.md
+	$(PY) benchmarks/bench_infer.py --levers --out $(BENCH_JSON)results.json --markdown $(BENCH_DOCS)performance.md $(if $(OV_PATH),--ov-path $(OV_PATH))
+	@echo "figures in $(BENCH_DOCS)folder_performance.md, $(BENCH_DOCS)performance.md and $(BENCH_JSON)results.json"
 
 DATA    ?= ../shared/data
 MODELS  := runtime/models
@@ -82,5 +93,11 @@ evaluate-reference: $(STAMP_RT)
 	    --masks $(DATA)/isic-raw/masks --output eval/$$m --quiet || exit $$?; \
 	done
 
+# What skinseg writes in the repository. Outside it: the folders given to `skinseg infer --output`, `evaluate
+# --output` and `data prepare --output`; training leaves ~/.keras/keras.json and ~/.cache/matplotlib (README).
 clean:
-	rm -rf demo_output .pytest_cache .ruff_cache build *.egg-info
+	rm -rf demo_output eval build dist .pytest_cache .ruff_cache .hypothesis *.egg-info
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf runs clinic grid.png $(VENV)

@@ -1,6 +1,6 @@
 """skinseg runtime: onnxruntime inference on large dermoscopy images.
 
-This package never imports TensorFlow, Keras or tf2onnx: it is what `pip install skinseg` (no extras) runs.
+This package never imports TensorFlow, Keras or tf2onnx: it is what `pip install 'skinseg-edge[cpu]'` runs.
 Everything but the exceptions is imported lazily (``runtime.Segmenter`` loads OpenCV and onnxruntime on
 first use), so ``from skinseg.runtime.errors import ...`` stays cheap for the CLI.
 """

@@ -26,11 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from skinseg import install_hint
 from skinseg.runtime.errors import MissingExtraError, ModelError, UsageError
 
 __all__ = ["CLUSTER_EXTRA_HINT", "DaskCluster", "cluster_task", "connect", "tls_security"]
 
-CLUSTER_EXTRA_HINT = "--scheduler needs Dask's distributed package: pip install 'skinseg[cluster]'"
+CLUSTER_EXTRA_HINT = (
+    f"--scheduler needs Dask's distributed package: install the cluster extra, {install_hint('cluster')}"
+)
 TASKS_PER_THREAD = 2  # images in flight per worker thread: enough to hide the scheduler's round trip
 CONNECT_TIMEOUT = "15s"
 

@@ -205,17 +205,14 @@ def versions(*, loaded: tuple[str, ...] = ()) -> dict[str, str]:
     ``loaded`` names more modules to report when this process has imported them (e.g. ``("tensorflow",
     "keras")`` for a ``.keras`` model evaluated through Keras); they are never imported here.
     """
-    import importlib.metadata
     import sys
 
     import onnxruntime
 
-    try:
-        skinseg = importlib.metadata.version("skinseg")
-    except importlib.metadata.PackageNotFoundError:
-        skinseg = "unknown"
+    from skinseg import __version__
+
     found = {
-        "skinseg": skinseg,
+        "skinseg": __version__,
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,

@@ -42,7 +42,14 @@ from skinseg.runtime.errors import ImageError, ModelError, UsageError
 from skinseg.runtime.imageio import decode_image, load_image_file
 from skinseg.runtime.metadata import MAX_TILE, METADATA_KEY, ModelMetadata, Scale, parse_metadata
 from skinseg.runtime.preprocess import apply_color_constancy
-from skinseg.runtime.providers import check_provider_used, resolve_providers
+from skinseg.runtime.providers import (
+    check_provider_used,
+    cuda_build,
+    import_onnxruntime,
+    installed_runtimes,
+    load_gpu_libraries,
+    resolve_providers,
+)
 from skinseg.runtime.tiling import flip_tta, plan_tiles, tiled_predict
 
 __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "parse_tile"]
@@ -145,8 +152,7 @@ class OnnxBackend:
         session: Any = None,
         data: bytes | None = None,
     ):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         self.model_path = Path(model_path)
         name = str(self.model_path)
         if not self.model_path.is_file():
@@ -159,6 +165,7 @@ class OnnxBackend:
             self._session = session
         else:
             self._requested = resolve_providers(device)
+            load_gpu_libraries(ort, self._requested)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.inter_op_num_threads = 1
@@ -172,7 +179,13 @@ class OnnxBackend:
                 raise ModelError(
                     f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
                 ) from None
-            check_provider_used(device, self._requested, self._session.get_providers())
+            check_provider_used(
+                device,
+                self._requested,
+                self._session.get_providers(),
+                built_for=cuda_build(ort),
+                installed=installed_runtimes(),
+            )
         props = self._session.get_modelmeta().custom_metadata_map or {}
         text = props.get(METADATA_KEY)
         self.metadata = None if text is None else parse_metadata(text, source=name)

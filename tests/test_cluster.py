@@ -165,4 +165,4 @@ def test_without_the_extra_scheduler_is_one_line(model, tmp_path, monkeypatch):
         app, ["infer", str(src), "--model", str(model), "--output", str(tmp_path / "o"), "--scheduler", "local:2"]
     )
     assert result.exit_code == 2, result.output
-    assert "pip install 'skinseg[cluster]'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "pip install 'skinseg-edge[cluster]'" in result.output and len(result.output.strip().splitlines()) == 1

@@ -207,7 +207,7 @@ def test_keras_model_without_tensorflow_says_how_to_install(monkeypatch, data, t
     keras_file.write_bytes(b"not read")
     result = _run(keras_file, data, tmp_path / "o")
     assert result.exit_code == 2
-    assert "pip install 'skinseg[train]'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "pip install 'skinseg-edge[train]'" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------------------------------- core

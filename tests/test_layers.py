@@ -151,7 +151,7 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     pytest.importorskip("setuptools")
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in FOLDERS:
+    for folder in [*FOLDERS, "configs"]:  # configs/: the recipes, installed as skinseg.configs
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -163,11 +163,12 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("skinseg-*.whl")
+    (wheel,) = tmp_path.glob("skinseg_edge-*.whl")  # the distribution is skinseg-edge (tests/test_install.py)
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"skinseg"}
     assert "skinseg/runtime/models/skinseg_default.onnx" in names and "skinseg/data/config.py" in names
+    assert "skinseg/configs/isic_reference.config" in names  # what `skinseg config init` writes from
     assert not any(n.endswith(".keras") for n in names)  # training artefacts stay out of the runtime wheel
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "skinseg = skinseg.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from skinseg.runtime.errors import UsageError
@@ -38,11 +40,13 @@ def test_explicit_devices():
 
 
 @pytest.mark.parametrize(
-    ("device", "package"),
-    [("cuda", "onnxruntime-gpu"), ("tensorrt", "onnxruntime-gpu"), ("openvino", "onnxruntime-openvino")],
+    ("device", "extra"),
+    [("cuda", "skinseg-edge[gpu]"), ("tensorrt", "skinseg-edge[gpu]"), ("openvino", "skinseg-edge[openvino]")],
 )
-def test_missing_provider_names_the_package(device, package):
-    with pytest.raises(UsageError, match=f"--device {device}.*pip install {package}") as info:
+def test_missing_provider_names_the_package(device, extra):
+    with pytest.raises(
+        UsageError, match=rf"--device {device}.*pip uninstall -y onnxruntime .*'{re.escape(extra)}'"
+    ) as info:
         resolve_providers(device, [CPU])
     assert "\n" not in str(info.value) and "has CPU" in str(info.value)
 

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from skinseg import install_hint
 from skinseg.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
 from skinseg.options import (
     BatchSizeOpt,
@@ -30,7 +31,7 @@ from skinseg.options import (
 from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
 
 KERAS_HINT = (
-    "evaluating a .keras model needs TensorFlow: install the train extra with `pip install 'skinseg[train]'`, "
+    f"evaluating a .keras model needs TensorFlow: install the train extra, {install_hint('train')}, "
     "or evaluate its exported .onnx file"
 )
 
