@@ -142,21 +142,33 @@ def build_model(cfg: Config, steps_per_epoch: int = 1):
     from skinseg.training.model import build_unet
 
     m = cfg.model
-    model = build_unet(
-        image_height=m.image_height,
-        image_width=m.image_width,
-        image_channels=m.image_channels,
-        num_classes=m.num_classes,
-        base_filters=m.base_filters,
-        num_layers=m.num_layers,
-        base_kernels=m.base_kernels,
-        dilation=m.dilation,
-        dropout_rate=m.dropout_rate,
-        batch_norm=m.normalization,
-        activation=m.activation,
-        block=m.block,
-        seed=cfg.train.seed,
-    )
+    if m.encoder == "efficientnet_lite0":
+        from skinseg.training.encoders import build_lite_unet
+
+        model = build_lite_unet(
+            image_height=m.image_height,
+            image_width=m.image_width,
+            base_filters=m.base_filters,
+            dropout_rate=m.dropout_rate,
+            weights=m.encoder_weights,
+            seed=cfg.train.seed,
+        )
+    else:
+        model = build_unet(
+            image_height=m.image_height,
+            image_width=m.image_width,
+            image_channels=m.image_channels,
+            num_classes=m.num_classes,
+            base_filters=m.base_filters,
+            num_layers=m.num_layers,
+            base_kernels=m.base_kernels,
+            dilation=m.dilation,
+            dropout_rate=m.dropout_rate,
+            batch_norm=m.normalization,
+            activation=m.activation,
+            block=m.block,
+            seed=cfg.train.seed,
+        )
     if cfg.train.init_weights is not None:
         from skinseg.training.model import copy_weights, load_model
 
@@ -169,7 +181,43 @@ def build_model(cfg: Config, steps_per_epoch: int = 1):
         clipvalue=m.clipvalue,
         optimizer=m.optimizer,
     )
+    # The optimizer's slots for every weight now, frozen or not, so unfreezing the encoder later needs no rebuild.
+    model.optimizer.build(model.trainable_variables)
     return model
+
+
+def validation_epochs(epochs: int, every: int) -> list[int]:
+    """The (1-based) epochs after which validation runs: every ``every`` epochs, and always after the last."""
+    return sorted({*range(every, epochs + 1, every), epochs})
+
+
+def _encoder_freezer(model: Any, until_epoch: float):
+    """A callback that keeps the pretrained encoder frozen (weights and batch-norm statistics) for the first
+    ``until_epoch`` epochs (rounded up), then trains it with the rest; None when there is nothing to freeze."""
+    import keras
+
+    from skinseg.training.encoders import encoder_layers
+
+    frozen = encoder_layers(model)
+    if not frozen or until_epoch <= 0:
+        return None
+    until = math.ceil(until_epoch)
+
+    class EncoderFreezer(keras.callbacks.Callback):
+        def _set(self, trainable: bool) -> None:
+            if frozen[0].trainable == trainable:
+                return
+            for layer in frozen:
+                layer.trainable = trainable
+            self.model.make_train_function(force=True)  # the step's variable list is fixed when it is traced
+
+        def on_train_begin(self, logs=None) -> None:
+            self._set(False)
+
+        def on_epoch_begin(self, epoch: int, logs=None) -> None:
+            self._set(epoch >= until)
+
+    return EncoderFreezer()
 
 
 def train(
@@ -242,6 +290,9 @@ def train(
 
     tracker = _run_tracker(run_dir, cfg, emit, steps=steps, state=state)
     callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
+    freezer = _encoder_freezer(model, cfg.train.freeze_encoder_epochs)
+    if freezer is not None:
+        callbacks.insert(0, freezer)
     if cfg.train.learning_rate_reducer and cfg.train.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -260,6 +311,7 @@ def train(
             steps_per_epoch=steps,
             validation_data=valid_ds,
             validation_steps=val_steps,
+            validation_freq=validation_epochs(cfg.train.epochs, cfg.train.validation_freq),
             callbacks=callbacks,
             verbose=0,
             shuffle=False,
@@ -345,13 +397,14 @@ class _RunTrackerMixin:
         lr = self.model.optimizer.learning_rate
         logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
         self.epoch = epoch + 1
+        validated = self.monitor in logs  # [train] validation_freq: some epochs are not validated
         value = logs.get(self.monitor, math.inf)
         improved = value < self.best
         if improved:
             self.best, self.best_epoch, self.wait = value, self.epoch, 0
             self.best_weights = self.model.get_weights()
             save_model_atomic(self.model, self.run_dir / BEST)
-        else:
+        elif validated:
             self.wait += 1
         save_model_atomic(self.model, self.run_dir / LAST)
         self.history.append({"epoch": self.epoch, **logs})

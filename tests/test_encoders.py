@@ -1,0 +1,139 @@
+"""The UNet on the ImageNet-pretrained EfficientNet-Lite0 encoder: the converted weights reproduce the original
+network, the model's interpolation is bilinear, it exports with a dynamic tile size, and the encoder freezes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+import keras  # noqa: E402
+
+from skinseg.runtime.errors import ConfigError  # noqa: E402
+from skinseg.training.encoders import (  # noqa: E402
+    build_lite_unet,
+    efficientnet_lite0_features,
+    encoder_layers,
+    load_encoder_weights,
+)
+
+pytestmark = pytest.mark.train
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "reference" / "efficientnet_lite0_imagenet.npz"
+PARITY = ROOT / "tests" / "data" / "efficientnet_lite0_parity.npz"
+
+
+def test_converted_weights_reproduce_the_pytorch_network_on_real_photographs():
+    """tests/data/…parity.npz holds PyTorch's feature maps (float16) on two sample photographs
+    (tools/convert_efficientnet_lite0.py dump); the Keras encoder with the shipped weights must match them."""
+    ref = np.load(PARITY)
+    images = ref["images"]
+    assert images.shape[0] == 2 and images.std() > 10  # real photographs, not blank arrays
+    model = efficientnet_lite0_features(images.shape[1], images.shape[2], weights=WEIGHTS)
+    outputs = model.predict(images.astype(np.float32), verbose=0)
+    for name, got in zip(("s2", "s4", "s8", "s16", "s32"), outputs, strict=True):
+        want = ref[name].astype(np.float32)
+        assert got.shape == want.shape, name
+        assert np.abs(want).max() > 0.5, name  # the features are not trivially zero
+        assert np.abs(got - want).max() / np.abs(want).max() < 2e-3, name
+    # Without the weights the same network is far off: the check can fail.
+    random = efficientnet_lite0_features(images.shape[1], images.shape[2]).predict(images.astype(np.float32), verbose=0)
+    want = ref["s32"].astype(np.float32)
+    assert np.abs(random[-1] - want).max() / np.abs(want).max() > 0.1
+
+
+def test_weights_that_do_not_fit_are_refused_in_one_line(tmp_path):
+    model = efficientnet_lite0_features(64, 64)
+    bad = tmp_path / "bad.npz"
+    with np.load(WEIGHTS) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["enc_stem_conv/kernel"] = arrays["enc_stem_conv/kernel"][:, :, :, :16]
+    np.savez(bad, **arrays)
+    with pytest.raises(ConfigError, match=r"enc_stem_conv/kernel is \(3, 3, 3, 32\)") as e:
+        load_encoder_weights(model, bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_encoder_weights(model, tmp_path / "missing.npz")
+    text = tmp_path / "text.npz"
+    text.write_text("not an archive")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_encoder_weights(model, text)
+
+
+def test_the_output_interpolation_is_bilinear_inside_and_keeps_the_sign_at_the_border():
+    import tensorflow as tf
+
+    model = build_lite_unet(image_height=64, image_width=96)
+    probe = keras.Model(model.input, [model.get_layer("logits").output, model.get_layer("logits_up").output])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+    logits, up = probe.predict(x, verbose=0)
+    want = tf.image.resize(logits, (64, 96), method="bilinear").numpy()
+    assert np.abs(up - want)[:, 1:-1, 1:-1].max() < 1e-5
+    assert np.array_equal(np.sign(up), np.sign(want))
+
+
+@pytest.mark.parametrize("size", [(100, 256), (256, 20)])
+def test_a_size_not_divisible_by_32_is_refused_with_a_fix(size):
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        build_lite_unet(image_height=size[0], image_width=size[1])
+
+
+def test_exported_model_takes_other_tile_sizes_with_keras_parity(tmp_path):
+    import onnxruntime as ort
+
+    from skinseg.exporters.keras_to_onnx import convert
+
+    model = build_lite_unet(image_height=64, image_width=64, base_filters=8, weights=WEIGHTS)
+    proto = convert(model, opset=17, layout="nhwc")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(1)
+    for shape in ((1, 64, 64, 3), (2, 96, 160, 3)):
+        x = rng.uniform(0, 255, shape).astype(np.float32)
+        (got,) = session.run(None, {name: x})
+        want = model.predict(x, verbose=0)
+        assert got.shape == want.shape == (*shape[:3], 1)
+        assert np.abs(got - want).max() < 1e-4
+
+
+def test_the_encoder_stays_frozen_for_the_configured_epochs_then_trains(tmp_path):
+    from skinseg.training.losses import compile_model
+    from skinseg.training.trainer import _encoder_freezer
+
+    model = build_lite_unet(image_height=64, image_width=64, base_filters=8, weights=WEIGHTS)
+    compile_model(model, loss="bce_jaccard_loss", metrics=[], learning_rate=1e-2, clipvalue=0.5)
+    model.optimizer.build(model.trainable_variables)
+    freezer = _encoder_freezer(model, 1)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    y = (rng.uniform(size=(4, 64, 64, 1)) > 0.5).astype(np.float32)
+
+    def snapshot():
+        return {
+            "stem": model.get_layer("enc_stem_conv").get_weights()[0].copy(),
+            "bn_mean": model.get_layer("enc_b3_dw_bn").get_weights()[2].copy(),
+            "decoder": model.get_layer("dec0_conv1").get_weights()[0].copy(),
+        }
+
+    start = snapshot()
+    model.fit(x, y, epochs=1, batch_size=2, verbose=0, callbacks=[freezer])
+    after_one = snapshot()
+    assert np.array_equal(after_one["stem"], start["stem"])  # frozen weights
+    assert np.array_equal(after_one["bn_mean"], start["bn_mean"])  # frozen batch-norm statistics
+    assert not np.array_equal(after_one["decoder"], start["decoder"])  # the decoder trained
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=2, verbose=0, callbacks=[freezer])
+    after_two = snapshot()
+    assert not np.array_equal(after_two["stem"], start["stem"])  # unfrozen in the second epoch
+    assert all(layer.trainable for layer in encoder_layers(model))
+    assert _encoder_freezer(model, 0) is None
+
+
+def test_validation_runs_every_n_epochs_and_after_the_last():
+    from skinseg.training.trainer import validation_epochs
+
+    assert validation_epochs(10, 1) == list(range(1, 11))
+    assert validation_epochs(10, 3) == [3, 6, 9, 10]
+    assert validation_epochs(2, 5) == [2]
