@@ -137,3 +137,11 @@ def test_validation_runs_every_n_epochs_and_after_the_last():
     assert validation_epochs(10, 1) == list(range(1, 11))
     assert validation_epochs(10, 3) == [3, 6, 9, 10]
     assert validation_epochs(2, 5) == [2]
+
+
+def test_flops_count_the_depthwise_convolutions():
+    from skinseg.training.model import count_flops
+
+    inputs = keras.Input((32, 48, 8))
+    outputs = keras.layers.DepthwiseConv2D(5, padding="same", use_bias=False)(inputs)
+    assert count_flops(keras.Model(inputs, outputs)) == 2 * 32 * 48 * 5 * 5 * 8

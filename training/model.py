@@ -251,6 +251,9 @@ def count_flops(model: keras.Model) -> int:
             kernels = math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape)
             total += 2 * math.prod(layer.output.shape[1:3]) * kernels
             continue
+        if isinstance(layer, layers.DepthwiseConv2D):  # one k×k filter (× multiplier) per input channel
+            total += 2 * math.prod(layer.output.shape[1:3]) * math.prod(layer.kernel.shape)
+            continue
         if isinstance(layer, layers.Conv2DTranspose):
             spatial = layer.input.shape[1:3]  # each input pixel scatters one full kernel
         elif isinstance(layer, layers.Conv2D):
