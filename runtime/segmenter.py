@@ -19,6 +19,7 @@ This module never imports TensorFlow, Keras, tf2onnx or onnx: metadata comes fro
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,7 @@ __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "pa
 
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 MAX_OVERLAP = 0.9  # beyond it the tiles multiply without limit (0.999: 1,000,000 tiles where 25% needs 2)
+FAR_SCALE = 2.0  # a working scale this many times finer or coarser (on a side) than the model's own is warned of
 PREVIEW_SIDE = 2048
 """Long side in px that a decode keeps for the overlay (``--overlay-size`` default): see :meth:`decode_factor`."""
 PHASES = ("decode", "resize", "preprocess", "model", "blend", "postprocess")
@@ -299,7 +301,8 @@ class Segmenter:
     """A loaded skinseg model, ready to segment images of any size.
 
     Args:
-        model: an ``.onnx`` file (run by :class:`OnnxBackend`), or any :class:`Backend`.
+        model: an ``.onnx`` file (run by :class:`OnnxBackend`), or any :class:`Backend`; None (the default): the
+            bundled model, as ``skinseg infer`` without ``--model``.
         device: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (ONNX files only).
         threads: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
         tile: ``(height, width)`` of the tiles; defaults to the metadata's. Required without metadata.
@@ -315,9 +318,11 @@ class Segmenter:
         max_pixels: :meth:`segment_file` refuses larger images before decoding them.
     """
 
+    model_sha256: str | None = None  # the model file's SHA-256 (set by a batch run, else computed when needed)
+
     def __init__(
         self,
-        model: str | os.PathLike[str] | Backend,
+        model: str | os.PathLike[str] | Backend | None = None,
         *,
         device: str = "auto",
         threads: int | None = None,
@@ -334,6 +339,10 @@ class Segmenter:
         check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
         if tile is not None:
             tile = parse_tile(tile)
+        if model is None:
+            from skinseg.runtime.batch import default_model_path
+
+            model = default_model_path()
         if isinstance(model, (str, os.PathLike)):
             model = OnnxBackend(model, device=device, threads=threads)
         self.backend: Backend = model
@@ -425,6 +434,58 @@ class Segmenter:
             "threads": self.threads,
             "max_pixels": self.max_pixels,
         }
+
+    def scale_warning(self, width: int, height: int) -> str | None:
+        """A warning when this segmenter's scale puts a ``width × height`` photo far (:data:`FAR_SCALE` or more on a
+        side) from the scale the model was trained at, naming the loss its card measured nearest that scale; None
+        when the scale is near the model's own, or the model does not say its scale."""
+        meta = self.metadata
+        if meta is None:
+            return None
+        own_tile = (int(meta.tile_size[0]), int(meta.tile_size[1]))
+
+        def ratio_of(scale: Scale | str) -> float:
+            scale = scale if isinstance(scale, Scale) else Scale.parse(scale)
+            w, h = scale.work_size(width, height, own_tile)
+            tw, th = meta.train_scale.work_size(width, height, own_tile)
+            return ((w * h) / (tw * th)) ** 0.5
+
+        ratio = ratio_of(self.scale)
+        if 1 / FAR_SCALE < ratio < FAR_SCALE:
+            return None
+        work = self.work_size(width, height)
+        trained = meta.train_scale.work_size(width, height, own_tile)
+        finer = f"{ratio:.1f}× finer" if ratio > 1 else f"{1 / ratio:.1f}× coarser"
+        text = (
+            f"--scale {self.scale} segments a {width}×{height} photo at {work[0]}×{work[1]} px, {finer} than "
+            f"{self.model_path.name} was trained at (scale {meta.train_scale}: {trained[0]}×{trained[1]} px)"
+        )
+        card = self.card()
+        nearest = card.nearest_scale(ratio_of, ratio) if card is not None else None
+        own = next((f for f in card.scale_figures if f.scale == str(meta.train_scale)), None) if card else None
+        if card is not None and nearest is not None and own is not None and nearest[0] is not own:
+            figure = nearest[0]
+            slower = ""
+            if figure.seconds_per_image and own.seconds_per_image:
+                slower = f" and each image took {figure.seconds_per_image / own.seconds_per_image:.0f}× as long"
+            text += (
+                f": measured at --scale {figure.scale}, its mean Jaccard fell from {own.mean_jaccard:.3f} to "
+                f"{figure.mean_jaccard:.3f}{slower} ({card.scale_source or card.source})"
+            )
+        else:
+            text += ": expect wrong masks (a model sees lesions at the scale it learnt them)"
+        return text + "; leave --scale out to use the model's own"
+
+    def card(self) -> Any:
+        """The :class:`~skinseg.runtime.card.ModelCard` of this model file, or None."""
+        from skinseg.runtime.card import read_card
+
+        if self.model_sha256 is None:
+            try:
+                self.model_sha256 = hashlib.sha256(self.model_path.read_bytes()).hexdigest()
+            except OSError:
+                return None
+        return read_card(self.model_path, self.model_sha256)
 
     def __repr__(self) -> str:
         return (

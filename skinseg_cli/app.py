@@ -63,6 +63,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Read, check and write train_eval_infer.config files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Build the training and evaluation folders from downloaded archives.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+model_app = typer.Typer(help="What a model is: metadata, training data, figures, defaults.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 
 class _Stdout:

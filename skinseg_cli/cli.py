@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 
 from skinseg.app import app, err
-from skinseg.commands import augment, config, evaluate, export, infer, synth, train  # noqa: F401  (registers the commands)
+from skinseg.commands import (  # noqa: F401  (registers the commands)
+    augment,
+    config,
+    data,
+    evaluate,
+    export,
+    infer,
+    model,
+    synth,
+    train,
+)
 
 __all__ = ["app", "main"]
 

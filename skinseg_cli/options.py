@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 
 
-def output_path(text: str) -> Path:
+def output_path(text: str | Path) -> Path:
     """``--output`` as a path; an empty one is refused (``Path("")`` would be the current folder)."""
-    if not text.strip():
+    if not str(text).strip():
         raise typer.BadParameter("is empty; give the file or folder the results go to")
     return Path(text)
 
