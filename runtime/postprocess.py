@@ -13,7 +13,20 @@ import numpy as np
 
 from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST  # noqa: F401  (re-exported)
 
-__all__ = ["contours_json", "fill_holes", "keep_largest_component", "mask_stats", "overlay", "threshold"]
+__all__ = [
+    "COMPONENT_RULES",
+    "contours_json",
+    "fill_holes",
+    "keep_largest_component",
+    "keep_one_component",
+    "mask_stats",
+    "overlay",
+    "threshold",
+]
+
+COMPONENT_RULES = ("area", "mass", "central")
+"""How :func:`keep_one_component` chooses: the largest component, the most probability, or the most probability
+weighted by closeness to the image centre."""
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
@@ -51,6 +64,52 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     out = np.zeros_like(mask)
     out[y : y + h, x : x + w] = np.where(labels == largest, np.uint8(255), np.uint8(0))
+    return out
+
+
+def keep_one_component(mask: np.ndarray, prob: np.ndarray | None = None, *, rule: str = "area") -> np.ndarray:
+    """Keep one 8-connected foreground component, chosen by ``rule`` (:data:`COMPONENT_RULES`).
+
+    ``area``: the largest (:func:`keep_largest_component`). ``mass``: the one holding the most probability (the sum
+    of ``prob`` over its pixels), so a large region the model is unsure of (an ink mark, a dark corner) loses to a
+    smaller one it is sure of. ``central``: that mass weighted by ``1 - d``, ``d`` the distance of the component's
+    centroid from the image centre over the half-diagonal (dermoscopy photographs centre the lesion).
+    Only the foreground's bounding box is labelled, as in :func:`keep_largest_component`.
+    """
+    if rule not in COMPONENT_RULES:
+        raise ValueError(f"rule must be one of {', '.join(COMPONENT_RULES)}, got {rule!r}")
+    if rule == "area" or prob is None:
+        return keep_largest_component(mask)
+    mask = _as_mask(mask)
+    if prob.shape != mask.shape:
+        raise ValueError(f"prob has shape {prob.shape}, the mask {mask.shape}")
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
+        return mask.copy()
+    crop = mask[y : y + h, x : x + w]
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 2:
+        return mask.copy()
+    scale = 255.0 if prob.dtype == np.uint8 else 1.0
+    height, width = mask.shape
+    half_diagonal = np.hypot(width / 2, height / 2)
+    best, chosen = -1.0, 1
+    # Largest first: a component's score is at most its area (probabilities ≤ 1, weights ≤ 1), so the search stops
+    # at the first component smaller than the best score, and only candidates are summed (a bounding box each).
+    for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable"):
+        if stats[i, cv2.CC_STAT_AREA] <= best:
+            break
+        bx, by, bw, bh = (int(v) for v in stats[i, :4])
+        inside = labels[by : by + bh, bx : bx + bw] == i
+        part = prob[y + by : y + by + bh, x + bx : x + bx + bw]
+        score = float(np.sum(part, where=inside, dtype=np.float64)) / scale
+        if rule == "central":
+            cx, cy = centroids[i, 0] + x - (width - 1) / 2, centroids[i, 1] + y - (height - 1) / 2
+            score *= max(0.0, 1.0 - float(np.hypot(cx, cy)) / half_diagonal)
+        if score > best:
+            best, chosen = score, int(i)
+    out = np.zeros_like(mask)
+    out[y : y + h, x : x + w] = np.where(labels == chosen, np.uint8(255), np.uint8(0))
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from skinseg.runtime import postprocess as pp
 from skinseg.runtime.postprocess import (
     contours_json,
     fill_holes,
@@ -135,3 +137,49 @@ def test_contours_json_with_hole():
     xs = [p[0] for p in big["exterior"]]
     assert (min(xs), max(xs)) == (5, 24)
     assert contours_json(np.zeros((3, 3), np.uint8))["polygons"] == []
+
+
+def _ink_beside_a_lesion() -> tuple[np.ndarray, np.ndarray]:
+    """A large component the model is unsure of near the corner (an ink mark) and a smaller, certain, central one."""
+    mask = np.zeros((200, 300), np.uint8)
+    prob = np.zeros((200, 300), np.uint8)
+    mask[5:55, 5:85], prob[5:55, 5:85] = 255, 140  # 4000 px, p 0.55 (mass 2196), at the corner
+    mask[80:130, 120:180], prob[80:130, 120:180] = 255, 250  # 3000 px, p 0.98 (mass 2941), central
+    return mask, prob
+
+
+@pytest.mark.parametrize(("rule", "kept"), [("area", (40, 50)), ("mass", (100, 150)), ("central", (100, 150))])
+def test_keep_one_component_by_rule(rule, kept):
+    mask, prob = _ink_beside_a_lesion()
+    out = pp.keep_one_component(mask, prob, rule=rule)
+    assert out[kept] == 255
+    assert cv2.connectedComponents(out)[0] == 2  # background and one component
+    assert np.array_equal(out[out > 0], mask[out > 0])  # a subset of the mask, whole
+
+
+def test_mass_rule_weighs_probability_not_area_and_works_on_float_maps():
+    mask, prob = _ink_beside_a_lesion()
+    # certainty equal: the larger one holds more mass
+    same = np.where(mask > 0, np.float32(0.9), np.float32(0))
+    assert pp.keep_one_component(mask, same, rule="mass")[40, 50] == 255
+    assert pp.keep_one_component(mask, prob.astype(np.float32) / 255, rule="mass")[100, 150] == 255
+
+
+def test_central_rule_prefers_the_centred_component_of_equal_mass():
+    mask = np.zeros((200, 200), np.uint8)
+    mask[0:30, 0:30] = 255  # corner
+    mask[85:115, 85:115] = 255  # centre, same size
+    prob = np.where(mask > 0, np.uint8(230), np.uint8(0))
+    assert pp.keep_one_component(mask, prob, rule="central")[100, 100] == 255
+    assert pp.keep_one_component(mask, prob, rule="central")[10, 10] == 0
+
+
+def test_keep_one_component_edge_cases():
+    empty = np.zeros((20, 20), np.uint8)
+    assert not pp.keep_one_component(empty, empty, rule="mass").any()
+    mask, prob = _ink_beside_a_lesion()
+    assert np.array_equal(pp.keep_one_component(mask, None, rule="mass"), pp.keep_largest_component(mask))
+    with pytest.raises(ValueError, match="rule must be one of"):
+        pp.keep_one_component(mask, prob, rule="biggest")
+    with pytest.raises(ValueError, match="shape"):
+        pp.keep_one_component(mask, prob[:10], rule="mass")
