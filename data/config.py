@@ -27,6 +27,7 @@ from skinseg.runtime.defaults import COLOR_CONSTANCY_METHODS
 from skinseg.runtime.errors import ConfigError
 
 BLOCKS = ("standard", "separable")
+ENCODERS = ("none", "efficientnet_lite0")  # skinseg.training.encoders
 LR_SCHEDULES = ("plateau", "cosine")
 Probability = Union[bool, float]  # noqa: UP007  an augmentation op: on/off, or its probability per sample
 
@@ -58,6 +59,8 @@ class ModelSection:
     block: str = "standard"  # "standard" (two 3×3 convolutions a level) or "separable" (depthwise-separable)
     color_constancy: str = "none"  # "none" or "shades_of_gray": in training and, via the metadata, at inference
     color_constancy_p: float = 6.0  # the Minkowski norm of Shades of Gray
+    encoder: str = "none"  # "none" (the seed UNet) or "efficientnet_lite0" (a UNet on that ImageNet encoder)
+    encoder_weights: Path | None = None  # the encoder's weights (.npz); unset: the bundled ImageNet weights
 
 
 @dataclass
@@ -91,6 +94,8 @@ class TrainSection:
     warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs
     mixed_precision: bool = False  # bfloat16 compute with float32 weights
     init_weights: Path | None = None  # start from a trained .keras model (same architecture)
+    freeze_encoder_epochs: float = 0.0  # a pretrained encoder stays frozen (decoder only) for this many epochs
+    validation_freq: int = 1  # validate every N epochs (and always after the last); best model chosen among those
 
 
 @dataclass
@@ -618,6 +623,14 @@ def _check_ranges(cfg: Config, source: str, errors: list[str] | None = None) -> 
         ("train", "reducer_factor", 0 < cfg.train.reducer_factor < 1, "within (0, 1)"),
         ("mask", "threshold", 0 <= cfg.mask.threshold <= 255, "within [0, 255]"),
         ("model", "block", cfg.model.block in BLOCKS, " or ".join(f'"{b}"' for b in BLOCKS)),
+        ("model", "encoder", cfg.model.encoder in ENCODERS, " or ".join(f'"{e}"' for e in ENCODERS)),
+        (
+            "train",
+            "freeze_encoder_epochs",
+            0 <= cfg.train.freeze_encoder_epochs < epochs,
+            "within [0, epochs)",
+        ),
+        ("train", "validation_freq", cfg.train.validation_freq >= 1, "a positive integer"),
         (
             "model",
             "color_constancy",

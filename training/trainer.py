@@ -143,14 +143,14 @@ def build_model(cfg: Config, steps_per_epoch: int = 1):
 
     m = cfg.model
     if m.encoder == "efficientnet_lite0":
-        from skinseg.training.encoders import build_lite_unet
+        from skinseg.training.encoders import IMAGENET_WEIGHTS, build_lite_unet
 
         model = build_lite_unet(
             image_height=m.image_height,
             image_width=m.image_width,
             base_filters=m.base_filters,
             dropout_rate=m.dropout_rate,
-            weights=m.encoder_weights,
+            weights=m.encoder_weights or IMAGENET_WEIGHTS,
             seed=cfg.train.seed,
         )
     else:
