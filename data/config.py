@@ -92,7 +92,9 @@ class TrainSection:
     exclude_stems_file: Path | None = None
     lr_schedule: str = "plateau"  # "plateau" (halve on a validation plateau) or "cosine" (decay to 0 over epochs)
     warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs
-    mixed_precision: bool = False  # bfloat16 compute with float32 weights
+    # bfloat16 compute with float32 weights: True, False, or "auto" (where the CPU computes bfloat16 natively, AVX-512
+    # BF16 or AMX, or on a GPU; emulated bfloat16 on other CPUs is slower than float32)
+    mixed_precision: bool | str = False
     init_weights: Path | None = None  # start from a trained .keras model (same architecture)
     freeze_encoder_epochs: float = 0.0  # a pretrained encoder stays frozen (decoder only) for this many epochs
     validation_freq: int = 1  # validate every N epochs (and always after the last); best model chosen among those
@@ -631,6 +633,7 @@ def _check_ranges(cfg: Config, source: str, errors: list[str] | None = None) -> 
             "within [0, epochs)",
         ),
         ("train", "validation_freq", cfg.train.validation_freq >= 1, "a positive integer"),
+        ("train", "mixed_precision", cfg.train.mixed_precision in (True, False, "auto"), 'True, False or "auto"'),
         (
             "model",
             "color_constancy",

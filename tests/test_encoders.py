@@ -145,3 +145,27 @@ def test_flops_count_the_depthwise_convolutions():
     inputs = keras.Input((32, 48, 8))
     outputs = keras.layers.DepthwiseConv2D(5, padding="same", use_bias=False)(inputs)
     assert count_flops(keras.Model(inputs, outputs)) == 2 * 32 * 48 * 5 * 5 * 8
+
+
+def test_auto_precision_uses_bfloat16_only_where_it_is_native(monkeypatch):
+    import tensorflow as tf
+
+    from skinseg.training.trainer import precision_policy
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    avx2 = "processor: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    bf16 = "processor: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n"
+    amx = "flags : avx2 amx_bf16 amx_tile\n"
+    assert precision_policy("auto", avx2) == "float32"
+    assert precision_policy("auto", bf16) == "mixed_bfloat16"
+    assert precision_policy("auto", amx) == "mixed_bfloat16"
+    assert precision_policy(True, avx2) == "mixed_bfloat16"  # asked for explicitly
+    assert precision_policy(False, bf16) == "float32"
+
+
+def test_mixed_precision_accepts_only_booleans_and_auto():
+    from skinseg.data.config import parse_config
+
+    assert parse_config('[train]\nmixed_precision = "auto"\n').train.mixed_precision == "auto"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        parse_config('[train]\nmixed_precision = "fast"\n')

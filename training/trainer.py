@@ -186,6 +186,30 @@ def build_model(cfg: Config, steps_per_epoch: int = 1):
     return model
 
 
+def native_bfloat16(cpuinfo: str | None = None) -> str:
+    """What computes bfloat16 natively here ("AVX-512 BF16", "AMX", "GPU"), or "" when nothing does."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_physical_devices("GPU") else ""
+
+
+def precision_policy(setting: bool | str, cpuinfo: str | None = None) -> str:
+    """The Keras dtype policy for ``[train] mixed_precision``: ``"auto"`` asks :func:`native_bfloat16`."""
+    if setting == "auto":
+        setting = bool(native_bfloat16(cpuinfo))
+    return "mixed_bfloat16" if setting else "float32"
+
+
 def validation_epochs(epochs: int, every: int) -> list[int]:
     """The (1-based) epochs after which validation runs: every ``every`` epochs, and always after the last."""
     return sorted({*range(every, epochs + 1, every), epochs})
@@ -248,7 +272,8 @@ def train(
     import keras
 
     keras.utils.set_random_seed(cfg.train.seed)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.train.mixed_precision else "float32")
+    policy = precision_policy(cfg.train.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
 
     import cv2
 
@@ -285,6 +310,7 @@ def train(
             "phase": "ready",
             "steps": steps,
             "params": model.count_params(),
+            "precision": "bfloat16 compute" if policy == "mixed_bfloat16" else "float32",
         }
     )
 
