@@ -16,7 +16,9 @@ Guarantees:
 - Outputs are written to temporary files and renamed; each carries a record of its input and settings (see
   :mod:`skinseg.runtime.outputs`), and the mask, written last, marks the image done. A rerun skips an image whose
   mask records the same input content and the same model and options, and redoes it otherwise, whatever the
-  files' dates say. An image that failed and has not changed is not retried (``retry_failed`` forces it).
+  files' dates say. An image that failed is not retried while neither it nor what its failure depended on
+  changed (:func:`failure_key`: the model and options, ``max_pixels``, the decoders, a foreign file in the way;
+  ``retry_failed`` forces it); one that failed for lack of memory is retried.
 - A file skinseg did not write is never overwritten (an ``--output`` equal to an input folder keeps its
   ground-truth masks): that image fails with the reason.
 - The model is read once: replacing the file during a run changes nothing in that run.
@@ -57,7 +59,7 @@ from skinseg.runtime.defaults import (
     DEFAULT_OVERLAY_SIZE,
     default_memory_limit,
 )
-from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
+from skinseg.runtime.errors import ImageError, ModelError, ResourceError, SkinsegError, UsageError
 from skinseg.runtime.imageio import decode_image, file_fingerprint, image_size, load_image_file
 from skinseg.runtime.inputs import InputItem, Unreadable, discover, discover_inputs, output_key
 from skinseg.runtime.outputs import (
@@ -323,11 +325,57 @@ def _overlay_size(width: int, height: int, options: InferOptions) -> tuple[int, 
     return max(1, round(width * f)), max(1, round(height * f))
 
 
-def _failed_before(previous: Row | None, settings: str, image_path: str | os.PathLike[str]) -> bool:
-    """Whether ``previous`` is a failure of this very input with these settings (then it is not retried)."""
+def _decoder_versions() -> dict[str, str]:
+    """The versions of the code that judged an input (a failure under another skinseg or OpenCV is retried)."""
+    global _DECODERS
+    if _DECODERS is None:
+        import importlib.metadata
+
+        import cv2
+
+        try:
+            skinseg = importlib.metadata.version("skinseg")
+        except importlib.metadata.PackageNotFoundError:
+            skinseg = "unknown"
+        _DECODERS = {"skinseg": skinseg, "opencv": cv2.__version__}
+    return _DECODERS
+
+
+_DECODERS: dict[str, str] | None = None
+
+
+def _foreign_outputs(paths: OutputPaths | None) -> list[str]:
+    """The names of the image's output files present in the output folder that skinseg did not write."""
+    if paths is None:
+        return []
+    return sorted(p.name for p in paths.all() if os.path.lexists(p) and not is_ours(p))
+
+
+def failure_key(options: InferOptions, model_sha256: str, paths: OutputPaths | None) -> str:
+    """What an image's failure depended on besides the input's content: the model, the output options,
+    ``max_pixels``, the versions of skinseg and OpenCV, and the foreign files in the way of its outputs. A failed
+    row records it (its ``settings``); a rerun retries the image when it differs (another ``--max-pixels``, the
+    foreign file moved away, a fixed decoder), and otherwise not: it would fail the same way again."""
+    facts = {
+        **options.output_settings(),
+        "max_pixels": options.max_pixels,
+        "decoders": _decoder_versions(),
+        "foreign": _foreign_outputs(paths),
+    }
+    return settings_digest(model_sha256, facts)
+
+
+def _failed_before(
+    previous: Row | None,
+    options: InferOptions,
+    model_sha256: str,
+    paths: OutputPaths,
+    image_path: str | os.PathLike[str],
+) -> bool:
+    """Whether ``previous`` is a failure of this very input in the same circumstances (then it is not retried)."""
     if not previous or previous.get("status") != "failed" or not previous.get("fingerprint"):
         return False
-    if previous.get("settings") != settings:
+    if previous.get("settings") != failure_key(options, model_sha256, paths):
         return False
     try:
         return file_fingerprint(image_path) == previous["fingerprint"]
@@ -335,15 +383,25 @@ def _failed_before(previous: Row | None, settings: str, image_path: str | os.Pat
         return False
 
 
-def _failed_fingerprint(image_path: str | os.PathLike[str]) -> str | None:
-    """The content fingerprint of an input refused before it was read, if it is a regular file of a size worth
-    hashing again on each run (a multi-gigabyte file that lies about its content is simply retried)."""
+def _stat(path: str | os.PathLike[str]) -> list[int] | None:
     try:
-        if os.stat(image_path).st_size > FAILED_FINGERPRINT_MAX_BYTES:
+        return quick_stat(os.stat(path))
+    except OSError:
+        return None
+
+
+def _failed_fingerprint(image_path: str | os.PathLike[str], before: list[int] | None) -> str | None:
+    """The content fingerprint of an input refused before it was read whole, if it is a regular file of a size
+    worth hashing again on each run (a multi-gigabyte file that lies about its content is simply retried) and it
+    has not changed since the attempt began (``before``, its :func:`quick_stat`): a copy that completed meanwhile
+    is not what failed, and must be retried."""
+    try:
+        if before is None or before[0] > FAILED_FINGERPRINT_MAX_BYTES:
             return None
-        return file_fingerprint(image_path)
+        fingerprint = file_fingerprint(image_path)
     except (ImageError, OSError):
         return None
+    return fingerprint if _stat(image_path) == before else None
 
 
 def _check_not_foreign(paths: OutputPaths, previous: Row | None) -> None:
@@ -379,7 +437,8 @@ def _no_work_row(
     record = up_to_date(paths, image_path, settings)
     if record is not None:
         return {**row, **(record.get("row") or {}), "status": "skipped", "fingerprint": record.get("input")}
-    if previous is not None and not options.retry_failed and _failed_before(previous, settings, image_path):
+    sha = options.model_sha256 or ""
+    if previous is not None and not options.retry_failed and _failed_before(previous, options, sha, paths, image_path):
         return {**previous, "input": row["input"], "retried": False}
     return None
 
@@ -430,6 +489,8 @@ def process_image(
     segmenter, lock = get_segmenter(model_path, options)  # no model, no batch: this one raises
     settings = options.settings(segmenter.model_sha256 or "")
     row["settings"] = settings
+    before = _stat(image_path)
+    paths: OutputPaths | None = None
     try:
         paths = output_paths(output_root, rel, options)
         done = _no_work_row(row, paths, image_path, options, settings, previous)
@@ -472,10 +533,13 @@ def process_image(
             row.update(error=f"the output disk is full ({e.strerror or e}); free space and run again", stop="disk full")
     except Exception as e:  # one bad file must never stop the batch: record the reason and go on
         row.update(status="failed", error=_one_line(e))
-        if not isinstance(e, ImageError):
+        if not isinstance(e, ImageError) or isinstance(e, ResourceError):
             row["fingerprint"] = None  # not the input's fault: retried next time
-        elif row.get("fingerprint") is None:  # refused before it was read: fingerprint it, so it is not retried
-            row["fingerprint"] = _failed_fingerprint(image_path)
+        else:  # the input's: not retried until it, or what the failure depended on, changes
+            if row.get("fingerprint") is None:  # refused before it was read whole
+                row["fingerprint"] = _failed_fingerprint(image_path, before)
+            with contextlib.suppress(OSError):
+                row["settings"] = failure_key(options, segmenter.model_sha256 or "", paths)
     if row.get("seconds") is None:
         row["seconds"] = round(time.perf_counter() - start, 4)
     return row

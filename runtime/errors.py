@@ -38,3 +38,8 @@ class ImageError(SkinsegError):
 
 class MissingExtraError(UsageError):
     """An optional dependency is not installed; the message says which `pip install` fixes it."""
+
+
+class ResourceError(ImageError):
+    """One image could not be processed for lack of memory (or another resource of this machine): not the file's
+    fault, so a batch records it and retries it on its next run."""

@@ -7,7 +7,10 @@
   by OpenCV.
 - The pixel count is checked from the file header **before** decoding (:func:`image_size`), so a decompression
   bomb is refused without allocating it.
-- Every failure raises :class:`~skinseg.runtime.errors.ImageError` with a one-line message naming the file.
+- Every failure raises :class:`~skinseg.runtime.errors.ImageError` with a one-line message naming the file
+  (:class:`~skinseg.runtime.errors.ResourceError` when the machine lacked the memory, not the file's fault). What
+  the C decoders print on stderr is collected (:func:`decoder_messages`): it becomes part of the reason, and a
+  decode that libjpeg completed with grey filler ("premature end of data segment") is refused as corrupt.
 - Writers go through a temporary file in the destination folder and :func:`os.replace`, so a crash never
   leaves a half-written output under the final name.
 
@@ -17,10 +20,15 @@ everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import stat
 import struct
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +39,7 @@ import numpy as np
 
 from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, DEFAULT_MAX_PIXELS
-from skinseg.runtime.errors import ImageError
+from skinseg.runtime.errors import ImageError, ResourceError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -185,8 +193,24 @@ def _webp_header(f: BinaryIO) -> _Header:
     if kind == b"VP8X":
         width = int.from_bytes(head[24:27], "little") + 1
         height = int.from_bytes(head[27:30], "little") + 1
-        return _Header("webp", width, height)
+        orientation = _webp_orientation(f) if head[20] & 0x08 else 1  # the VP8X flags say an EXIF chunk follows
+        return _Header("webp", width, height, orientation)
     raise _HeaderError(f"unknown WebP chunk {kind!r}")
+
+
+def _webp_orientation(f: BinaryIO) -> int:
+    """The EXIF orientation of an extended WebP (its ``EXIF`` chunk, usually after the image data; OpenCV applies
+    it), or 1 when there is none."""
+    f.seek(30)  # the RIFF header, then the VP8X chunk
+    for _ in range(64):  # ICCP, ANIM, ALPH, VP8/VP8L, EXIF, XMP: a handful of chunks
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return 1
+        kind, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if kind == b"EXIF" and length < 1 << 20:
+            return _exif_orientation(f.read(length))  # a TIFF block; OpenCV ignores one behind an "Exif" prefix
+        f.seek(length + (length & 1), os.SEEK_CUR)  # chunks are padded to an even length
+    return 1
 
 
 def _tiff_header(f: BinaryIO) -> _Header:
@@ -315,7 +339,7 @@ class ImageInfo(NamedTuple):
 def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     """Format and oriented size of an image, read from its header only (nothing is decoded).
 
-    JPEG, PNG and TIFF orientations 5–8 (rotations by 90°) swap width and height (a WebP's is not read).
+    JPEG, PNG, TIFF and WebP orientations 5–8 (rotations by 90°) swap width and height.
     Raises :class:`ImageError` for a file that is missing, empty, not a PNG, JPEG, BMP, WebP or TIFF, or not the
     format its extension says.
     """
@@ -425,11 +449,77 @@ def decoder_limit() -> int:
         return 1 << 30
 
 
+# What the C decoders (libjpeg, libpng, libtiff, OpenCV's own log) print on the process's stderr while they decode.
+# Lines that say pixels are missing make an image fail even when the decoder returned one; the rest are kept off the
+# terminal (they become part of the reason when a decode fails).
+_DECODER_LINE = re.compile(
+    rb"^(libpng (warning|error)|\[ ?(WARN|ERROR|INFO)[:\]]|Corrupt JPEG data|Premature end of JPEG file|Invalid JPEG"
+    rb"|Not a JPEG|Unsupported (marker|JPEG)|Bogus|Warning: unknown JFIF|Insufficient memory|JPEG datastream|"
+    rb"Huffman table|Quantization table|TIFF\w*: )"
+)
+_CORRUPT = re.compile(
+    r"premature end|bad huffman code|instead of RST|invalid jpeg|corrupt jpeg data: bad|JPEG datastream contains no",
+    re.IGNORECASE,
+)
+_OUT_OF_MEMORY = re.compile(r"insufficient memory|failed to allocate|out of memory|cannot allocate", re.IGNORECASE)
+_OPENCV_LOG_PREFIX = re.compile(r"^\[ ?\w+:[^\]]*\] (global )?\S+:\d+ \S+ ")  # "[ WARN:0@3.6] global x.cpp:79 fn "
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def decoder_messages() -> Iterator[list[str]]:
+    """Collect the lines C decoders print on stderr (file descriptor 2) during the block.
+
+    Descriptor 2 is the process's, so blocks run one at a time. Lines that are not a decoder's (another thread's
+    output) are written to stderr afterwards. Where descriptor 2 is closed, nothing is collected.
+    """
+    lines: list[str] = []
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            yield lines
+            return
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # a decoder that prints more than the pipe holds loses lines, never blocks
+        os.dup2(write, 2)
+        os.close(write)
+        try:
+            yield lines
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)  # closes the pipe's last write end: the read below ends
+            os.close(saved)
+            captured = b""
+            with contextlib.suppress(OSError):
+                while chunk := os.read(read, 1 << 16):
+                    captured += chunk
+            os.close(read)
+            others = b""
+            for raw in captured.splitlines(keepends=True):
+                if _DECODER_LINE.match(raw):
+                    lines.append(_OPENCV_LOG_PREFIX.sub("", raw.decode("utf-8", "replace")).strip())
+                else:
+                    others += raw
+            if others:
+                with contextlib.suppress(OSError):
+                    os.write(2, others)
+
+
 def _imdecode(file: ImageFile, flags: int) -> np.ndarray:
-    try:
-        image = cv2.imdecode(np.frombuffer(file.data, np.uint8), flags)
-    except cv2.error as e:
-        detail = str(e).strip().splitlines()[-1]
+    with decoder_messages() as said:
+        try:
+            image = cv2.imdecode(np.frombuffer(file.data, np.uint8), flags)
+            error = None
+        except cv2.error as e:
+            image, error = None, e
+    heard = "; ".join(dict.fromkeys(said))[:200]  # each line once
+    if error is not None:
+        detail = str(error).strip().splitlines()[-1]
+        if _OUT_OF_MEMORY.search(detail):
+            raise ResourceError(f"{file.path}: not enough memory to decode it now ({detail}); it is retried next run")
         if "CV_IO_MAX_IMAGE" in detail:
             h = file.header
             if h.width * h.height > decoder_limit():
@@ -441,11 +531,16 @@ def _imdecode(file: ImageFile, flags: int) -> np.ndarray:
                 f"{file.path}: the decoder finds more pixels than the header says ({h.width}×{h.height}); "
                 "the file is malformed"
             ) from None
-        raise ImageError(f"{file.path}: cannot be decoded ({detail})") from None
+        raise ImageError(f"{file.path}: cannot be decoded ({heard or detail})") from None
+    if _OUT_OF_MEMORY.search(heard):
+        raise ResourceError(f"{file.path}: not enough memory to decode it now ({heard}); it is retried next run")
+    kind = file.header.format.upper()
     if image is None or image.size == 0:
-        raise ImageError(
-            f"{file.path}: the {file.header.format.upper()} data cannot be decoded (truncated or corrupt file)"
-        )
+        why = f"truncated or corrupt file: {heard}" if heard else "truncated or corrupt file"
+        raise ImageError(f"{file.path}: the {kind} data cannot be decoded ({why})")
+    if _CORRUPT.search(heard):
+        # libjpeg fills what it could not read with grey and reports success: a mask of half a photo is no result.
+        raise ImageError(f"{file.path}: the {kind} data is corrupt ({heard}); re-copy or re-export the file")
     return image
 
 

@@ -101,6 +101,7 @@ class TrainProgress(_BarsDisplay):
             self._line(
                 f"data: {event['train']} training and {event['valid']} validation pairs; "
                 f"{event['steps']} steps per epoch; {event['params']:,} parameters"
+                + (f"; {event['precision']}" if event.get("precision") else "")
             )
         elif kind == "batch" and self.progress is not None:
             desc = f"epoch {event['epoch']}/{event['epochs']}"
@@ -221,7 +222,10 @@ def format_image_line(row: dict[str, Any]) -> str:
     status, path = row["status"], shown(row["path"])
     if status == "failed":
         before = (
-            " (failed before, unchanged: not retried; --retry-failed retries it)" if row.get("retried") is False else ""
+            " (failed before with the same file, model, options and output folder: not retried; --retry-failed "
+            "retries it)"
+            if row.get("retried") is False
+            else ""
         )
         return f"failed  {path}  {shown(row['error'])}{before}"
     if status == "skipped":
