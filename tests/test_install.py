@@ -36,8 +36,20 @@ WRONG = re.compile(
 SCANNED = ("*.py", "*.md", "*.config", "Makefile", "Dockerfile", "*.toml", "*.txt")
 
 
+def _sources() -> set[Path]:
+    """The repository's files (tracked or not ignored), by git when it is there."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    )
+    if listed.returncode == 0:
+        names = [ROOT / n for n in listed.stdout.splitlines()]
+        return {p for p in names if p.is_file() and any(p.match(pattern) for pattern in SCANNED)}
+    return {p for pattern in SCANNED for p in ROOT.rglob(pattern) if ".venv" not in p.parts and "build" not in p.parts}
+
+
 def test_no_hint_or_document_installs_the_other_projects_package():
-    files = {p for pattern in SCANNED for p in ROOT.rglob(pattern) if ".venv" not in p.parts and "build" not in p.parts}
+    files = _sources()
+    assert ROOT / "README.md" in files and ROOT / "runtime" / "cluster.py" in files
     wrong = []
     for path in sorted(files):
         if path == Path(__file__):
