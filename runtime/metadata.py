@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from skinseg.runtime.errors import ModelError
+from skinseg.runtime.quality import QualityModel, parse_quality
 
 METADATA_KEY = "skinseg"
 FORMAT_VERSION = 1
@@ -143,9 +144,12 @@ class ModelMetadata:
     tta: bool | None = None
     keep_largest: bool | None = None
     fill_holes: bool | None = None
+    # the per-image quality estimator fitted for this model (skinseg.runtime.quality); None: the generic one
+    quality: QualityModel | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
+        d["quality"] = None if self.quality is None else self.quality.to_dict()
         d["train_scale"] = self.train_scale.to_dict()
         d["tile_size"] = list(self.tile_size)
         d["value_range"] = list(self.value_range)
@@ -217,6 +221,7 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
             tta=_optional_bool(d, "tta"),
             keep_largest=_optional_bool(d, "keep_largest"),
             fill_holes=_optional_bool(d, "fill_holes"),
+            quality=parse_quality(d.get("quality")),
         )
     except (KeyError, TypeError, ValueError) as e:
         missing = f"missing key {e}" if isinstance(e, KeyError) else str(e)

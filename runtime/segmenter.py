@@ -51,6 +51,7 @@ from skinseg.runtime.providers import (
     load_gpu_libraries,
     resolve_providers,
 )
+from skinseg.runtime.quality import GENERIC, needs_review, quality_features
 from skinseg.runtime.tiling import flip_tta, plan_tiles, tiled_predict
 
 __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "parse_tile"]
@@ -369,6 +370,7 @@ class Segmenter:
         self.tta = _choose(tta, meta and meta.tta, DEFAULT_TTA)
         self.max_pixels = int(max_pixels)
         self.color_constancy = dict(meta.color_constancy) if meta else {"method": "none"}
+        self.quality = (meta.quality if meta is not None else None) or GENERIC  # estimates Result.stats["quality"]
         self.tile: tuple[int, int] = tile or tuple(meta.tile_size)  # type: ignore[assignment,union-attr]
         for got, want, side in zip(self.tile, model.fixed_tile, ("height", "width"), strict=True):
             if want is not None and got != want:
@@ -626,6 +628,10 @@ class Segmenter:
             np.copyto(prob, prob_work, casting="unsafe")  # values are within [0.5, 255.5): truncation rounds
             del prob_work
         clock.seconds["blend"] -= clock.seconds["model"]
+        with clock.phase("postprocess"):  # at the working scale: the same cost whatever the photo's size
+            features = quality_features(
+                prob, threshold=self.threshold, keep_largest=self.keep_largest, fill_holes=self.fill_holes
+            )
         with clock.phase("resize"):
             if work_size != (width, height):
                 prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -636,6 +642,8 @@ class Segmenter:
             if self.fill_holes:
                 mask = pp.fill_holes(mask, inplace=True)
             stats = pp.mask_stats(mask, prob)
+            stats["quality"] = self.quality.estimate(features) if self.quality is not None else None
+            stats["review"] = needs_review(stats["quality"], self.quality.review_below) if self.quality else None
             if not keep_prob:
                 prob = None
         return Result(
@@ -649,6 +657,7 @@ class Segmenter:
             tiles=tiles,
             threshold=self.threshold,
             timings=dict(clock.seconds),
+            extra={"quality_features": features},
         )
 
     def _tile_for(self, work_size: tuple[int, int]) -> tuple[int, int]:
