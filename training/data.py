@@ -158,10 +158,28 @@ def make_example_fn(source: ExampleSource, *, augmenter: Callable | None, seed: 
     return fn
 
 
-def make_dataset(source: ExampleSource, *, batch_size: int, seed: int, train: bool, augmenter=None):
+def make_dataset(
+    source: ExampleSource,
+    *,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    augmenter=None,
+    start: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    local_batches: int = 1,
+):
     """A ``tf.data`` pipeline: seeded shuffle and online augmentation for training, fixed order for validation.
 
     Training repeats forever (use ``steps_per_epoch``); validation makes one pass.
+
+    Training draws from one stream of positions, each epoch of it a seeded permutation of the examples, and the
+    example at position ``p`` is augmented with a generator seeded by ``(seed, p)``. ``start`` is the first
+    position (a resumed run continues the stream). Under ``tf.distribute`` every worker builds the same stream
+    and keeps its part of each global batch: the global batch is ``batch_size * local_batches * shard[1]``
+    positions, this pipeline takes the ``shard[0]``-th run of ``batch_size * local_batches`` of them and yields
+    them as ``local_batches`` batches of ``batch_size`` (one for each of its local replicas). A global step
+    therefore trains on the same examples, augmented the same way, whatever the number of workers.
     """
     import tensorflow as tf
 
@@ -172,6 +190,12 @@ def make_dataset(source: ExampleSource, *, batch_size: int, seed: int, train: bo
     if train:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate()
+    if train and start:
+        ds = ds.skip(start)
+    index, count = shard
+    if train and count > 1:
+        chunk = batch_size * local_batches
+        ds = ds.filter(lambda pos, i: (pos % (chunk * count)) // chunk == index)
 
     def load(step, index):
         image, mask = tf.numpy_function(fn, [step, index], [tf.float32, tf.float32], stateful=False)

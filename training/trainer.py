@@ -50,6 +50,9 @@ class TrainResult:
     stopped_by: str  # "epochs", "early_stopping", "stop_file", "interrupt"
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    worker: int = 0  # this process's rank in a multi-worker run (0: the chief, which wrote the run directory)
+    workers: int = 1
+    replicas: int = 1
 
 
 # ---------------------------------------------------------------------------------------------- run dir
@@ -251,24 +254,41 @@ def train(
     force: bool = False,
     resume: bool = False,
     skip_bad: bool = False,
+    strategy: str = "auto",
     on_event: Callable[[Event], None] | None = None,
 ) -> TrainResult:
     """Train as the config says; write the run directory; return a summary.
+
+    ``strategy`` (:data:`skinseg.training.distribute.STRATEGIES`): ``single`` trains in this process on one
+    device; ``mirrored`` on every GPU of this host; ``multiworker`` with the workers ``TF_CONFIG`` lists (every
+    worker calls this with the same arguments; the chief alone writes ``run_dir``); ``auto`` picks one.
 
     ``on_event`` receives dicts: ``{"event": "data", ...}``, ``{"event": "batch", "epoch", "step", "steps",
     "logs"}``, ``{"event": "epoch", "epoch", "epochs", "logs", "best", "seconds"}``,
     ``{"event": "warning", "message"}``.
     """
+    from skinseg.training import distribute
+    from skinseg.training.tf_setup import configure_tensorflow
+
     emit = on_event or (lambda e: None)
     started = time.perf_counter()
-    check_run_dir(run_dir, force=force, resume=resume)
-    splits = find_splits(cfg, skip_bad=skip_bad)
+    distribute.pin_to_cpus_from_env()  # a worker of --local-workers: its share of the cores, before TensorFlow starts
+    configure_tensorflow()
+    plan = distribute.plan_strategy(strategy, gpus=distribute.count_gpus if strategy == "auto" else None)
+    if plan.note:
+        emit({"event": "warning", "message": plan.note})
+    dist = None
+    if plan.kind == "single":
+        check_run_dir(run_dir, force=force, resume=resume)
+        splits = find_splits(cfg, skip_bad=skip_bad)
+    else:
+        dist = distribute.start_strategy(plan)
+        splits = _agree_on_start(dist, cfg, run_dir, force=force, resume=resume, skip_bad=skip_bad)
     for w in splits.warnings:
         emit({"event": "warning", "message": w})
 
-    from skinseg.training.tf_setup import configure_tensorflow
+    import contextlib
 
-    configure_tensorflow()
     import keras
 
     keras.utils.set_random_seed(cfg.train.seed)
@@ -281,15 +301,28 @@ def train(
     from skinseg.training.data import ExampleSource, make_dataset, steps_for
 
     bs = cfg.train.batch_size
+    replicas = dist.replicas if dist else 1
+    local = dist.local_replicas if dist else 1
+    rank = dist.rank if dist else 0
+    writer = dist is None or dist.is_chief
+    if bs % replicas:
+        raise UsageError(
+            f"[train] batch_size {bs} does not split evenly across {replicas} replicas; use a multiple of "
+            f"{replicas} (e.g. {replicas * max(1, round(bs / replicas))}): the global batch is split across them"
+        )
+    per_replica = bs // replicas
     steps = cfg.train.steps_per_epoch or steps_for(len(splits.train), bs)
+    scope = dist.strategy.scope() if dist else contextlib.nullcontext()
     # The model first: a config the --init-weights model does not fit fails before the run directory is touched.
     state = _load_state(run_dir) if resume else {}
-    if resume:
-        from skinseg.training.model import load_model
+    with scope:
+        if resume:
+            from skinseg.training.model import load_model
 
-        model = load_model(run_dir / LAST)
-    else:
-        model = build_model(cfg, steps)
+            model = load_model(run_dir / LAST)
+        else:
+            model = build_model(cfg, steps)
+    if writer and not resume:
         prepare_run_dir(run_dir, force=force, resume=False)
         record_run(run_dir, cfg, splits)
 
@@ -297,11 +330,47 @@ def train(
     spec = sample_spec(cfg)
     emit({"event": "data", "train": len(splits.train), "valid": len(splits.valid), "phase": "loading"})
     train_src = ExampleSource(splits.train, spec, on_load=lambda i, n: emit({"event": "load", "i": i, "n": n}))
-    valid_src = ExampleSource(splits.valid, spec)
     augmenter = Augmenter(augment_params(cfg)) if cfg.generator.augmentation else None
-    train_ds = make_dataset(train_src, batch_size=bs, seed=cfg.train.seed, train=True, augmenter=augmenter)
-    valid_ds = make_dataset(valid_src, batch_size=bs, seed=cfg.train.seed, train=False)
-    val_steps = min(cfg.train.validation_steps or 10**9, steps_for(len(valid_src), bs))
+    start = int(model.optimizer.iterations.numpy()) * bs  # a resumed run continues the stream of examples
+    # Validation: each replica evaluates an equal share (the remainder, fewer than the replicas, is left out).
+    share = len(splits.valid) // replicas
+    if share == 0:
+        raise UsageError(
+            f"{len(splits.valid)} validation pair(s) for {replicas} replicas: each replica needs at least one; "
+            "add validation pairs or train on fewer workers"
+        )
+    if share * replicas < len(splits.valid):
+        emit(
+            {
+                "event": "warning",
+                "message": f"validation uses {share * replicas} of {len(splits.valid)} pairs: an equal share "
+                f"for each of the {replicas} replicas",
+            }
+        )
+    first = rank * local  # this worker's first replica
+    valid_srcs = [
+        ExampleSource(splits.valid[(first + j) * share : (first + j + 1) * share], spec) for j in range(local)
+    ]
+    val_steps = min(cfg.train.validation_steps or 10**9, steps_for(share, per_replica))
+    train_kw = dict(seed=cfg.train.seed, train=True, augmenter=augmenter, start=start)
+    if dist is None:
+        train_ds = make_dataset(train_src, batch_size=bs, **train_kw)
+        valid_ds = make_dataset(valid_srcs[0], batch_size=bs, seed=cfg.train.seed, train=False)
+    else:
+        shard = (rank, dist.workers)
+
+        def train_fn(ctx):
+            return make_dataset(train_src, batch_size=per_replica, shard=shard, local_batches=local, **train_kw)
+
+        def valid_fn(ctx):
+            return distribute.round_robin(
+                [make_dataset(v, batch_size=per_replica, seed=cfg.train.seed, train=False) for v in valid_srcs]
+            )
+
+        sample = next(iter(make_dataset(valid_srcs[0], batch_size=per_replica, seed=cfg.train.seed, train=False)))
+        distribute.prepare_model(model, dist, sample)
+        train_ds = dist.strategy.distribute_datasets_from_function(train_fn)
+        valid_ds = dist.strategy.distribute_datasets_from_function(valid_fn)
     emit(
         {
             "event": "data",
@@ -311,10 +380,13 @@ def train(
             "steps": steps,
             "params": model.count_params(),
             "precision": "bfloat16 compute" if policy == "mixed_bfloat16" else "float32",
+            **({"strategy": dist.describe(), "replicas": replicas, "per_replica_batch": per_replica} if dist else {}),
         }
     )
 
-    tracker = _run_tracker(run_dir, cfg, emit, steps=steps, state=state)
+    tracker = _run_tracker(
+        run_dir, cfg, emit, steps=steps, state=state, writer=writer, agree=dist.any if dist else None
+    )
     callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
     freezer = _encoder_freezer(model, cfg.train.freeze_encoder_epochs)
     if freezer is not None:
@@ -344,6 +416,19 @@ def train(
         )
     except KeyboardInterrupt:
         tracker.stopped_by = "interrupt"
+    except Exception as e:
+        if dist is None or dist.plan.kind != "multiworker" or not distribute.is_peer_failure(e):
+            raise
+        saved = (
+            f"the chief's last checkpoint is epoch {tracker.epoch} in {run_dir}"
+            if tracker.epoch
+            else "no epoch was saved"
+        )
+        raise distribute.WorkerLostError(
+            f"worker {rank} of {dist.workers}: lost contact with another worker "
+            f"({distribute.peer_failure_reason(e)}) in epoch {tracker.epoch + 1}; the run stopped on every "
+            f"worker; {saved}: start every worker again" + (" with --resume" if tracker.epoch else "")
+        ) from None
     if tracker.best_weights is not None:
         model.set_weights(tracker.best_weights)  # restore the best epoch (EarlyStopping semantics)
     return TrainResult(
@@ -355,7 +440,56 @@ def train(
         stopped_by=tracker.stopped_by,
         history=tracker.history,
         seconds=time.perf_counter() - started,
+        worker=rank,
+        workers=dist.workers if dist else 1,
+        replicas=replicas,
     )
+
+
+def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resume: bool, skip_bad: bool) -> DataSplits:
+    """The start-up checks on every worker, then agreement: all start, or all stop with a reason.
+
+    The chief checks the run directory (it alone writes it); with ``resume`` every worker must read the chief's
+    checkpoint (a shared filesystem). Every worker must see the same training and validation pairs.
+    """
+    from skinseg.runtime.errors import SkinsegError
+    from skinseg.training.distribute import fingerprint
+
+    problem: SkinsegError | None = None
+    splits = None
+    try:
+        if dist.is_chief:
+            check_run_dir(run_dir, force=force, resume=resume)
+        elif resume and not (run_dir / LAST).is_file():
+            raise UsageError(
+                f"{run_dir / LAST}: worker {dist.rank} cannot read the chief's checkpoint; --resume needs the run "
+                "directory on a filesystem every worker reads"
+            )
+        splits = find_splits(cfg, skip_bad=skip_bad)
+    except SkinsegError as e:
+        problem = e
+    train_stems = [p.stem for p in splits.train] if splits else []
+    valid_stems = [p.stem for p in splits.valid] if splits else []
+    seen = [float(len(train_stems)), float(len(valid_stems)), *fingerprint([*train_stems, "|", *valid_stems])]
+    rows = dist.gather([0.0 if problem is None else 1.0, *seen])
+    workers = [rows[r * dist.local_replicas] for r in range(dist.workers)]  # one row per worker
+    if problem is not None:
+        raise problem
+    failed = [w for w, row in enumerate(workers) if row[0]]
+    if failed:
+        raise UsageError(
+            f"worker {failed[0]} of {dist.workers} could not start (its own output says why); fix that and start "
+            "every worker again"
+        )
+    if any(row[1:] != workers[0][1:] for row in workers):
+        counts = "; ".join(
+            f"worker {w}: {int(row[1])} training and {int(row[2])} validation pairs" for w, row in enumerate(workers)
+        )
+        raise UsageError(
+            f"the workers see different data ({counts}); every worker must read the same data folders "
+            "(a shared filesystem or identical copies at the same paths)"
+        )
+    return splits
 
 
 def _load_state(run_dir: Path) -> dict[str, Any]:
@@ -378,9 +512,22 @@ def _run_tracker(*args: Any, **kwargs: Any):
 class _RunTrackerMixin:
     """Best/last checkpoints, early stopping, CSV log, curves, STOP file, and progress events, in one place."""
 
-    def __init__(self, run_dir: Path, cfg: Config, emit: Callable[[Event], None], *, steps: int, state: dict[str, Any]):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        emit: Callable[[Event], None],
+        *,
+        steps: int,
+        state: dict[str, Any],
+        writer: bool = True,
+        agree: Callable[[bool], bool] | None = None,
+    ):
         super().__init__()
         self.run_dir = run_dir
+        self.writer = writer  # False on the workers of a multi-worker run other than the chief: they write nothing
+        # Several workers must take every decision to stop together: ``agree(flag)`` is True on all when on any.
+        self.agree = agree or (lambda flag: flag)
         self.emit = emit
         self.steps = steps
         self.epochs = cfg.train.epochs
@@ -412,7 +559,7 @@ class _RunTrackerMixin:
                 "logs": {k: float(v) for k, v in (logs or {}).items()},
             }
         )
-        if self._stop_requested():
+        if self.agree(self._stop_requested()):
             self.stopped_by = "stop_file"
             self.model.stop_training = True
 
@@ -429,17 +576,19 @@ class _RunTrackerMixin:
         if improved:
             self.best, self.best_epoch, self.wait = value, self.epoch, 0
             self.best_weights = self.model.get_weights()
-            save_model_atomic(self.model, self.run_dir / BEST)
+            if self.writer:
+                save_model_atomic(self.model, self.run_dir / BEST)
         elif validated:
             self.wait += 1
-        save_model_atomic(self.model, self.run_dir / LAST)
         self.history.append({"epoch": self.epoch, **logs})
-        _write_history(self.run_dir / "history.csv", self.history)
-        write_json_atomic(
-            self.run_dir / STATE,
-            {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
-        )
-        _plot_curves(self.run_dir / "curves.png", self.history)
+        if self.writer:
+            save_model_atomic(self.model, self.run_dir / LAST)
+            _write_history(self.run_dir / "history.csv", self.history)
+            write_json_atomic(
+                self.run_dir / STATE,
+                {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
+            )
+            _plot_curves(self.run_dir / "curves.png", self.history)
         self.emit(
             {
                 "event": "epoch",
@@ -455,7 +604,7 @@ class _RunTrackerMixin:
         if self.wait >= self.patience:
             self.stopped_by = "early_stopping"
             self.model.stop_training = True
-        if self._stop_requested():
+        if self.agree(self._stop_requested()):
             self.stopped_by = "stop_file"
             self.model.stop_training = True
 

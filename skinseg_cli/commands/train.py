@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from skinseg.app import (
     QuietOpt,
@@ -18,8 +21,22 @@ from skinseg.app import (
     require_tensorflow,
 )
 from skinseg.options import output_path
+from skinseg.runtime.errors import UsageError
+from skinseg.training.distribute import (
+    launch_local_workers,
+    pin_to_cpus_from_env,
+    plan_strategy,
+    worker_command,
+)
 
 # ---------------------------------------------------------------------------------------------- train
+
+
+class Strategy(str, Enum):  # skinseg.training.distribute.STRATEGIES
+    auto = "auto"
+    single = "single"
+    mirrored = "mirrored"
+    multiworker = "multiworker"
 
 
 STOPPED = {
@@ -66,14 +83,60 @@ def train(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Warn about unpaired or unreadable files instead of stopping.")
     ] = False,
+    strategy: Annotated[
+        Strategy,
+        typer.Option(
+            "--strategy",
+            help="single: this process, one device; mirrored: every GPU of this host; multiworker: the workers "
+            "TF_CONFIG lists, each running this same command (the chief writes the run directory); auto: "
+            "multiworker when TF_CONFIG is set, mirrored with several GPUs, else single.",
+        ),
+    ] = Strategy.auto,
+    local_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--local-workers",
+            min=1,
+            help="Start N multiworker processes on this host (localhost ports, each its share of the cores) "
+            "and wait for them; the global batch is split across them.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train the UNet a config describes; the run directory gets the best model, curves, logs and the split.
 
     Create a file named STOP in the run directory (or press Ctrl-C) to end cleanly with the best model saved.
 
+    Several workers (docs/distributed_training.md): set TF_CONFIG on each host and run the same command there, or
+    try it on one host with --local-workers 2.
+
     Example: skinseg train --config configs/isic_reference.config --epochs 30 --output runs/reference
     """
+    strategy = Strategy(strategy).value
+    if local_workers is not None:
+        if strategy not in ("auto", "multiworker"):
+            raise UsageError(f"--local-workers starts multiworker processes; drop --strategy {strategy}")
+        given = {
+            "--output": output,
+            "--epochs": epochs,
+            "--batch-size": batch_size,
+            "--learning-rate": learning_rate,
+            "--steps-per-epoch": steps_per_epoch,
+            "--patience": patience,
+            "--seed": seed,
+            "--init-weights": init_weights,
+        }
+        args = ["train", "--config", str(config), "--strategy", "multiworker"]
+        args += [a for flag, v in given.items() if v is not None for a in (flag, str(v))]
+        args += [flag for flag, on in (("--force", force), ("--resume", resume), ("--skip-bad", skip_bad)) if on]
+        args += ["--quiet"] if quiet else []
+        code = launch_local_workers(worker_command(args), local_workers, on_event=_launcher_line)
+        raise typer.Exit(code)
+    plan = plan_strategy(strategy)  # a bad TF_CONFIG is one line, before TensorFlow starts
+    pin_to_cpus_from_env()  # a worker of --local-workers: its share of the cores, before TensorFlow starts
+    if plan.kind == "multiworker":
+        # A lost worker is one line; TensorFlow's C++ log would add its own (TF_CPP_MIN_LOG_LEVEL=0 shows it).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     require_tensorflow()
     cfg = load_config_for_cli(
         config,
@@ -93,10 +156,48 @@ def train(
 
     run_dir = cfg.train.model_dir
     with TrainProgress(console=err, quiet=quiet) as progress:
+
+        def handle(event: dict) -> None:
+            progress.handle(event)
+            if event.get("phase") == "ready" and event.get("strategy"):
+                progress._line(
+                    f"strategy: {event['strategy']}; global batch {cfg.train.batch_size}, "
+                    f"{event['per_replica_batch']} per replica"
+                )
+
         result = run_training(
-            cfg, run_dir=run_dir, force=force, resume=resume, skip_bad=skip_bad, on_event=progress.handle
+            cfg,
+            run_dir=run_dir,
+            force=force,
+            resume=resume,
+            skip_bad=skip_bad,
+            strategy=strategy,
+            on_event=handle,
         )
+    who = f"worker {result.worker} of {result.workers}: " if result.workers > 1 else ""
+    where = "run directory (written by the chief)" if result.worker else "run directory"
     out.print(
-        f"{STOPPED[result.stopped_by]} after {result.epochs_run} epoch(s) in {result.seconds:.0f} s; "
-        f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; run directory: {run_dir}"
+        f"{who}{STOPPED[result.stopped_by]} after {result.epochs_run} epoch(s) in {result.seconds:.0f} s; "
+        f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; {where}: {run_dir}"
     )
+
+
+def _launcher_line(event: dict) -> None:
+    """What --local-workers says about its workers, on stderr."""
+    if event["event"] == "workers":
+        cores = " | ".join(",".join(map(str, g)) for g in event["cpus"]) if event["cpus"] else "shared"
+        err.print(
+            f"started {event['n']} workers on this host (cores {cores}); worker 0 (the chief) reports here, "
+            f"the others log to {event['logs']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif event["event"] == "worker_failed" and (event["worker"] or event["how"].startswith("killed")):
+        said = f": {event['last_line']}" if event["last_line"] and event["how"].startswith("exit") else ""
+        err.print(
+            f"[red]error:[/red] worker {event['worker']} ended ({event['how']}){escape(said)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif event["event"] == "terminating":
+        err.print(f"the other workers did not stop within {event['after_s']:.0f} s; terminated them", highlight=False)
