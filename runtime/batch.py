@@ -163,6 +163,7 @@ class InferOptions:
     retry_failed: bool = False
     memory_limit: int | None = None
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    review_below: float | None = None  # flag masks whose quality estimate is below it; None: the model's threshold
     model_sha256: str | None = None
 
     def check(self) -> None:
@@ -171,6 +172,8 @@ class InferOptions:
         from skinseg.runtime.segmenter import check_options, parse_tile
 
         check_options(threads=self.threads, overlap=self.overlap, batch_size=self.batch_size, threshold=self.threshold)
+        if self.review_below is not None and not 0.0 <= self.review_below <= 1.0:
+            raise UsageError(f"--review-below must be a Jaccard within [0, 1], got {self.review_below!r}")
         if self.tile is not None:
             parse_tile(self.tile)
         if self.scale is not None:
@@ -459,7 +462,8 @@ def no_work_row(
     settings = options.settings(segmenter.model_sha256 or "")
     row = {**_empty_row(rel, image_path), "settings": settings}
     try:
-        return _no_work_row(row, output_paths(output_root, rel, options), image_path, options, settings, previous)
+        done = _no_work_row(row, output_paths(output_root, rel, options), image_path, options, settings, previous)
+        return None if done is None else _with_review(done, segmenter, options)
     except (ImageError, OSError):
         return None  # the task says why
 
@@ -495,7 +499,7 @@ def process_image(
         paths = output_paths(output_root, rel, options)
         done = _no_work_row(row, paths, image_path, options, settings, previous)
         if done is not None:
-            return done
+            return _with_review(done, segmenter, options)
         _check_not_foreign(paths, previous)
         file = load_image_file(image_path, max_pixels=options.max_pixels)
         row["fingerprint"] = file.fingerprint
@@ -542,6 +546,18 @@ def process_image(
                 row["settings"] = failure_key(options, segmenter.model_sha256 or "", paths)
     if row.get("seconds") is None:
         row["seconds"] = round(time.perf_counter() - start, 4)
+    return _with_review(row, segmenter, options)
+
+
+def _with_review(row: Row, segmenter: Any, options: InferOptions) -> Row:
+    """``row`` with its ``review`` flag at this run's threshold (``options.review_below``, else the model's): a
+    skipped image's estimate, recorded when it was segmented, is judged again by the threshold of today."""
+    from skinseg.runtime.quality import needs_review
+
+    quality = segmenter.quality
+    if row.get("status") in ("ok", "skipped") and row.get("quality") is not None and quality is not None:
+        below = options.review_below if options.review_below is not None else quality.review_below
+        row["review"] = needs_review(row["quality"], below)
     return row
 
 
@@ -696,6 +712,8 @@ def _run_locked(
             setattr(summary, row["status"], getattr(summary, row["status"]) + 1)
         if row["status"] == "ok":
             summary.megapixels += row["width"] * row["height"] / 1e6
+        if row["status"] in ("ok", "skipped") and row.get("review") == 1:
+            summary.review += 1
         emit({"event": "image_done", "index": index, "done": len(rows), "total": total, "row": row})
         if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
             with contextlib.suppress(OSError):  # a full disk shows up in the final write, with a message

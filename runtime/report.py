@@ -56,6 +56,8 @@ CSV_FIELDS = (
     "bbox_h",
     "n_components",
     "mean_prob",
+    "quality",  # the estimated Jaccard of the mask, 0-1 (skinseg.runtime.quality)
+    "review",  # 1: the estimate is below the review threshold, a person should check the mask
     "seconds",
     "status",
     "error",
@@ -83,6 +85,8 @@ def stats_row(stats: dict[str, Any]) -> Row:
         "bbox_h": bbox[3],
         "n_components": stats["n_components"],
         "mean_prob": stats["mean_prob"],
+        "quality": stats.get("quality"),
+        "review": stats.get("review"),
     }
 
 
@@ -93,13 +97,15 @@ def _csv_value(key: str, value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        digits = {"area_fraction": 6, "mean_prob": 4, "seconds": 3}.get(key, 6)
+        digits = {"area_fraction": 6, "mean_prob": 4, "quality": 4, "seconds": 3}.get(key, 6)
         return f"{value:.{digits}f}"
     return csv_cell(str(value)) if key in _TEXT_FIELDS else str(value)
 
 
-_INT_FIELDS = frozenset({"width", "height", "area_px", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "n_components"})
-_FLOAT_FIELDS = frozenset({"area_fraction", "mean_prob", "seconds"})
+_INT_FIELDS = frozenset(
+    {"width", "height", "area_px", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "n_components", "review"}
+)
+_FLOAT_FIELDS = frozenset({"area_fraction", "mean_prob", "quality", "seconds"})
 
 
 def _parse_csv_row(raw: dict[str, str]) -> Row:
@@ -242,6 +248,7 @@ class BatchSummary:
     failed_before: int = 0  # images that failed in an earlier run, unchanged since: not retried, still failed
     stopped: str = ""  # why the run ended early ("interrupted", "disk full"), "" when it did not
     not_done: int = 0  # inputs not reached because the run stopped early
+    review: int = 0  # this run's segmented images (ok or skipped) whose quality estimate asks for a person's look
 
     @property
     def total(self) -> int:

@@ -36,6 +36,15 @@ ScaleOpt = Annotated[
 OverlapOpt = Annotated[float, typer.Option("--overlap", help="Fraction of a tile shared with its neighbours.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per model call.")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Probability cut-off (default: the model's).")]
+ReviewBelowOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--review-below",
+        metavar="JACCARD",
+        help="Flag a mask for review when its estimated Jaccard (the quality column) is below this (default: the "
+        "model's threshold, chosen to catch 80% of failures; docs/quality.md).",
+    ),
+]
 KeepLargestOpt = Annotated[
     bool | None,
     typer.Option(

@@ -230,7 +230,11 @@ def format_image_line(row: dict[str, Any]) -> str:
         return f"failed  {path}  {shown(row['error'])}{before}"
     if status == "skipped":
         return f"skipped {path}  (outputs up to date)"
-    return f"ok      {path}  lesion {100 * float(row['area_fraction']):.1f}%  {float(row['seconds']):.2f}s"
+    quality = row.get("quality")
+    shown_quality = "" if quality is None else f"  quality {float(quality):.2f}"
+    review = "  REVIEW" if row.get("review") == 1 else ""
+    lesion = f"lesion {100 * float(row['area_fraction']):.1f}%"
+    return f"ok      {path}  {lesion}{shown_quality}{review}  {float(row['seconds']):.2f}s"
 
 
 def format_summary_line(s: dict[str, Any]) -> str:
@@ -240,6 +244,8 @@ def format_summary_line(s: dict[str, Any]) -> str:
     if s.get("failed_before"):
         counts.append(f"{s['failed_before']} failed before (unchanged)")
     counts.append(f"{s['skipped']} skipped")
+    if s.get("review"):
+        counts.append(f"{s['review']} to review (estimated Jaccard below the threshold)")
     speed = f" ({s['megapixels_per_second']:.2f} MP/s on {s['provider']})" if s["ok"] else ""
     head = f"{plural(s['total'], 'image')}: {', '.join(counts)} in {s['seconds']:.1f}s{speed}"
     if s.get("stopped"):

@@ -321,3 +321,50 @@ def test_on_isic_raw_the_estimate_ranks_the_bundled_models_masks():
     # and the run-time path agrees with the features fitted on
     one = dataclasses.asdict(samples[0])
     assert set(one["features"]) == set(FEATURES)
+
+
+# --------------------------------------------------------------------------------------------------- in the batch
+
+
+def _photo(path: Path, radius: float, blur: float) -> Path:
+    """A PNG whose red channel is the stand-in model's probability map: a disc, sharp or soft."""
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[..., 0] = np.clip(disc(radius=radius, blur=blur) * 255, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), image[..., ::-1])
+    return path
+
+
+def test_infer_reports_quality_and_review_and_the_threshold_can_be_moved(tmp_path):
+    from skinseg.runtime.batch import InferOptions, run_batch
+    from skinseg.runtime.report import read_results
+    from tests.onnx_standins import identity_model, metadata_json, save
+
+    doc = json.loads(metadata_json((64, 64)))
+    doc["quality"] = small_model(review_below=0.5).to_dict()
+    model = save(identity_model(metadata=json.dumps(doc)), tmp_path / "m.onnx")
+    photos = tmp_path / "in"
+    photos.mkdir()
+    _photo(photos / "sharp.png", 30, 0)
+    _photo(photos / "soft.png", 30, 8)
+    out = tmp_path / "out"
+    summary = run_batch([photos], model, out, InferOptions())
+    rows = read_results(out / "results.csv")
+    sharp, soft = rows["sharp.png"], rows["soft.png"]
+    assert 0 <= soft["quality"] < sharp["quality"] <= 1
+    assert (sharp["review"], soft["review"]) == (0, 1)  # the soft one is below the model's 0.5
+    assert summary.review == 1 and json.loads((out / "summary.json").read_text())["review"] == 1
+    # a rerun with another threshold redoes no image, and judges the recorded estimates again
+    summary = run_batch([photos], model, out, InferOptions(review_below=0.9999))
+    rows = read_results(out / "results.csv")
+    assert summary.skipped == 2 and summary.review == 2
+    assert rows["sharp.png"]["quality"] == sharp["quality"] and rows["sharp.png"]["review"] == 1
+    summary = run_batch([photos], model, out, InferOptions(review_below=0.0))
+    assert summary.review == 0 and read_results(out / "results.csv")["soft.png"]["review"] == 0
+
+
+def test_review_below_out_of_range_is_a_usage_error(tmp_path):
+    from skinseg.runtime.batch import InferOptions
+    from skinseg.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="--review-below must be a Jaccard within"):
+        InferOptions(review_below=1.5).check()
