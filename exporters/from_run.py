@@ -8,6 +8,7 @@ validation metrics of the best epoch (``history.csv``), and validation images fo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import json
 import os
@@ -52,6 +53,7 @@ class RunExport:
     metadata: ModelMetadata
     variants: list[VariantReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    quality: str = ""  # how the model's quality estimator was fitted, or why it has none
 
 
 def locate_model(source: Path) -> tuple[Path, Path | None]:
@@ -218,10 +220,13 @@ def export_run(
     calibration_count: int = 32,
     check_count: int = 8,
     strict: bool = False,
+    fit_quality: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunExport:
     """Export ``source`` (run directory or .keras) to fp32 ONNX, verify parity, then make the requested variants.
 
+    With ``fit_quality``, the per-image quality estimator is fitted on the run's validation images and stored in the
+    fp32 file before the variants are made (:mod:`skinseg.exporters.quality_fit`; ``RunExport.quality`` says how).
     Variants are compared with fp32 on the validation images (mean mask IoU at the recommended threshold);
     agreement below 0.98 is a warning, and an error with ``strict`` (the variant file is then removed).
     """
@@ -269,6 +274,14 @@ def export_run(
         metadata=meta,
         warnings=list(report.warnings),
     )
+    if fit_quality:  # before the variants: they copy the fp32 file's metadata
+        from skinseg.exporters.quality_fit import fit_run_quality
+
+        emit({"event": "stage", "message": "fitting the per-image quality estimator on the validation images"})
+        fitted = fit_run_quality(report.path, run_dir)
+        result.quality = fitted.message
+        if fitted.model is not None:
+            result.metadata = meta = dataclasses.replace(meta, quality=fitted.model)
     compare_on = valid if len(valid) else _synthetic(meta.tile_size)
     for kind in quantize or []:
         path = variant_output or output.with_name(f"{output.stem}.{kind}{output.suffix}")

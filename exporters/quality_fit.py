@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skinseg.runtime.errors import DataError, ModelError
+from skinseg.runtime.errors import SkinsegError
 from skinseg.runtime.quality import QualityModel
 
 __all__ = ["QualityReport", "embed_quality", "fit_run_quality", "run_validation_pairs"]
@@ -102,15 +102,11 @@ def fit_run_quality(
             None, "no quality estimator fitted: the run's validation images and masks were not found (the model "
             "uses the generic one)"
         )  # fmt: skip
-    segmenter = Segmenter(onnx_path, device="cpu")
-    samples = collect(segmenter, pairs, source="validation", on_progress=on_progress)
     folders = sorted({str(Path(p.image).parent) for p in pairs})
     try:
+        samples = collect(Segmenter(onnx_path, device="cpu"), pairs, source="validation", on_progress=on_progress)
         result = fit(samples, data=folders)
-    except DataError as e:
-        return QualityReport(None, f"no quality estimator fitted: {e} (the model uses the generic one)")
-    try:
         embed_quality(onnx_path, result.model)
-    except ModelError as e:
-        return QualityReport(None, f"no quality estimator stored: {e}")
+    except SkinsegError as e:  # the export itself succeeded: say why the model carries no estimator of its own
+        return QualityReport(None, f"no quality estimator fitted: {e} (the model uses the generic one)")
     return QualityReport(result.model, f"quality estimator fitted on the validation images: {result.summary()}")

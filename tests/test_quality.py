@@ -368,3 +368,45 @@ def test_review_below_out_of_range_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="--review-below must be a Jaccard within"):
         InferOptions(review_below=1.5).check()
+
+
+def _fake_run(tmp_path: Path, n: int, wrong_every: int, grow: float = 2.5) -> Path:
+    """A run directory whose validation photos are discs (the stand-in's probability) with expert masks; every
+    ``wrong_every``-th mask is a disc elsewhere (a failure of the model), the softer photos' masks a larger disc
+    (``grow`` px per px of blur)."""
+    images, masks = tmp_path / "val" / "images", tmp_path / "val" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        blur = float(rng.uniform(0, 8))
+        _photo(images / f"v{i:02d}.png", 30, blur)
+        truth = disc(radius=30 + grow * blur, centre=(40, 40) if wrong_every and i % wrong_every == 0 else None)
+        cv2.imwrite(str(masks / f"v{i:02d}.png"), (truth > 0.5).astype(np.uint8) * 255)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.resolved.ini").write_text(
+        f'[eval]\nimage_datapath = ["{images}"]\nmask_datapath = ["{masks}"]\n', encoding="utf-8"
+    )
+    valid = sorted(str(p) for p in images.iterdir())
+    (run / "split.json").write_text(json.dumps({"valid_files": valid, "train_files": []}), encoding="utf-8")
+    return run
+
+
+def test_export_fits_the_estimator_on_the_runs_validation_images(tmp_path):
+    pytest.importorskip("onnx")
+    from skinseg.exporters.quality_fit import fit_run_quality
+    from skinseg.runtime.segmenter import Segmenter
+    from tests.onnx_standins import identity_model, metadata_json, save
+
+    model = save(identity_model(metadata=metadata_json((64, 64))), tmp_path / "model.onnx")
+    report = fit_run_quality(model, _fake_run(tmp_path / "a", 36, wrong_every=4))
+    assert report.model is not None and "fitted on the validation images" in report.message
+    assert Segmenter(model).quality == report.model
+    assert report.model.fitted["images"] == 36 and report.model.fitted["failures"] >= 9
+
+    healthy = save(identity_model(metadata=metadata_json((64, 64))), tmp_path / "healthy.onnx")
+    report = fit_run_quality(healthy, _fake_run(tmp_path / "b", 12, wrong_every=0, grow=0))
+    assert report.model is None and "failures" in report.message and "generic" in report.message
+    assert Segmenter(healthy).quality is GENERIC
+    assert fit_run_quality(healthy, None).model is None

@@ -99,6 +99,8 @@ def export(
         f"max |keras - onnx| = {result.max_abs_diff:.2e} on {result.check_images} image(s)",
         highlight=False,
     )
+    if result.quality:
+        out.print(result.quality, highlight=False, markup=False)
     for v in result.variants:
         out.print(
             f"wrote {v.path} ({v.size_mb:.1f} MB, {v.speedup:.2f}× fp32 speed on this machine); "
