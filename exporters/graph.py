@@ -1,6 +1,6 @@
 """ONNX graph clean-up for exported skinseg models.
 
-Two kinds of passes live here:
+Three kinds of passes live here:
 
 - :func:`rewrite_dilated_convs` is a *tf2onnx custom rewriter* (it runs on tf2onnx's TensorFlow-level graph,
   before ops are lowered to ONNX). TensorFlow implements a dilated ``padding="same"`` convolution as
@@ -10,6 +10,8 @@ Two kinds of passes live here:
   out as a ``SpaceToDepth/Pad/Conv/DepthToSpace`` chain plus a shape sub-graph. For a stride-1 convolution the
   "same" padding does not depend on the input size, so the chain is exactly one ``Conv`` with ``dilations``
   and constant explicit ``pads``.
+- :func:`split_weights` and :func:`restore_weights` keep a frozen ``GraphDef``'s weights out of grappler's
+  constant folding (tf2onnx's first step), which otherwise holds several copies of every weight.
 - The other functions work on an ``onnx.ModelProto`` after conversion (no TensorFlow needed): readable
   dynamic dimension names, folding the input ``Rescaling`` into the first convolution(s), op counts and an
   optional onnxslim pass.
@@ -103,6 +105,114 @@ def rewrite_dilated_convs(g: Any, ops: list[Any]) -> list[Any]:
         conv.set_attr("padding", "EXPLICIT")
         conv.set_attr("explicit_paddings", [0, 0, starts[0], ends[0], starts[1], ends[1], 0, 0])
     return g.get_nodes()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Frozen TensorFlow graph: the weights kept out of grappler
+# --------------------------------------------------------------------------------------------------------
+
+
+def _data_inputs(node: Any) -> list[str]:
+    """Names of the nodes whose outputs ``node`` reads (control inputs ``^name`` left out)."""
+    return [name.split(":")[0] for name in node.input if not name.startswith("^")]
+
+
+def _constant_nodes(graph_def: Any) -> set[str]:
+    """Names of the nodes grappler's constant folding could evaluate: ``Const`` and every node with data inputs
+    that all come from such nodes (an over-estimate is safe: it only keeps more weights in)."""
+    inputs = {node.name: _data_inputs(node) for node in graph_def.node}
+    consumers: dict[str, list[str]] = {}
+    for name, sources in inputs.items():
+        for source in sources:
+            consumers.setdefault(source, []).append(name)
+    constant = {node.name for node in graph_def.node if node.op == "Const"}
+    work = list(constant)
+    while work:
+        for name in consumers.get(work.pop(), []):
+            if name not in constant and all(source in constant for source in inputs[name]):
+                constant.add(name)
+                work.append(name)
+    return constant
+
+
+def split_weights(graph_def: Any, min_bytes: int) -> tuple[Any, dict[str, Any]]:
+    """``(skeleton, weights)``: a copy of a frozen TensorFlow ``GraphDef`` without its weights, and the weights'
+    ``Const`` nodes (they stay in ``graph_def``) by the name of the stub that stands for them.
+
+    A weight is a ``Const`` of at least ``min_bytes`` whose value reaches no computation on constants, only
+    ``Identity`` nodes (a frozen variable read) before ops that also read the image. Grappler's constant folding
+    would fold nothing of it but those identities, each into a ``Const`` of the same value named as the
+    identity; the skeleton has that already, with a ``Placeholder`` of the value's dtype and shape in place of
+    each such ``Const``. So folding the skeleton and :func:`restore_weights` give the graph that folding the
+    whole graph gives, without grappler's copies of every weight (the seed's 31 M-parameter network: about
+    1.3 GB). Constants that feed computations on constants (a transposed or cast kernel, batch-norm statistics)
+    stay in and are folded as before.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+    readers: dict[str, list[str]] = {}  # data and control
+    for node in graph_def.node:
+        for name in node.input:
+            readers.setdefault(name.lstrip("^").split(":")[0], []).append(node.name)
+    constant = _constant_nodes(graph_def)
+
+    def read_chain(name: str) -> list[str] | None:
+        """``name`` and the identities its value passes through; None if it reaches another constant op."""
+        chain, stack = [name], [name]
+        while stack:
+            for reader in readers.get(stack.pop(), []):
+                if reader not in constant or reader in chain:
+                    continue
+                if nodes[reader].op != "Identity" or len(nodes[reader].input) != 1:
+                    return None
+                chain.append(reader)
+                stack.append(reader)
+        return chain
+
+    weights: dict[str, Any] = {}
+    dropped: set[str] = set()
+    for node in graph_def.node:
+        if node.op != "Const" or len(node.attr["value"].tensor.tensor_content) < min_bytes:
+            continue
+        chain = read_chain(node.name)
+        if chain is None:
+            continue
+        for name in chain:  # a stub where the value leaves the chain (or nothing reads it), the rest dropped
+            outside = [r for r in readers.get(name, []) if r not in chain]
+            if outside or not readers.get(name):
+                weights[name] = node
+            else:
+                dropped.add(name)
+
+    skeleton = type(graph_def)()
+    for field, value in graph_def.ListFields():  # all but the nodes: versions, function library, debug info
+        if field.name == "node":
+            continue
+        if field.message_type is None:
+            setattr(skeleton, field.name, value)
+        else:
+            getattr(skeleton, field.name).CopyFrom(value)
+    for node in graph_def.node:
+        if node.name in dropped:
+            continue
+        if node.name not in weights:
+            skeleton.node.add().CopyFrom(node)
+            continue
+        tensor = weights[node.name].attr["value"].tensor
+        stub = skeleton.node.add(name=node.name, op="Placeholder", device=node.device)
+        stub.attr["dtype"].type = tensor.dtype
+        stub.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+    return skeleton, weights
+
+
+def restore_weights(graph_def: Any, weights: dict[str, Any]) -> Any:
+    """Replace the stubs of :func:`split_weights` with ``Const`` nodes of their weights, in place; returns
+    ``graph_def``. Stubs the optimizer removed (unused weights) stay removed."""
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in weights:
+            name = node.name
+            node.CopyFrom(weights[name])
+            node.name = name
+    return graph_def
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from skinseg.runtime.metadata import LAYOUTS, METADATA_KEY, ModelMetadata
 
 MIN_OPSET = 13
 FP32_TOLERANCE = 1e-4
+WEIGHT_BYTES = 1 << 16  # constants of at least 64 KiB are weights, kept out of grappler (see _lean_freezing)
 _TRAIN_EXTRA = install_hint("train")
 
 
@@ -175,7 +176,16 @@ def _quiet_tf2onnx() -> Iterator[None]:
 
 @contextmanager
 def _lean_tf2onnx() -> Iterator[None]:
-    """tf2onnx 1.17 without its two memory sinks (the seed's 31 M-parameter network: 9.3 GB peak → 2.8 GB).
+    """tf2onnx 1.17 without its memory sinks: :func:`_lean_optimizers` and :func:`_lean_freezing` (the seed's
+    31 M-parameter network, whole ``skinseg export``: 11.3 GB peak RSS the stock way, 3.5 GB with lean
+    optimizers, 2.1 GB with both; ``benchmarks/bench_export_memory.py``)."""
+    with _lean_optimizers(), _lean_freezing():
+        yield
+
+
+@contextmanager
+def _lean_optimizers() -> Iterator[None]:
+    """tf2onnx's ONNX optimizers without their copies of every weight.
 
     1. Each optimizer pass re-serializes every node into its ``NodeProto`` after ``del attribute[:]``; with the
        upb protobuf runtime the removed attributes stay in the message's arena, so every pass keeps another copy
@@ -207,13 +217,46 @@ def _lean_tf2onnx() -> Iterator[None]:
         tf2onnx_convert.optimizer.optimize_graph = optimize_graph
 
 
+@contextmanager
+def _lean_freezing() -> Iterator[None]:
+    """tf2onnx's freezing and grappler folding (``tf_loader.from_function``) without their copies of every weight.
+
+    3. The stock freezing builds a frozen concrete function and keeps it, the ``GraphDef`` taken from it and a
+       session graph imported from that alive while grappler runs. Here the ``GraphDef`` is frozen directly
+       (tf2onnx's own large-model freezing: no function is built) and nothing else is kept.
+    4. Grappler's constant folding holds several copies of every weight (the meta-graph, its serialization, the
+       C++ graph and its folded tensors, the result). Here grappler folds the graph with its weights as
+       placeholders (:func:`graph.split_weights`: constants of at least :data:`WEIGHT_BYTES` whose value is only
+       read) and the weights are put back afterwards: the same folded graph, so the same ONNX graph.
+    """
+    from tf2onnx import tf_loader
+
+    from_function = tf_loader.from_function
+
+    def freeze_lean(func: Any, input_names: list[str], output_names: list[str], large_model: bool = False) -> Any:
+        import tensorflow as tf
+
+        graph_def = tf_loader.fix_freezing_errors_part2(tf_loader.convert_variables_to_constants_large_model(func))
+        skeleton, weights = graph.split_weights(graph_def, min_bytes=WEIGHT_BYTES)
+        with tf.Graph().as_default():  # grappler's meta-graph export needs graph mode
+            folded = tf_loader.tf_optimize(input_names, output_names, skeleton)
+        del skeleton
+        return graph.restore_weights(folded, weights)
+
+    tf_loader.from_function = freeze_lean
+    try:
+        yield
+    finally:
+        tf_loader.from_function = from_function
+
+
 def convert(
     model: Any, *, opset: int, layout: str, input_name: str = "image", output_name: str = "mask", lean: bool = True
 ) -> onnx.ModelProto:
     """Convert a Keras model to an ONNX ``ModelProto`` (no metadata, no checks) and clean its graph.
 
-    ``lean`` converts without tf2onnx's per-pass copies of the weights (:func:`_lean_tf2onnx`); should that fail,
-    the stock conversion runs instead.
+    ``lean`` converts without tf2onnx's copies of the weights (:func:`_lean_tf2onnx`); should that fail, the
+    stock conversion runs instead.
     """
     tf, tf2onnx = _import_tensorflow()
     out_channels = _check_signature(model, "model")
@@ -242,7 +285,8 @@ def convert(
         try:
             with _lean_tf2onnx():
                 proto = from_function()
-        except Exception:  # noqa: BLE001  an optimizer that needed tf2onnx's safety copy: the stock way
+        except Exception:  # noqa: BLE001  an optimizer that needed its safety copy, a graph lean freezing
+            # cannot take: the stock way
             logging.getLogger(__name__).info("lean tf2onnx conversion failed; converting the stock way")
     if proto is None:
         proto = from_function()
