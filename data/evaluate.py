@@ -93,10 +93,13 @@ def evaluate_folders(
     stems: Path | None = None,
     worst: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
+    review_below: float | None = None,
 ) -> FolderEvaluation:
     """Score ``segmenter`` on the paired folders and write the reports into ``output`` (created if needed).
 
     ``stems``: a file listing the stems to evaluate (one a line). ``on_progress(done, total)`` after each image.
+    Each row carries the segmenter's quality estimate beside the true scores; ``review_below`` (default: the
+    model's) is the review threshold whose recall and precision the summary's ``quality`` reports.
     Raises :class:`DataError` when nothing at all can be evaluated; unpaired files are rows, not errors.
     """
     wanted = read_stem_list(stems, what="--stems") if stems is not None else None
@@ -106,18 +109,22 @@ def evaluate_folders(
     if not pairs and not skipped:
         raise DataError(f"{images}: no images to evaluate (none paired with {masks}); check --images and --masks")
     output = prepare_output(output)
+    quality = getattr(segmenter, "quality", None)
+    if review_below is None and quality is not None:
+        review_below = quality.review_below
     result = evaluate(
-        lambda path: segmenter.segment_file(path).mask,
+        lambda path: segmenter.segment_file(path, keep_prob=False),
         pairs,
         skipped=skipped,
         worst=worst,
         on_event=None if on_progress is None else lambda e: on_progress(e["done"], e["total"]),
+        review_below=review_below,
     )
     summary = {
         **result.summary(),
         "model": {"path": str(model_path), "sha256": file_sha256(model_path), "provider": segmenter.provider},
         "data": {"images": str(images), "masks": str(masks), "stems": None if stems is None else str(stems)},
-        "options": {**segmenter.options(), "worst": worst},
+        "options": {**segmenter.options(), "worst": worst, "review_below": review_below},
         "versions": versions(loaded=("tensorflow", "keras")),
     }
     write_results_csv(output / RESULTS, result.rows)

@@ -47,8 +47,9 @@ __all__ = [
     "write_worst_png",
 ]
 
-SegmentFn = Callable[[Path], np.ndarray]
-"""Maps an image file to its predicted ``H×W`` uint8 mask (0/255) at the image's full size."""
+SegmentFn = Callable[[Path], Any]
+"""Maps an image file to its predicted ``H×W`` uint8 mask (0/255) at the image's full size, or to a segmenter's
+:class:`~skinseg.runtime.segmenter.Result` (its ``mask``, and its quality estimate from ``stats``)."""
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 CSV_COLUMNS = (
@@ -61,6 +62,8 @@ CSV_COLUMNS = (
     "fn",
     "tn",
     *METRICS,
+    "quality",  # the estimated Jaccard (skinseg.runtime.quality), beside the true one
+    "review",
     "seconds",
     "status",
     "error",
@@ -100,6 +103,8 @@ class ImageResult:
     counts: Counts | None = None
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None
+    quality: float | None = None  # the estimated Jaccard, when the segmenter gives one
+    review: int | None = None  # 1 when the estimate asked for a person's look
 
     @property
     def ok(self) -> bool:
@@ -119,6 +124,8 @@ class ImageResult:
             "tn": "" if c is None else c.tn,
         }
         row.update({name: f"{self.scores[name]:.6f}" if name in self.scores else "" for name in METRICS})
+        row["quality"] = "" if self.quality is None else f"{self.quality:.4f}"
+        row["review"] = "" if self.review is None else self.review
         row["seconds"] = "" if self.seconds is None else f"{self.seconds:.3f}"
         row["status"] = self.status
         row["error"] = self.error
@@ -137,6 +144,7 @@ class EvaluationResult:
     rows: list[ImageResult]
     worst: list[tuple[ImageResult, np.ndarray]] = field(default_factory=list)
     seconds: float = 0.0
+    review_below: float | None = None  # the review threshold the rows' ``review`` used
 
     @property
     def scored(self) -> list[ImageResult]:
@@ -161,6 +169,15 @@ class EvaluationResult:
             out["pooled"] = {k: round(v, 6) for k, v in scores(pooled).items()}
         else:
             out["pooled"] = None
+        out["quality"] = None
+        rated = [r for r in scored if r.quality is not None]
+        if rated and self.review_below is not None:
+            from skinseg.runtime.quality import review_figures
+
+            figures = review_figures(
+                [r.quality for r in rated], [r.scores["jaccard"] for r in rated], self.review_below
+            )
+            out["quality"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
         out["seconds_per_image"] = _stats([r.seconds for r in scored if r.seconds is not None], digits=3)
         out["seconds_total"] = round(self.seconds, 3)
         out["errors"] = [{"stem": r.stem, "status": r.status, "error": r.error} for r in self.errors]
@@ -188,6 +205,7 @@ def evaluate(
     skipped: Iterable[ImageResult] = (),
     worst: int = 0,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    review_below: float | None = None,
 ) -> EvaluationResult:
     """Segment every pair's image with ``segment_fn`` and score it against its mask at the mask's resolution.
 
@@ -195,6 +213,8 @@ def evaluate(
     ``worst`` lowest-Jaccard images for :func:`write_worst_png` (only those are re-read, at reduced size).
     ``on_event`` receives ``{"event": "image", "done": i, "total": n, "result": ImageResult}`` after each pair.
     An :class:`ImageError` makes that pair ``failed``; any other error (e.g. a broken model) propagates.
+    ``review_below``: the threshold of each row's ``review`` (its quality estimate below it); None keeps the
+    segmenter's flag and reports no review figures.
     """
     start = time.perf_counter()
     pairs = list(pairs)
@@ -202,6 +222,8 @@ def evaluate(
     kept: list[tuple[ImageResult, np.ndarray]] = []
     for i, pair in enumerate(pairs, 1):
         row, pred, truth = _score_pair(segment_fn, Path(pair.image), Path(pair.mask))
+        if review_below is not None and row.quality is not None:
+            row.review = int(row.quality < review_below)
         rows.append(row)
         if worst > 0 and row.ok and _is_among_worst(row, kept, worst):
             kept = _keep_worst(kept, row, _panel_for(row, truth, pred), worst)
@@ -209,7 +231,7 @@ def evaluate(
         if on_event is not None:
             on_event({"event": "image", "done": i, "total": len(pairs), "result": row})
     rows.sort(key=lambda r: (r.stem, str(r.image or "")))
-    return EvaluationResult(rows=rows, worst=kept, seconds=time.perf_counter() - start)
+    return EvaluationResult(rows=rows, worst=kept, seconds=time.perf_counter() - start, review_below=review_below)
 
 
 def _score_pair(
@@ -227,6 +249,9 @@ def _score_pair(
         t0 = time.perf_counter()
         pred = segment_fn(image)
         row.seconds = time.perf_counter() - t0
+        if not isinstance(pred, np.ndarray):  # a segmenter's Result
+            row.quality, row.review = pred.stats.get("quality"), pred.stats.get("review")
+            pred = pred.mask
         truth = read_mask(mask)
         if pred.shape[:2] != truth.shape:
             raise ImageError(
@@ -262,7 +287,8 @@ def _panel_for(row: ImageResult, truth: np.ndarray, pred: np.ndarray) -> np.ndar
         image = read_image(row.image, reduce=reduce)
     except ImageError:  # it was readable a moment ago; draw the outlines on grey rather than fail the run
         image = np.full((row.height, row.width, 3), 128, np.uint8)
-    return render_panel(image, truth, pred, f"{row.stem}  J={row.scores['jaccard']:.3f}")
+    estimate = "" if row.quality is None else f" est {row.quality:.2f}"
+    return render_panel(image, truth, pred, f"{row.stem}  J={row.scores['jaccard']:.3f}{estimate}")
 
 
 # --------------------------------------------------------------------------------------------------- picture

@@ -410,3 +410,27 @@ def test_export_fits_the_estimator_on_the_runs_validation_images(tmp_path):
     assert report.model is None and "failures" in report.message and "generic" in report.message
     assert Segmenter(healthy).quality is GENERIC
     assert fit_run_quality(healthy, None).model is None
+
+
+def test_evaluate_reports_the_estimate_beside_the_truth(tmp_path):
+    from skinseg.data.evaluate import evaluate_folders
+    from skinseg.runtime.segmenter import Segmenter
+    from tests.onnx_standins import identity_model, metadata_json, save
+
+    run = _fake_run(tmp_path, 16, wrong_every=4)
+    model = save(identity_model(metadata=metadata_json((64, 64))), tmp_path / "m.onnx")
+    images, masks = tmp_path / "val" / "images", tmp_path / "val" / "masks"
+    done = evaluate_folders(Segmenter(model), images=images, masks=masks, output=run / "ev", model_path=model)
+    rows = done.result.scored
+    assert len(rows) == 16 and all(0 <= r.quality <= 1 and r.review in (0, 1) for r in rows)
+    q = done.summary["quality"]
+    assert q["review_below"] == pytest.approx(GENERIC.review_below, abs=1e-4)
+    assert q["failures"] == sum(r.scores["jaccard"] < 0.65 for r in rows) >= 4
+    assert q["flagged"] == sum(r.review for r in rows)
+    assert q["spearman"] == pytest.approx(spearman([r.quality for r in rows], [r.scores["jaccard"] for r in rows]))
+    header = (run / "ev" / "results.csv").read_text().splitlines()[0].split(",")
+    assert "quality" in header and "review" in header
+    everything = evaluate_folders(
+        Segmenter(model), images=images, masks=masks, output=run / "ev2", model_path=model, review_below=1.0
+    )
+    assert everything.summary["quality"]["flagged"] == 16 and everything.summary["quality"]["recall"] == 1.0

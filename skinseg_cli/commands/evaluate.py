@@ -20,6 +20,7 @@ from skinseg.options import (
     KeepLargestOpt,
     MaxPixelsOpt,
     OverlapOpt,
+    ReviewBelowOpt,
     ScaleOpt,
     ThreadsOpt,
     ThresholdOpt,
@@ -65,13 +66,16 @@ def evaluate(
     keep_largest: KeepLargestOpt = None,
     fill_holes: FillHolesOpt = None,
     tta: TtaOpt = None,
+    review_below: ReviewBelowOpt = None,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score a model on images with ground-truth masks, through the same pipeline as `skinseg infer`.
 
     Writes results.csv (one row per image), summary.json (means, medians, model, options) and worst.png (the
-    lowest-Jaccard images, ground truth outlined in green and the prediction in magenta) to --output.
+    lowest-Jaccard images, ground truth outlined in green and the prediction in magenta) to --output. Each image's
+    quality estimate stands beside its true Jaccard, and the summary says how well the estimate ranks the images
+    (Spearman) and how many failures (Jaccard < 0.65) the review flag caught.
 
     Exit code 0 when every image was scored, 1 when some could not be (unpaired or mis-sized files; the others
     are scored), 2 for usage errors.
@@ -100,11 +104,14 @@ def evaluate(
             stems=stems,
             worst=worst,
             on_progress=advance,
+            review_below=options.review_below,
         )
 
     for row in run.errors:
         err.print(f"[red]{row.status}:[/red] {escape(row.error)}", soft_wrap=True)
     out.print(summary_table(run.summary))
+    if run.summary.get("quality"):
+        out.print(quality_line(run.summary["quality"]), highlight=False, markup=False, soft_wrap=True)
     out.print(f"wrote {', '.join(run.files)} to {escape(str(run.output))}", soft_wrap=True)
     if run.errors:
         err.print(
@@ -119,6 +126,18 @@ def evaluate(
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
+
+
+def quality_line(q: dict[str, Any]) -> str:
+    """The quality estimate against the truth, in one line."""
+    rho = "n/a" if q["spearman"] is None else f"{q['spearman']:.3f}"
+    recall = "n/a" if q["recall"] is None else f"{q['recall']:.2f}"
+    precision = "n/a" if q["precision"] is None else f"{q['precision']:.2f}"
+    return (
+        f"quality estimate: Spearman {rho} against the true Jaccard over {q['images']} image(s); review flag "
+        f"(estimate < {q['review_below']:.3f}): {q['caught']} of {q['failures']} failure(s) (Jaccard < "
+        f"{q['failure_below']:g}) caught, recall {recall}; {q['flagged']} flagged, precision {precision}"
+    )
 
 
 def summary_table(summary: dict[str, Any], metrics: Iterable[str] | None = None) -> Table:
