@@ -112,8 +112,9 @@ def quality_features(
     outside = float(p[strong & ~m].sum()) / strong_mass if strong_mass > 0 else 0.0
     high, low = float(np.count_nonzero(p > 0.7)), float(np.count_nonzero(p > 0.3))
     n_raw = 0
-    if np.any(raw):
-        n_raw = cv2.connectedComponentsWithStats(raw, connectivity=8)[0] - 1
+    if high or low:  # blobs above the threshold, counted by their outer borders (no labelling: a tenth the cost)
+        _contours, hierarchy = cv2.findContours(raw, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        n_raw = 0 if hierarchy is None else int(np.count_nonzero(hierarchy[0][:, 3] < 0))
     features = {
         "mean_prob": inside / area if area else 0.0,
         "soft_jaccard": inside / (total + area - inside) if total + area > 0 else 0.0,
@@ -141,8 +142,9 @@ def quality_features(
     contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     perimeter = sum(cv2.arcLength(c, True) for c in contours)
     features["compactness"] = min(1.0, 4 * math.pi * area / perimeter**2) if perimeter > 0 else 1.0
-    ys, xs = np.nonzero(m)
-    cx, cy = xs.mean() - (width - 1) / 2, ys.mean() - (height - 1) / 2
+    moments = cv2.moments(u8, binaryImage=True)
+    cx = moments["m10"] / moments["m00"] - (width - 1) / 2
+    cy = moments["m01"] / moments["m00"] - (height - 1) / 2
     features["off_centre"] = float(math.hypot(cx, cy) / math.hypot(width / 2, height / 2))
     return features
 
