@@ -267,7 +267,7 @@ def prepare_model(model: Any, dist: Distribution, sample: tuple[Any, Any]) -> No
     Keras's ``fit`` first builds the compiled metrics from a batch it reduces with ``strategy.reduce`` on the
     (image, mask) tuple, which fails for distributed batches; the build is done here from one local batch
     instead, and under multi-worker training the epoch logs are averaged over all replicas (Keras asks for an
-    axis a scalar has not).
+    axis a scalar has not); a loss that returns one value per batch is scaled like a per-example one.
     """
     if dist.plan.kind == "single":
         return
@@ -275,6 +275,25 @@ def prepare_model(model: Any, dist: Distribution, sample: tuple[Any, Any]) -> No
         model._symbolic_build(data_batch=sample)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     _patch_reduce_per_replica()
+    _scale_scalar_losses(model, dist.replicas)
+
+
+def _scale_scalar_losses(model: Any, replicas: int) -> None:
+    """Divide a loss that returns one value per batch by the number of replicas, as Keras does for per-example
+    losses: the replicas' gradients are summed, so the sum must be their mean. skinseg's losses (Dice over the
+    batch, mean BCE) return a scalar, which Keras passes through unscaled: the gradient would be ``replicas``
+    times too large and the logged loss too (Adam hardly notices the scale; clipping and the logs do).
+    """
+    if replicas == 1:
+        return
+    for _, loss_fn, _, _ in model._compile_loss._flat_losses:
+        call = loss_fn.call
+
+        def scaled(y_true, y_pred, call=call):
+            value = call(y_true, y_pred)
+            return value * (1.0 / replicas) if len(value.shape) == 0 else value
+
+        loss_fn.call = scaled
 
 
 def _patch_reduce_per_replica() -> None:
