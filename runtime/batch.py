@@ -52,10 +52,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from skinseg import __version__
 from skinseg.runtime.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_OVERLAY_COLOR,
+    DEFAULT_OVERLAY_OPACITY,
     DEFAULT_OVERLAY_SIZE,
     default_memory_limit,
 )
@@ -163,6 +166,8 @@ class InferOptions:
     retry_failed: bool = False
     memory_limit: int | None = None
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    overlay_color: tuple[int, int, int] = DEFAULT_OVERLAY_COLOR
+    overlay_opacity: float = DEFAULT_OVERLAY_OPACITY
     review_below: float | None = None  # flag masks whose quality estimate is below it; None: the model's threshold
     model_sha256: str | None = None
 
@@ -183,6 +188,10 @@ class InferOptions:
                 raise UsageError(f"--scale: {e}") from None
         if self.max_in_flight < 1:
             raise UsageError(f"--max-in-flight must be a positive integer, got {self.max_in_flight!r}")
+        if not 0.0 <= self.overlay_opacity <= 1.0:
+            raise UsageError(f"--overlay-opacity must be within [0, 1], got {self.overlay_opacity!r}")
+        if len(self.overlay_color) != 3 or not all(0 <= int(c) <= 255 for c in self.overlay_color):
+            raise UsageError(f"--overlay-color must be three values from 0 to 255, got {self.overlay_color!r}")
 
     def segmenter_kwargs(self) -> dict[str, Any]:
         """The options that shape the :class:`~skinseg.runtime.segmenter.Segmenter` (and so its cache key)."""
@@ -210,7 +219,11 @@ class InferOptions:
         kwargs = self.segmenter_kwargs()
         for key in ("device", "threads", "batch_size", "max_pixels"):
             del kwargs[key]
-        return {**kwargs, "save_prob": self.save_prob, "contours": self.contours, "overlay_size": self.overlay_size}
+        kwargs.update(save_prob=self.save_prob, contours=self.contours, overlay_size=self.overlay_size)
+        style = (tuple(self.overlay_color), self.overlay_opacity)
+        if style != (DEFAULT_OVERLAY_COLOR, DEFAULT_OVERLAY_OPACITY):  # only when set: earlier outputs stay current
+            kwargs.update(overlay_color=list(style[0]), overlay_opacity=style[1])
+        return kwargs
 
     def settings(self, model_sha256: str) -> str:
         """The digest every output records: the model and :meth:`output_settings`."""
@@ -460,7 +473,7 @@ def no_work_row(
     rel = PurePosixPath(rel_path)
     segmenter, _ = get_segmenter(model_path, options)
     settings = options.settings(segmenter.model_sha256 or "")
-    row = {**_empty_row(rel, image_path), "settings": settings}
+    row = {**_empty_row(rel, image_path), "settings": settings, "model_sha256": segmenter.model_sha256}
     try:
         done = _no_work_row(row, output_paths(output_root, rel, options), image_path, options, settings, previous)
         return None if done is None else _with_review(done, segmenter, options)
@@ -493,6 +506,7 @@ def process_image(
     segmenter, lock = get_segmenter(model_path, options)  # no model, no batch: this one raises
     settings = options.settings(segmenter.model_sha256 or "")
     row["settings"] = settings
+    row["model_sha256"] = segmenter.model_sha256  # the settings say it too: a skipped mask was made by this model
     before = _stat(image_path)
     paths: OutputPaths | None = None
     try:
@@ -500,6 +514,7 @@ def process_image(
         done = _no_work_row(row, paths, image_path, options, settings, previous)
         if done is not None:
             return _with_review(done, segmenter, options)
+        row["skinseg_version"] = __version__  # this run works on it (a skipped row has its mask's record's)
         _check_not_foreign(paths, previous)
         file = load_image_file(image_path, max_pixels=options.max_pixels)
         row["fingerprint"] = file.fingerprint
@@ -526,9 +541,11 @@ def process_image(
         del image
         paths.mask.parent.mkdir(parents=True, exist_ok=True)
         check_inside(Path(output_root).resolve(), paths.mask.parent, rel)  # in case a link appeared meanwhile
-        stats = stats_row(result.stats)
+        stats = {**stats_row(result.stats), "model_sha256": segmenter.model_sha256, "skinseg_version": __version__}
         record = {"input": row["fingerprint"], "stat": stat_now, "settings": settings, "row": stats}
-        write_outputs(paths, picture, result, record=record)
+        write_outputs(
+            paths, picture, result, record=record, color=options.overlay_color, opacity=options.overlay_opacity
+        )
         row.update(stats, status="ok")
         row["seconds"] = round(time.perf_counter() - start - waited, 4)
     except OSError as e:  # the output side: a full disk stops the batch, other write errors fail this image
@@ -639,6 +656,10 @@ def run_batch(
     if not found.items and not found.unreadable:
         return BatchSummary(0, 0, 0, 0.0, 0.0, "", str(model_path), "", str(output))
     segmenter, options = pin_model(model_path, options)  # a bad model stops us before any image or output
+    if found.items:  # once per run: a --scale far from the model's, judged on the first photo's size
+        with contextlib.suppress(ImageError, OSError, ValueError):
+            if note := segmenter.scale_warning(*image_size(found.items[0].path)):
+                emit({"event": "warning", "kind": "scale", "message": note})
     cluster = None
     if scheduler is not None:  # an unreachable scheduler stops us before any output too
         from skinseg.runtime.cluster import connect

@@ -45,6 +45,9 @@ DEFAULT_MAX_IN_FLIGHT = 2
 # The overlay is for looking: its long side is capped at this many pixels (--overlay-size; "full" keeps the photo's
 # size). The mask, the data product, always has the photo's full size.
 DEFAULT_OVERLAY_SIZE = 2048
+# Its lesion fill and outline (--overlay-color, --overlay-opacity): green, 40% of the colour over the photo.
+DEFAULT_OVERLAY_COLOR = (0, 255, 0)
+DEFAULT_OVERLAY_OPACITY = 0.4
 
 
 def default_memory_limit() -> int:

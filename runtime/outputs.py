@@ -34,6 +34,7 @@ import numpy as np
 
 from skinseg.runtime import atomic
 from skinseg.runtime import postprocess as pp
+from skinseg.runtime.defaults import DEFAULT_OVERLAY_COLOR, DEFAULT_OVERLAY_OPACITY
 from skinseg.runtime.errors import ImageError, SkinsegError, UsageError
 from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint, write_bytes_atomic
 
@@ -269,17 +270,24 @@ def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths, s
 
 
 def write_outputs(
-    paths: OutputPaths, image: np.ndarray, result: Any, *, record: dict[str, Any] | None = None, overlay: Any = None
+    paths: OutputPaths,
+    image: np.ndarray,
+    result: Any,
+    *,
+    record: dict[str, Any] | None = None,
+    overlay: Any = None,
+    color: tuple[int, int, int] = DEFAULT_OVERLAY_COLOR,
+    opacity: float = DEFAULT_OVERLAY_OPACITY,
 ) -> None:
     """Write the overlay, the optional probability map and contours, then the mask (last: it marks completion).
 
     ``image`` is the photo at the overlay's size (the mask is brought to it); ``record`` goes into every file
-    (the mask's gets the image's statistics too).
+    (the mask's gets the image's statistics too); the overlay's lesion is filled with ``opacity`` of ``color``.
     """
     record = record or {}
     marker = {k: v for k, v in record.items() if k in ("input", "settings")}
     small = result.mask if result.mask.shape == image.shape[:2] else _fit_mask(result.mask, image.shape[:2])
-    picture = pp.overlay(image, small) if overlay is None else overlay
+    picture = pp.overlay(image, small, color, opacity) if overlay is None else overlay
     write_bytes_atomic(paths.overlay, with_record(encode_jpeg(picture, quality=90), marker))
     if paths.prob is not None:
         write_bytes_atomic(paths.prob, with_record(encode_png(result.prob, bits=8), marker))

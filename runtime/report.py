@@ -22,7 +22,7 @@ import numpy as np
 
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.errors import ImageError, SkinsegError
-from skinseg.runtime.gallery import write_gallery
+from skinseg.runtime.gallery import folder_totals, write_gallery
 from skinseg.runtime.imageio import read_mask, write_bytes_atomic
 from skinseg.runtime.names import csv_cell, from_csv_cell, json_text
 from skinseg.runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
@@ -63,6 +63,8 @@ CSV_FIELDS = (
     "error",
     "fingerprint",
     "settings",
+    "model_sha256",  # the model that made the mask (its file's SHA-256), as its record says
+    "skinseg_version",
 )
 
 Row = dict[str, Any]
@@ -248,6 +250,7 @@ class BatchSummary:
     failed_before: int = 0  # images that failed in an earlier run, unchanged since: not retried, still failed
     stopped: str = ""  # why the run ended early ("interrupted", "disk full"), "" when it did not
     not_done: int = 0  # inputs not reached because the run stopped early
+    folder: dict[str, int] = field(default_factory=dict)  # the output folder's totals over every run (write_reports)
     review: int = 0  # this run's segmented images (ok or skipped) whose quality estimate asks for a person's look
 
     @property
@@ -282,6 +285,7 @@ def write_reports(
     rows = list(rows)
     try:
         write_results(output / RESULTS_NAME, rows)
+        summary.folder = folder_totals(rows)  # this run's counts, and the folder's over every run into it
         text = json_text({**summary.to_dict(), "options": asdict(options)}, indent=2)
         write_bytes_atomic(output / SUMMARY_NAME, text.encode("utf-8"))
         write_gallery(
@@ -297,20 +301,21 @@ def write_reports(
         ) from None
 
 
-def _gallery_entries(output: Path, rows: list[Row], options: OutputOptions) -> list[tuple[Row, Path | None]]:
+def _gallery_entries(output: Path, rows: list[Row], options: OutputOptions) -> list[tuple[Row, OutputPaths | None]]:
     entries = []
     for row in sorted(rows, key=lambda r: str(r["path"])):
         try:
-            overlay: Path | None = output_paths(output, row["path"], options).overlay
+            paths: OutputPaths | None = output_paths(output, row["path"], options)
         except ImageError:
-            overlay = None
-        entries.append((row, overlay))
+            paths = None
+        entries.append((row, paths))
     return entries
 
 
 def _gallery_summary(summary: BatchSummary) -> str:
     before = f", {summary.failed_before} failed before" if summary.failed_before else ""
     return (
-        f"{summary.ok} ok, {summary.failed} failed{before}, {summary.skipped} skipped in {summary.seconds:.1f} s "
+        f"This run: {summary.ok} ok, {summary.failed} failed{before}, {summary.skipped} skipped in "
+        f"{summary.seconds:.1f} s "
         f"on {summary.provider}; model {Path(summary.model).name} (sha256 {summary.model_sha256[:12]})"
     )

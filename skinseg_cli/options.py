@@ -8,6 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
+# --overlay-color names, as RGB
+OVERLAY_COLORS: dict[str, tuple[int, int, int]] = {
+    "green": (0, 255, 0),
+    "magenta": (255, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "red": (255, 0, 0),
+    "blue": (0, 0, 255),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+}
+
 
 def output_path(text: str | Path) -> Path:
     """``--output`` as a path; an empty one is refused (``Path("")`` would be the current folder)."""
@@ -85,6 +97,33 @@ MemoryLimitOpt = Annotated[
     ),
 ]
 MaxInFlightOpt = Annotated[int, typer.Option("--max-in-flight", min=1, help="Images worked on at once.")]
+InferQuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="For cron: no bars; print only this run's new and failed images, warnings and the summary "
+        "(images skipped as up to date are counted, not listed; --log-file keeps every line).",
+    ),
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option("--log-file", help="Append the full timestamped log (every image, skipped ones too) to this file."),
+]
+OverlayColorOpt = Annotated[
+    str,
+    typer.Option(
+        "--overlay-color",
+        help="The overlay's colour: " + ", ".join(OVERLAY_COLORS) + " or #RRGGBB (magenta where photos have green "
+        "stickers).",
+    ),
+]
+OverlayOpacityOpt = Annotated[
+    float,
+    typer.Option(
+        "--overlay-opacity", min=0.0, max=1.0, help="How much of the colour fills the lesion (0: outline only)."
+    ),
+]
 
 
 def infer_options(values: dict[str, Any]):
@@ -106,6 +145,8 @@ def infer_options(values: dict[str, Any]):
         chosen["overlay_size"] = parse_overlay_size(chosen["overlay_size"])
     if "memory_limit" in chosen:
         chosen["memory_limit"] = parse_bytes(chosen["memory_limit"], "--memory-limit")
+    if "overlay_color" in chosen:
+        chosen["overlay_color"] = parse_color(chosen["overlay_color"])
     cores = os.cpu_count() or 1
     if chosen.get("threads") and chosen["threads"] > cores:
         from skinseg.app import err
@@ -113,6 +154,23 @@ def infer_options(values: dict[str, Any]):
         err.print(f"note: --threads {chosen['threads']} is more than this machine's {cores} cores; using {cores}")
         chosen["threads"] = cores
     return InferOptions(**chosen)
+
+
+def parse_color(text: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    """An ``--overlay-color``: a name of :data:`OVERLAY_COLORS` or ``#RRGGBB``, as an RGB tuple."""
+    from skinseg.runtime.errors import UsageError
+
+    if isinstance(text, tuple):
+        return text
+    name = str(text).strip().lower()
+    if name in OVERLAY_COLORS:
+        return OVERLAY_COLORS[name]
+    if len(name) == 7 and name.startswith("#"):
+        try:
+            return int(name[1:3], 16), int(name[3:5], 16), int(name[5:7], 16)
+        except ValueError:
+            pass
+    raise UsageError(f"--overlay-color must be one of {', '.join(OVERLAY_COLORS)} or #RRGGBB, got {text!r}")
 
 
 def parse_overlay_size(text: str | int | None) -> int | None:

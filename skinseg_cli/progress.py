@@ -6,6 +6,7 @@ The core reports progress through callbacks and event dicts; only this module kn
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,22 +123,61 @@ class InferProgress(_BarsDisplay):
     - ``json``: one JSON object per image (``"event": "image"``) and one for the summary, on ``out``;
     - bars (a terminal, not ``quiet``): an images bar and a tiles bar for the current image on ``console``,
       with a line for each failed image;
-    - otherwise (cron, pipes, ``quiet``): one plain line per image and a summary line on ``out``.
+    - otherwise (cron, pipes): one plain line per image and a summary line on ``out``;
+    - ``quiet`` (cron's mail): only what is new: images segmented or failed in this run, warnings and the summary;
+      images skipped as up to date, and failures of earlier runs not retried, are counted in the summary only.
+
+    ``log_file``: every line of the full plain (or JSON) log, whatever is shown, is appended there.
 
     Plain and JSON lines start with (or carry) an ISO-8601 UTC timestamp; names are shown escaped (a newline in a
     file name cannot forge a line).
     """
 
-    def __init__(self, *, out: Console, console: Console, quiet: bool, log_format: str = "text"):
+    def __init__(
+        self,
+        *,
+        out: Console,
+        console: Console,
+        quiet: bool,
+        log_format: str = "text",
+        log_file: str | os.PathLike[str] | None = None,
+    ):
         self.out = out
         self.console = console
+        self.quiet = quiet
         self.json = log_format == "json"
         self.bars = not self.json and use_bars(console, quiet)
         self.progress: Progress | None = None
         self.images: Any = None
         self.tiles: Any = None
+        self.log: Any = None
+        if log_file is not None:
+            from skinseg.runtime.errors import UsageError
 
-    def _line(self, text: str, *, style: str | None = None, stamp: bool = True) -> None:
+            try:
+                self.log = open(log_file, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
+            except OSError as e:
+                raise UsageError(
+                    f"--log-file {shown(log_file)}: cannot open it ({e.strerror}); give a file in a writable folder"
+                ) from None
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def _log(self, text: str, *, stamp: bool = True) -> None:
+        if self.log is not None:
+            try:
+                self.log.write(f"{now()} {text}\n" if stamp else f"{text}\n")
+            except OSError:  # a full disk or a lost mount: the run goes on, its report is written
+                self.log = None
+
+    def _line(self, text: str, *, style: str | None = None, stamp: bool = True, show: bool = True) -> None:
+        self._log(text, stamp=stamp)
+        if not show:
+            return
         console = self.progress.console if self.progress is not None else self.out
         if stamp and self.progress is None:
             text = f"{now()} {text}"
@@ -145,6 +185,7 @@ class InferProgress(_BarsDisplay):
 
     def _note(self, text: str) -> None:
         """A message for the person watching, on the terminal (stderr), even when the log goes elsewhere."""
+        self._log(text)
         console = self.progress.console if self.progress is not None else self.console
         console.print(text if self.progress is not None else f"{now()} {text}", markup=False, highlight=False)
 
@@ -160,6 +201,11 @@ class InferProgress(_BarsDisplay):
             self._note(f"waiting for another skinseg infer on {shown(event['output'])} to finish…")
         elif kind == "stopping":
             self._stopping(event)
+        elif kind == "warning":  # once per run, e.g. a --scale far from the model's
+            if self.json:
+                self._line(json_text({"event": "warning", "time": now(), "message": event["message"]}), stamp=False)
+            else:
+                self._note(f"warning: {shown(event['message'])}")
         elif kind == "hidden" and not self.json:
             names = ", ".join(shown(p) for p in event["examples"])
             more = ", …" if event["count"] > len(event["examples"]) else ""
@@ -171,13 +217,15 @@ class InferProgress(_BarsDisplay):
             if kind == "hidden":
                 self._line(json_text({**event, "time": now()}), stamp=False)
             elif kind == "image_done":
-                self._line(json_text({"event": "image", "time": now(), **event["row"]}), stamp=False)
+                text = json_text({"event": "image", "time": now(), **event["row"]})
+                self._line(text, stamp=False, show=not (self.quiet and _nothing_new(event["row"])))
             elif kind == "summary":
                 self._line(json_text({"event": "summary", "time": now(), **event["summary"]}), stamp=False)
         elif kind == "start":
             total, model, provider = event["total"], event["model"], event["provider"]
             self._line(
-                f"segmenting {plural(total, 'image')} with {shown(model)} on {provider} into {shown(event['output'])}"
+                f"segmenting {plural(total, 'image')} with {shown(model)} on {provider} into {shown(event['output'])}",
+                show=not self.quiet,  # quiet: the summary names the provider; the log keeps the line
             )
             if self.progress is not None:
                 self.images = self.progress.add_task("images", total=event["total"], info="")
@@ -192,8 +240,11 @@ class InferProgress(_BarsDisplay):
             row = event["row"]
             if self.progress is not None:
                 self.progress.update(self.images, completed=event["done"], info=shown(row["path"]))
-            if self.progress is None or row["status"] == "failed":
-                self._line(format_image_line(row), style="red" if row["status"] == "failed" else None)
+            if self.progress is not None:  # bars: a line for each failed image
+                show = row["status"] == "failed"
+            else:
+                show = not (self.quiet and _nothing_new(row))
+            self._line(format_image_line(row), style="red" if row["status"] == "failed" else None, show=show)
         elif kind == "summary":
             self._end_bars()
             self._line(format_summary_line(event["summary"]))
@@ -206,6 +257,11 @@ class InferProgress(_BarsDisplay):
             self._note(f"stopping{finishing}{again}; the images done are kept")
         else:
             self._note(f"stopping: {event['reason']}{finishing}; a rerun does the rest")
+
+
+def _nothing_new(row: dict[str, Any]) -> bool:
+    """An image this run did not work on: skipped as up to date, or a failure of an earlier run not retried."""
+    return row["status"] == "skipped" or row.get("retried") is False
 
 
 def now() -> str:
@@ -252,6 +308,13 @@ def format_summary_line(s: dict[str, Any]) -> str:
         done = s["total"] - s.get("not_done", 0)
         reason = "interrupted" if s["stopped"] == "interrupted" else f"stopped ({s['stopped']})"
         head = f"{reason} after {done} of {plural(s['total'], 'image')}: {', '.join(counts)}; a rerun does the rest"
+    folder = s.get("folder") or {}
+    if folder.get("images"):
+        flagged = f" ({folder['flagged']} flagged)" if folder.get("flagged") else ""
+        head += (
+            f"; the folder holds {plural(folder['images'], 'image')}: {folder['segmented']} segmented{flagged}, "
+            f"{folder['failed']} failed"
+        )
     return (
         f"{head}; masks and overlays (<stem>_mask.png, <stem>_overlay.jpg) in {out}/, report {out}/results.csv, "
         f"gallery {out}/index.html"

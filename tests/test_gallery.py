@@ -24,8 +24,8 @@ def test_gallery_links_every_image_and_escapes_names(tmp_path):
     assert "failed" in page and "broken.png" in page
     assert len(re.findall(r'src="data:image/jpeg;base64,', page)) == 2  # thumbnails embedded, no originals
     assert len(page) < 200_000
-    links = set(re.findall(r'href="([^"]+)"', page))
-    assert len(links) == 2  # each good image's full overlay
+    links = {link for link in re.findall(r'href="([^"]+)"', page) if not link.startswith("file:")}
+    assert len(links) == 4  # each good image's overlay and mask (inputs outside the folder: file: links)
     moved = tmp_path / "moved"
     out.rename(moved)  # the page still works where the folder goes
     for link in links:

@@ -43,3 +43,22 @@ def test_a_model_without_a_card_gets_the_warning_without_figures(tmp_path):
     assert "expect wrong masks" in coarse and "Jaccard" not in coarse
     assert Segmenter(model, scale="0.4").scale_warning(2000, 1000) is None
     assert Segmenter(model, tile=64, scale="native").scale_warning(2000, 1000) is not None  # 4× finer
+
+
+def test_infer_warns_once_per_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from skinseg.cli import app
+    from tests.test_batch import lesion_image, write_png
+
+    src = tmp_path / "in"
+    for i in range(2):
+        write_png(src / f"p{i}.png", lesion_image(480, 640, seed=i))
+    runner = CliRunner()
+    far = runner.invoke(app, ["infer", str(src), "-o", str(tmp_path / "a"), "--scale", "native", "-q"])
+    assert far.exit_code == 0, far.output
+    warnings = [line for line in far.output.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "--scale native segments a 640×480 photo" in warnings[0]
+    assert "0.784 to 0.167" in warnings[0]
+    own = runner.invoke(app, ["infer", str(src), "-o", str(tmp_path / "b"), "-q"])
+    assert own.exit_code == 0 and "warning" not in own.output

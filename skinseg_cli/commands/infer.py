@@ -12,17 +12,21 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from skinseg.app import QuietOpt, app, cli_errors, err, out
+from skinseg.app import app, cli_errors, err, out
 from skinseg.options import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
     FillHolesOpt,
+    InferQuietOpt,
     KeepLargestOpt,
+    LogFileOpt,
     MaxInFlightOpt,
     MaxPixelsOpt,
     MemoryLimitOpt,
     OverlapOpt,
+    OverlayColorOpt,
+    OverlayOpacityOpt,
     OverlaySizeOpt,
     ReviewBelowOpt,
     ScaleOpt,
@@ -37,6 +41,7 @@ from skinseg.runtime.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_OVERLAY_OPACITY,
     DEFAULT_OVERLAY_SIZE,
     set_decoder_limit,
 )
@@ -104,6 +109,8 @@ def infer(
     contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
     max_pixels: MaxPixelsOpt = None,
     overlay_size: OverlaySizeOpt = str(DEFAULT_OVERLAY_SIZE),
+    overlay_color: OverlayColorOpt = "green",
+    overlay_opacity: OverlayOpacityOpt = DEFAULT_OVERLAY_OPACITY,
     memory_limit: MemoryLimitOpt = "auto",
     max_in_flight: MaxInFlightOpt = DEFAULT_MAX_IN_FLIGHT,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs are up to date.")] = False,
@@ -111,7 +118,8 @@ def infer(
         bool, typer.Option("--retry-failed", help="Retry images that failed before and have not changed since.")
     ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another run on the same --output to end.")] = False,
-    quiet: QuietOpt = False,
+    quiet: InferQuietOpt = False,
+    log_file: LogFileOpt = None,
     log_format: Annotated[
         LogFormat, typer.Option("--log-format", help="text lines or one JSON object per line.")
     ] = LogFormat.text,
@@ -162,7 +170,7 @@ def infer(
         security = tls_security(tls_ca_file, tls_cert, tls_key)
     elif tls_ca_file or tls_cert or tls_key:
         raise UsageError("--tls-ca-file, --tls-cert and --tls-key go with --scheduler")
-    progress = InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value)
+    progress = InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value, log_file=log_file)
     try:
         with sigterm_as_interrupt(), progress:
             summary = run_batch(
