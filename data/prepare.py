@@ -213,8 +213,11 @@ class _ZipSource(_Source):
         if info.file_size > MAX_MEMBER_BYTES:
             size = info.file_size / 1e6
             raise DataError(f"{self.path}: {member} is {size:.0f} MB unpacked; not an image of this set")
-        with self._lock:  # one reader of the zip at a time; decoding, resizing and writing run in parallel
-            return self._zip.read(info)
+        try:
+            with self._lock:  # one reader of the zip at a time; decoding, resizing and writing run in parallel
+                return self._zip.read(info)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            raise DataError(f"damaged in the archive ({e}); download {self.label} again") from None
 
     def crc(self, member: str) -> str:
         return f"{self._infos[member].CRC:08x}"
@@ -557,8 +560,8 @@ def prepare(
                 entries[index] = _convert(
                     pair, folder, training=data_set.training, train_size=train_size, long_side=long_side
                 )
-            except (DataError, OSError) as e:
-                image = pair.image[1] if pair.image else pair.stem
+            except Exception as e:  # noqa: BLE001  one bad pair never stops the set: it is left out with the reason
+                image = f"{pair.image[0].label}:{pair.image[1]}" if pair.image else pair.stem
                 with lock:
                     left_out.append({"file": image, "reason": str(e)})
             with lock:

@@ -201,7 +201,7 @@ def test_a_bad_pair_is_left_out_with_its_reason_and_the_rest_is_written(tmp_path
     assert missing == []
     report = prepare("isic-raw", found, tmp_path / "out")
     assert report.written == 1
-    reasons = {e["file"].split("/")[-1]: e["reason"] for e in report.left_out}
+    reasons = {e["file"].split(":")[-1]: e["reason"] for e in report.left_out}
     assert reasons == {"ISIC_2.jpg": "cannot be decoded", "ISIC_3.jpg": "the image is 100×80 px but its mask 100×40"}
 
 
@@ -243,3 +243,20 @@ def test_the_default_sets_are_those_the_reference_recipe_reads():
     cfg = load_config(recipe_path())
     read = {p.parent.name for p in [*cfg.train.image_datapath, *(cfg.eval.image_datapath or [])]}
     assert set(default_sets()) == read & set(DATA_SETS)
+
+
+def test_a_damaged_member_of_a_zip_is_left_out_and_the_rest_written(downloads, tmp_path):
+    archive = downloads / "ISIC-2017_Training_Data.zip"
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo("ISIC-2017_Training_Data/ISIC_0000001.jpg")
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data = bytearray(archive.read_bytes())
+    data[start + 200 : start + 260] = b"x" * 60  # a download damaged in the middle of one member
+    archive.write_bytes(bytes(data))
+    result = _prepare(downloads, tmp_path / "data", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "data" / "isic2017-train" / "manifest.json").read_text())
+    assert [p["stem"] for p in manifest["pairs"]] == ["ISIC_0000000", "ISIC_0000002"]
+    damaged = [e for e in manifest["left_out"] if "ISIC_0000001" in e["file"]]
+    assert len(damaged) == 1 and "damaged in the archive" in damaged[0]["reason"]
+    assert "2 of 2000 pairs written" in result.output and "is the archive complete?" in result.output

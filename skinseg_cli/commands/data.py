@@ -95,6 +95,8 @@ def data_prepare(
             )
         state = "up to date" if report.up_to_date else "written"
         line = f"{name}: {report.written} of {report.expected} pairs {state} in {shown(report.folder)}"
+        if report.written < report.expected:
+            line += f" (the official release has {report.expected}: is the archive complete?)"
         if report.left_out:
             line += f"; {len(report.left_out)} file(s) left out, listed with the reason in manifest.json"
         out.print(line, markup=False, soft_wrap=True)
