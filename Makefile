@@ -76,6 +76,8 @@ MODELS  := runtime/models
 
 # The bundled model: trained on isic2017-train, chosen on isic-raw (MODEL_CARD.md). The .keras file goes to
 # reference/ (kept in the repository, outside the runtime wheel) for fine-tuning; the ONNX files to runtime/models.
+# A new model needs new cards beside it (runtime/models/*.card.json: its sha256 and MODEL_CARD.md's figures; the
+# scale figures of docs/strategies.md): `skinseg model info` and the --scale warning use a card only with its file.
 reference-model: $(STAMP_ALL)
 	$(VENV)/bin/skinseg train --config configs/isic_reference.config --output runs/reference --force
 	$(VENV)/bin/skinseg export runs/reference --quantize int8
