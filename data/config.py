@@ -762,7 +762,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             )
         setattr(sub, key, value)
         cfg.present.setdefault(section, set()).add(key)
-    _check_ranges(cfg, "command line")
+    _check_ranges(cfg, str(cfg.source) if cfg.source else "command line")  # the file's lines, with the CLI's values
     return cfg
 
 
