@@ -35,7 +35,7 @@ def test_help_shows_no_type_after_flags_and_plain_argument_names(command):
     assert "<bool>" not in result.output  # `--help <bool>`, `--force <bool>` before
     usage = next(line for line in result.output.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage, usage  # `{path}`, `{SOURCE...}...` before
-    assert "......" not in result.output and "...}..." not in usage
+    assert "......" not in result.output and "...}..." not in usage and "[[" not in usage
     # argument names in capitals, as in the usage line: PATH, SOURCE..., [MODEL]
     for name in re.findall(r"\s([\[\]A-Za-z_.]+)\s*$", usage):
         assert name == "[OPTIONS]" or name.strip("[].").isupper(), usage

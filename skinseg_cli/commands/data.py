@@ -21,7 +21,7 @@ def data_prepare(
         list[str] | None,
         typer.Argument(
             help="Data sets to build (default: those configs/isic_reference.config reads); --list shows them all.",
-            metavar="[SET...]",
+            metavar="SET...",
             show_default=False,
         ),
     ] = None,
