@@ -148,6 +148,38 @@ def load_keras_model(model_or_path: Any) -> tuple[Any, str]:
     return model, file_sha256(path)
 
 
+def as_float32(model: Any) -> Any:
+    """``model`` computing in float32: one trained under a mixed-precision policy (``[train] mixed_precision``:
+    bfloat16 compute) is rebuilt from its config with float32 layers and given the same weights (they are float32
+    variables already). The exported graph is float32 whatever the training precision: onnxruntime on a CPU runs
+    float32, and ``--quantize fp16`` makes the half-precision variant."""
+
+    def policy(layer: Any) -> str:
+        p = getattr(layer, "dtype_policy", None)
+        return getattr(p, "name", "float32")
+
+    if all(policy(layer) == "float32" for layer in model.layers):
+        return model
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+                return "float32"
+            return {k: "float32" if k == "dtype" and isinstance(v, str) else strip(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    rebuilt = model.__class__.from_config(strip(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    bad = [layer.name for layer in rebuilt.layers if policy(layer) != "float32"]
+    if bad:
+        raise ModelError(
+            f"model layer {bad[0]!r} keeps a {policy(rebuilt.get_layer(bad[0]))} policy; save it in float32"
+        )
+    return rebuilt
+
+
 def _check_signature(model: Any, source: str) -> int:
     """Check the model takes one NHWC RGB image and returns one tensor; return its channel count."""
     inputs, outputs = list(model.inputs), list(model.outputs)
@@ -259,6 +291,7 @@ def convert(
     stock conversion runs instead.
     """
     tf, tf2onnx = _import_tensorflow()
+    model = as_float32(model)
     out_channels = _check_signature(model, "model")
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name=input_name)
 
@@ -398,6 +431,7 @@ def export_onnx(
         model, sha = model_or_path, model_sha256  # loaded by the caller, hashed from its file: not loaded twice
     else:
         model, sha = load_keras_model(model_or_path)
+    model = as_float32(model)  # the parity check compares the float32 graph with the float32 Keras model
 
     proto = convert(model, opset=opset, layout=layout, input_name=metadata.input_name, output_name=metadata.output_name)
     gc.collect()  # the conversion's graphs hold reference cycles: free them before the checks
