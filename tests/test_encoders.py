@@ -169,3 +169,26 @@ def test_mixed_precision_accepts_only_booleans_and_auto():
     assert parse_config('[train]\nmixed_precision = "auto"\n').train.mixed_precision == "auto"
     with pytest.raises(ConfigError, match="mixed_precision"):
         parse_config('[train]\nmixed_precision = "fast"\n')
+
+
+def test_a_model_trained_in_bfloat16_exports_as_float32_with_parity():
+    """A run with mixed_precision saves bfloat16-compute layers; the ONNX graph must be float32 and load."""
+    import onnxruntime as ort
+
+    from skinseg.exporters.keras_to_onnx import as_float32, convert
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = build_lite_unet(image_height=64, image_width=64, base_filters=8, weights=WEIGHTS)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.get_layer("enc_stem_conv").dtype_policy.name == "mixed_bfloat16"
+    plain = as_float32(mixed)
+    assert {layer.dtype_policy.name for layer in plain.layers} == {"float32"}
+    x = np.random.default_rng(3).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    want = plain.predict(x, verbose=0)
+    assert np.abs(mixed.predict(x, verbose=0) - want).max() < 0.1  # the same weights, bfloat16 rounding aside
+    session = ort.InferenceSession(convert(mixed, opset=17, layout="nhwc").SerializeToString())
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.abs(got - want).max() < 1e-4
+    assert as_float32(plain) is plain  # nothing to do for a float32 model
