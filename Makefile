@@ -79,7 +79,7 @@ MODELS  := runtime/models
 # A new model needs new cards beside it (runtime/models/*.card.json: its sha256 and MODEL_CARD.md's figures; the
 # scale figures of docs/strategies.md): `skinseg model info` and the --scale warning use a card only with its file.
 reference-model: $(STAMP_ALL)
-	$(VENV)/bin/skinseg train --config configs/isic_reference.config --output runs/reference --force
+	$(VENV)/bin/skinseg train --config configs/default_model.config --output runs/reference --force
 	$(VENV)/bin/skinseg export runs/reference --quantize int8
 	mkdir -p $(MODELS) reference
 	cp runs/reference/model.onnx $(MODELS)/skinseg_default.onnx

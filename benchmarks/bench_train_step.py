@@ -33,11 +33,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "isic_reference.config"
-PREVIOUS = ROOT / "configs" / "experiments" / "previous_reference_unet128.config"
+PREVIOUS = ROOT / "configs" / "default_model.config"
 
 # name: (base config, [section.key overrides], what it is)
 VARIANTS: dict[str, tuple[Path, dict[str, object], str]] = {
-    "previous": (PREVIOUS, {}, "last round's recipe: seed UNet (16 filters, 5 levels, standard blocks), fp32"),
+    "previous": (
+        PREVIOUS,
+        {},
+        "the bundled model's recipe (configs/default_model.config): seed UNet, 16 filters, 5 levels, fp32",
+    ),
     "previous-bf16": (PREVIOUS, {"train.mixed_precision": True}, "the same in bfloat16"),
     "separable": (PREVIOUS, {"model.block": "separable"}, "the same with depthwise-separable blocks, fp32"),
     "lite0-fp32": (RECIPE, {"train.mixed_precision": False}, "EfficientNet-Lite0 UNet, fp32"),

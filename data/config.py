@@ -812,7 +812,7 @@ def _render_value(v: Any) -> str:
 
 # The recipes shipped with skinseg: the repository's configs/*.config, installed as the package skinseg.configs.
 RECIPES_PACKAGE = "skinseg.configs"
-REFERENCE_RECIPE = "isic_reference"  # the bundled model's recipe: what `skinseg config init` writes
+REFERENCE_RECIPE = "isic_reference"  # the reference recipe: what `skinseg config init` writes
 # [section] keys naming data folders or files: `config init` moves them under the user's data folder
 DATA_KEYS = {
     "train": ("image_datapath", "mask_datapath", "data_root", "exclude_stems_file"),

@@ -45,11 +45,15 @@ def config_init(
     ] = Path("data"),
     recipe: Annotated[
         str,
-        typer.Option("--recipe", help="Which shipped recipe: isic_reference (the bundled model's), finetune, demo."),
+        typer.Option(
+            "--recipe",
+            help="Which shipped recipe: isic_reference (the reference recipe), default_model (the bundled "
+            "model's), finetune, demo.",
+        ),
     ] = "isic_reference",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a config to PATH: the bundled model's training recipe (configs/isic_reference.config), with only the
+    """Write a config to PATH: the reference training recipe (configs/isic_reference.config), with only the
     keys that act, its data folders under --data and its run directory runs/<name>.
 
     Example: skinseg config init my.config --data data
