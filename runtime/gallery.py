@@ -124,6 +124,12 @@ def flags(row: dict[str, Any]) -> list[str]:
     return found
 
 
+def _worst_first(row: dict[str, Any], row_flags: list[str]) -> float:
+    """Flagged images by their quality estimate, the lowest first (those without one last); others unordered."""
+    quality = _number(row.get("quality")) if row_flags else None
+    return 2.0 if quality is None else quality
+
+
 def folder_totals(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     """What an output folder holds, over every run into it: images, segmented (ok or skipped), failed, flagged."""
     totals = {"images": 0, "segmented": 0, "failed": 0, "flagged": 0}
@@ -171,10 +177,12 @@ def _row(row: dict[str, Any], output: Path, outputs: Any, row_flags: list[str]) 
     area = f"{fraction * 100:.1f}% of the image" if fraction is not None else "n/a"
     size = f"{row.get('width')}×{row.get('height')} px · " if row.get("width") else ""
     flagged = "".join(f'<div class="flag">⚑ {html.escape(f)}</div>' for f in row_flags)
+    quality = _number(row.get("quality"))
+    estimate = "" if quality is None else f" · estimated Jaccard {quality:.2f}"
     cls = ' class="flagged-row"' if row_flags else ""
     return (
         f'<tr{cls}><td class="pic">{picture}</td><td><div class="name">{name}</div>'
-        f'<div class="meta">{size}lesion area {area}</div>{flagged}{link_cell}</td></tr>'
+        f'<div class="meta">{size}lesion area {area}{estimate}</div>{flagged}{link_cell}</td></tr>'
     )
 
 
@@ -194,7 +202,12 @@ def write_gallery(
     entries = [(row, outputs, flags(row)) for row, outputs in entries]
     chosen = sorted(
         entries,
-        key=lambda e: (e[0].get("status") != "failed", not e[2], str(e[0].get("path")) not in fresh),
+        key=lambda e: (
+            e[0].get("status") != "failed",
+            not e[2],
+            _worst_first(e[0], e[2]),
+            str(e[0].get("path")) not in fresh,
+        ),
     )
     rows = "\n".join(_row(row, output, outputs, row_flags) for row, outputs, row_flags in chosen[:MAX_ROWS])
     more = ""

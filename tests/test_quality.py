@@ -434,3 +434,21 @@ def test_evaluate_reports_the_estimate_beside_the_truth(tmp_path):
         Segmenter(model), images=images, masks=masks, output=run / "ev2", model_path=model, review_below=1.0
     )
     assert everything.summary["quality"]["flagged"] == 16 and everything.summary["quality"]["recall"] == 1.0
+
+
+def test_gallery_shows_masks_to_review_first_lowest_estimate_first_and_marked(tmp_path):
+    from skinseg.runtime.gallery import write_gallery
+
+    def row(name: str, quality: float, review: int) -> dict:
+        return {
+            "path": name, "status": "ok", "area_px": 100, "area_fraction": 0.2, "width": 100, "height": 100,
+            "bbox_x": 30, "bbox_y": 30, "bbox_w": 40, "bbox_h": 40, "mean_prob": 0.95, "quality": quality,
+            "review": review,
+        }  # fmt: skip
+
+    rows = [row("a.jpg", 0.91, 0), row("b.jpg", 0.62, 1), row("c.jpg", 0.35, 1), row("d.jpg", 0.88, 0)]
+    page = write_gallery(tmp_path, [(r, None) for r in rows]).read_text(encoding="utf-8")
+    order = [page.index(f">{n}<") for n in ("c.jpg", "b.jpg", "a.jpg")]
+    assert order == sorted(order)  # flagged first, the lowest estimate first
+    assert page.count("the quality estimate asks for a review") == 2 and "estimated Jaccard 0.35" in page
+    assert "estimated Jaccard 0.91" in page  # every image shows its estimate
