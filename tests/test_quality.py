@@ -452,3 +452,17 @@ def test_gallery_shows_masks_to_review_first_lowest_estimate_first_and_marked(tm
     assert order == sorted(order)  # flagged first, the lowest estimate first
     assert page.count("the quality estimate asks for a review") == 2 and "estimated Jaccard 0.35" in page
     assert "estimated Jaccard 0.91" in page  # every image shows its estimate
+
+
+def test_model_info_names_the_estimator(tmp_path):
+    from skinseg.commands.model import _lines, model_info
+    from tests.onnx_standins import identity_model, metadata_json, save
+
+    doc = json.loads(metadata_json((64, 64)))
+    doc["quality"] = small_model(fitted={"images": 40, "failures": 9, "cross_validated": {"spearman": 0.7}}).to_dict()
+    own = save(identity_model(metadata=json.dumps(doc)), tmp_path / "own.onnx")
+    plain = save(identity_model(metadata=metadata_json((64, 64))), tmp_path / "plain.onnx")
+    line = next(x for x in _lines(model_info(own)) if x.startswith("quality"))
+    assert "its own estimator: review below 0.700; fitted on 40 images (9 failures)" in line and "spearman 0.70" in line
+    line = next(x for x in _lines(model_info(plain)) if x.startswith("quality"))
+    assert "generic estimator (the model carries none)" in line

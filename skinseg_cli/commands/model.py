@@ -51,6 +51,8 @@ def model_info(model: Path | None = None) -> dict[str, Any]:
         settings = segmenter.options()
         info["defaults"] = {k: v for k, v in settings.items() if k not in ("device", "threads", "max_pixels")}
         info["defaults"]["scale"] = str(segmenter.scale)
+        if segmenter.quality is not None:  # the estimator behind the quality and review columns
+            info["quality"] = {"own": meta.quality is not None, **segmenter.quality.to_dict()}
     card = read_card(path, sha)
     if card is not None:
         info["card"] = {**asdict(card), "file": str(card_path(path))}
@@ -114,6 +116,16 @@ def _lines(info: dict[str, Any]) -> list[str]:
         lines.append(
             f"training    {data.get('train_images', '?')} images ({folders}), {data.get('valid_images', '?')} "
             f"validation images, augmentation {_yes(data.get('augmentation'))}, seed {data.get('seed', '?')}"
+        )
+    quality = info.get("quality")
+    if quality:
+        fitted, cv = quality["fitted"], quality["fitted"].get("cross_validated") or {}
+        whose = "its own estimator" if quality["own"] else "the generic estimator (the model carries none)"
+        figures = ", ".join(f"{k} {cv[k]:.2f}" for k in ("spearman", "recall", "precision") if cv.get(k) is not None)
+        lines.append(
+            f"quality     {whose}: review below {quality['review_below']:.3f}; fitted on "
+            f"{fitted.get('images', '?')} images ({fitted.get('failures', '?')} failures)"
+            + (f", cross-validated {figures}" if figures else "")
         )
     metrics = meta.get("validation_metrics") or {}
     if metrics:
