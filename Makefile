@@ -80,17 +80,16 @@ MODELS  := runtime/models
 # scale figures of docs/strategies.md): `skinseg model info` and the --scale warning use a card only with its file.
 reference-model: $(STAMP_ALL)
 	$(VENV)/bin/skinseg train --config configs/default_model.config --output runs/reference --force
-	$(VENV)/bin/skinseg export runs/reference --quantize int8
+	$(VENV)/bin/skinseg export runs/reference
 	mkdir -p $(MODELS) reference
 	cp runs/reference/model.onnx $(MODELS)/skinseg_default.onnx
-	cp runs/reference/model.int8.onnx $(MODELS)/skinseg_default.int8.onnx
 	$(PY) -c "import keras, sys; keras.saving.load_model(sys.argv[1], compile=False).save(sys.argv[2])" \
 	  runs/reference/best_model.keras reference/skinseg_default.keras
 	$(MAKE) evaluate-reference
 
 # The figures of MODEL_CARD.md: both bundled files on isic-raw at default settings.
 evaluate-reference: $(STAMP_RT)
-	for m in skinseg_default skinseg_default.int8; do \
+	for m in skinseg_default; do \
 	  $(VENV)/bin/skinseg evaluate --model $(MODELS)/$$m.onnx --images $(DATA)/isic-raw/images \
 	    --masks $(DATA)/isic-raw/masks --output eval/$$m --quiet || exit $$?; \
 	done
