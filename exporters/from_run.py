@@ -229,10 +229,10 @@ def export_run(
     fp32 file before the variants are made (:mod:`skinseg.exporters.quality_fit`; ``RunExport.quality`` says how).
     Variants are compared with fp32 on the validation images (mean mask IoU at the recommended threshold);
     agreement below 0.98 is a warning, and an error with ``strict`` (the variant file is then removed).
+    A failed export leaves no file (``strict`` keeps the fp32 model of a refused variant): every file is made under a
+    temporary name and renamed once all are made.
+    Options that cannot work (int8 without calibration images) are refused before the conversion.
     """
-    from skinseg.exporters.keras_to_onnx import export_onnx, load_keras_model
-    from skinseg.exporters.quantize import compare_models, convert_fp16, quantize_int8
-
     emit = on_event or (lambda e: None)
     model_path, run_dir = locate_model(source)
     variant_output = None
@@ -243,6 +243,68 @@ def export_run(
     for target in (output, variant_output):
         if target is not None:
             check_writable(target)
+    calib_paths = _check_variants(quantize or [], calibration, run_dir)  # before minutes of conversion
+    staged: list[tuple[Path, Path]] = []  # (temporary, final): nothing gets its final name before all is done
+    try:
+        result = _export(
+            model_path, run_dir, output, variant_output, staged, calib_paths, emit,
+            opset=opset, layout=layout, quantize=quantize or [], calibration_count=calibration_count,
+            check_count=check_count, strict=strict, fit_quality=fit_quality,
+        )  # fmt: skip
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    except BaseException:  # a failed export leaves no file, and an earlier export's files as they were
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _check_variants(quantize: list[str], calibration: Path | None, run_dir: Path | None) -> list[Path]:
+    """UsageError for a variant that cannot be made; the int8 calibration images (none without int8)."""
+    for kind in quantize:
+        if kind not in ("int8", "fp16"):
+            raise UsageError(f"--quantize {kind}: choose int8 or fp16")
+    if "int8" not in quantize:
+        return []
+    paths = folder_images(calibration) if calibration else run_images(run_dir, "train_files")
+    if not paths:
+        where = f"{calibration} holds no images" if calibration else "no training images of a run to calibrate on"
+        raise UsageError(
+            f"int8 needs calibration images ({where}): pass --calibration DIR (a folder of typical images)"
+        )
+    return paths
+
+
+def _staged(final: Path, staged: list[tuple[Path, Path]]) -> Path:
+    """A temporary name next to ``final`` that :func:`export_run` renames to it once every file is made."""
+    from skinseg.runtime.atomic import temp_name
+
+    temporary = final.with_name(temp_name(final.name, suffix=final.suffix))
+    staged.append((temporary, final))
+    return temporary
+
+
+def _export(
+    model_path: Path,
+    run_dir: Path | None,
+    output: Path,
+    variant_output: Path | None,
+    staged: list[tuple[Path, Path]],
+    calib_paths: list[Path],
+    emit: Callable[[dict[str, Any]], None],
+    *,
+    opset: int,
+    layout: str,
+    quantize: list[str],
+    calibration_count: int,
+    check_count: int,
+    strict: bool,
+    fit_quality: bool,
+) -> RunExport:
+    from skinseg.exporters.keras_to_onnx import export_onnx, load_keras_model
+    from skinseg.exporters.quantize import compare_models, convert_fp16, quantize_int8
+
     emit({"event": "stage", "message": f"loading {model_path}"})
     model, _ = load_keras_model(model_path)
     meta = build_metadata(model, run_dir)
@@ -255,7 +317,7 @@ def export_run(
     )
     report = export_onnx(
         model,
-        output,
+        _staged(output, staged),
         metadata=meta,
         opset=opset,
         layout=layout,
@@ -265,7 +327,7 @@ def export_run(
     del model  # the variants work from the ONNX file: a large network's Keras weights are not needed any more
     gc.collect()
     result = RunExport(
-        fp32_path=report.path,
+        fp32_path=output,
         max_abs_diff=report.max_abs_diff,
         check_images=report.check_images,
         size_mb=report.size_bytes / 1e6,
@@ -285,18 +347,16 @@ def export_run(
     compare_on = valid if len(valid) else _synthetic(meta.tile_size)
     for kind in quantize or []:
         path = variant_output or output.with_name(f"{output.stem}.{kind}{output.suffix}")
+        made = _staged(path, staged)
         emit({"event": "stage", "message": f"making the {kind} variant"})
         if kind == "int8":
-            calib_paths = folder_images(calibration) if calibration else run_images(run_dir, "train_files")
             calib = load_tiles(calib_paths, meta.tile_size, calibration_count, meta.color_constancy)
             if not len(calib):
-                raise UsageError("int8 needs calibration images: pass --calibration DIR (a folder of typical images)")
-            quantize_int8(report.path, path, list(calib))
-        elif kind == "fp16":
-            convert_fp16(report.path, path)
+                raise UsageError("int8 needs calibration images: none of them could be read; pass --calibration DIR")
+            quantize_int8(report.path, made, list(calib))
         else:
-            raise UsageError(f"--quantize {kind}: choose int8 or fp16")
-        cmp = compare_models(report.path, path, compare_on, threshold=meta.threshold)
+            convert_fp16(report.path, made)
+        cmp = compare_models(report.path, made, compare_on, threshold=meta.threshold)
         variant = VariantReport(
             kind=kind,
             path=path,
@@ -311,9 +371,10 @@ def export_run(
                 f"{path.name}: mean mask IoU against fp32 is {variant.mean_iou:.3f} (< {AGREEMENT_WARN}); "
                 "calibrate on more typical images (--calibration) or use fp32"
             )
-            if strict:
-                path.unlink(missing_ok=True)
-                raise UsageError(variant.warning + " (--strict: the variant was not kept)")
+            if strict:  # the fp32 model is good: it is kept, the variant is not
+                fp32 = staged.pop(0)
+                os.replace(*fp32)
+                raise UsageError(variant.warning + f" (--strict: the variant was not kept; the fp32 model is {output})")
         result.variants.append(variant)
     return result
 

@@ -129,6 +129,7 @@ __all__ = [
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "skinseg_default.onnx"
 PIPELINE_DEPTH = DEFAULT_MAX_IN_FLIGHT  # kept for callers of the old name
 CHECKPOINT_SECONDS = 2.0  # results.csv is rewritten at most this often during a run
+MAX_IN_FLIGHT = 64  # images worked on at once, at most (more only queue for the one model and the cores)
 INTERRUPT_GRACE_SECONDS = 8.0  # after an interrupt, images in flight get this long to finish
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 FAILED_FINGERPRINT_MAX_BYTES = 512 << 20  # a failed input larger than this is retried rather than hashed each run
@@ -247,7 +248,9 @@ _SEGMENTERS_LOCK = threading.Lock()
 _MAX_SEGMENTERS = 4
 
 
-def get_segmenter(model_path: str | os.PathLike[str], options: InferOptions) -> tuple[Any, threading.Lock]:
+def get_segmenter(
+    model_path: str | os.PathLike[str], options: InferOptions, *, budget: int | None = None
+) -> tuple[Any, threading.Lock]:
     """A cached :class:`~skinseg.runtime.segmenter.Segmenter` for this model and options, and its inference lock.
 
     The model file is read once (its bytes make the session, and their SHA-256 is the segmenter's
@@ -256,6 +259,9 @@ def get_segmenter(model_path: str | os.PathLike[str], options: InferOptions) -> 
     :meth:`InferOptions.segmenter_kwargs`; without a pinned hash, a file replaced since is read again. A file
     that no longer has the pinned hash raises :class:`ModelError`. Hold the lock while running the model: one
     inference at a time keeps onnxruntime's threads from competing for the cores.
+
+    ``budget`` (bytes): the model's working memory (:func:`model_memory`, the segmenter's ``working_memory``) must
+    fit in it, or :class:`UsageError` says so before the segmenter's first full-size tile is run.
     """
     from skinseg.runtime.segmenter import OnnxBackend, Segmenter
 
@@ -279,12 +285,128 @@ def get_segmenter(model_path: str | os.PathLike[str], options: InferOptions) -> 
                     f"uses {options.model_sha256[:12]}); run again to use the new model"
                 )
             backend = OnnxBackend(path, device=kwargs["device"], threads=kwargs["threads"], data=data)
+            need = None
+            if budget is not None:  # before Segmenter runs its first tile: that alone may not fit
+                need = model_memory(backend, options)
+                _check_model_memory(model_path, backend, options, need, budget)
             segmenter = Segmenter(backend, **kwargs)
             segmenter.model_sha256 = sha
+            segmenter.working_memory = need
             while len(_SEGMENTERS) >= _MAX_SEGMENTERS:
                 _SEGMENTERS.pop(next(iter(_SEGMENTERS)))
             _SEGMENTERS[key] = (segmenter, threading.Lock())
-        return _SEGMENTERS[key]
+        found = _SEGMENTERS[key]
+    if budget is not None:
+        segmenter = found[0]
+        if getattr(segmenter, "working_memory", None) is None:
+            segmenter.working_memory = model_memory(segmenter.backend, options)
+        _check_model_memory(model_path, segmenter.backend, options, segmenter.working_memory, budget)
+    return found
+
+
+MEASURE_TILE = 256  # px: the tile the model's working memory per pixel is measured on
+
+
+def _heap_in_use() -> int:
+    """Bytes this process has allocated (glibc's ``mallinfo2``: exact, unlike the resident size, which freed memory
+    kept for reuse hides); the resident size where that is not available."""
+    global _MALLINFO2
+    if _MALLINFO2 is None:
+        _MALLINFO2 = False
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            class _Info(ctypes.Structure):
+                _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                                  "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                                  "keepcost")]  # fmt: skip
+
+            function = ctypes.CDLL("libc.so.6").mallinfo2
+            function.restype = _Info
+            _MALLINFO2 = function
+    if _MALLINFO2:
+        info = _MALLINFO2()
+        return int(info.uordblks + info.hblkhd)  # in use from the heap, and in blocks of their own (mmap)
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_MALLINFO2: Any = None
+
+
+def _tile_of(backend: Any, options: InferOptions) -> tuple[int, int] | None:
+    from skinseg.runtime.segmenter import parse_tile
+
+    if options.tile is not None:
+        return parse_tile(options.tile)
+    if backend.metadata is not None:
+        return tuple(backend.metadata.tile_size)  # type: ignore[return-value]
+    return None
+
+
+def _batch_of(backend: Any, options: InferOptions) -> int:
+    """Tiles one model call takes: the batch size, four times over with test-time flips."""
+    from skinseg.runtime.defaults import DEFAULT_TTA
+
+    tta = options.tta
+    if tta is None:
+        recommended = backend.metadata.tta if backend.metadata is not None else None
+        tta = DEFAULT_TTA if recommended is None else recommended
+    return (backend.fixed_batch or options.batch_size) * (4 if tta else 1)
+
+
+def model_memory(backend: Any, options: InferOptions) -> int:
+    """Bytes the model needs to segment one batch of tiles with ``options`` (one inference runs at a time).
+
+    The network's working memory per input pixel is measured: the memory this process allocates over one run of a
+    blank :data:`MEASURE_TILE` tile (the model's own when its input size is fixed) on a new session, counted twice
+    (onnxruntime's arena grows by doubling: the bundled model takes 495 bytes a pixel measured so, and peaked at
+    16.3 GB, 970 bytes a pixel, on 4096 px tiles). To it come the batch's input and output (16 bytes a pixel);
+    multiplied by the tile's pixels and the tiles a call takes (the batch size, 4× with ``--tta``).
+    """
+    tile = _tile_of(backend, options)
+    if tile is None:
+        return 0  # no tile, no segmenter: Segmenter says why
+    fixed_h, fixed_w = backend.fixed_tile
+    size = (fixed_h or MEASURE_TILE, fixed_w or MEASURE_TILE)
+    runs = backend.fixed_batch or 1
+    try:
+        import numpy as np
+
+        blank = np.zeros((runs, *size, 3), np.float32)
+        before = _heap_in_use()
+        backend.predict(blank)  # a new session's arena grows to what the run needs, and keeps it
+        per_pixel = max(0, _heap_in_use() - before) / (runs * size[0] * size[1])
+    except Exception:  # noqa: BLE001  the model cannot take this size: the segmenter's own probe says why
+        per_pixel = 0.0
+    return int(tile[0] * tile[1] * _batch_of(backend, options) * (2 * per_pixel + 16))
+
+
+def _check_model_memory(
+    model_path: str | os.PathLike[str], backend: Any, options: InferOptions, need: int, budget: int
+) -> None:
+    """UsageError, in one line, when the model's working memory ``need`` does not fit in ``budget``."""
+    if need <= budget:
+        return
+    tile = _tile_of(backend, options) or (0, 0)
+    size = f"{tile[0]}×{tile[1]}"
+    what = f"--tile {options.tile}" if options.tile is not None else f"{model_path}: its tile size {size} (metadata)"
+    batch = _batch_of(backend, options)
+    calls = f" in batches of {batch}" if batch > 1 else ""
+    fixes = "a smaller --tile" if backend.fixed_tile == (None, None) else "another model"
+    if batch > 1:
+        fixes += " or --batch-size"
+    raise UsageError(
+        f"{what}: segmenting {size} tiles{calls} needs about {_size(need)} of working memory, more than "
+        f"--memory-limit {_size(budget)}; use {fixes}, or raise --memory-limit"
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _read_model(path: Path) -> bytes | None:
@@ -314,19 +436,33 @@ def _empty_row(rel: PurePosixPath | str, image_path: str | os.PathLike[str]) -> 
     return row
 
 
-def estimate_memory(width: int, height: int, options: InferOptions) -> int:
+def estimate_memory(width: int, height: int, options: InferOptions, work: tuple[int, int] | None = None) -> int:
     """Bytes one image of ``width × height`` needs while it is worked on (an upper estimate for admission).
 
     Full size: the probability map and the mask (1 byte a pixel each), the hole-filling frame (1) and the PNG
     encoder's copy (1); the decode kept for the overlay (3 bytes a pixel at up to 1/2 of each side of a large
-    photo, all of a small one) and the overlay itself; 64 MB for the working scale and the model's buffers.
+    photo, all of a small one) and the overlay itself; at the working size ``work`` (the size the model sees, e.g.
+    the full size with ``--scale native``): the resized image and its colour-corrected copy (3 + 3), the blending
+    sums (4 + 4) and the probabilities (1); 64 MB of slack. The model's own working memory is counted once per run,
+    not per image (:func:`model_memory`).
     """
     pixels = width * height
     decoded = pixels if max(width, height) <= 2 * DEFAULT_OVERLAY_SIZE else pixels // 4
     if options.overlay_size is None:
         decoded = pixels
     overlay = min(pixels, (options.overlay_size or max(width, height)) ** 2)
-    return 4 * pixels + 3 * decoded + 6 * overlay + (pixels if options.save_prob else 0) + (64 << 20)
+    working = 15 * work[0] * work[1] if work is not None else 0
+    return 4 * pixels + 3 * decoded + 6 * overlay + (pixels if options.save_prob else 0) + working + (64 << 20)
+
+
+def image_cost(segmenter: Any, image_path: str | os.PathLike[str], options: InferOptions) -> int:
+    """:func:`estimate_memory` of an image file, from its header and the size ``segmenter`` works at."""
+    try:
+        width, height = image_size(image_path)
+        work = segmenter.work_size(width, height)
+    except (ImageError, OSError, ValueError, ArithmeticError):
+        return 64 << 20  # it will fail fast
+    return estimate_memory(width, height, options, work)
 
 
 def _overlay_size(width: int, height: int, options: InferOptions) -> tuple[int, int]:
@@ -345,15 +481,8 @@ def _decoder_versions() -> dict[str, str]:
     """The versions of the code that judged an input (a failure under another skinseg or OpenCV is retried)."""
     global _DECODERS
     if _DECODERS is None:
-        import importlib.metadata
-
-        import cv2
-
-        try:
-            skinseg = importlib.metadata.version("skinseg")
-        except importlib.metadata.PackageNotFoundError:
-            skinseg = "unknown"
-        _DECODERS = {"skinseg": skinseg, "opencv": cv2.__version__}
+        found = versions()
+        _DECODERS = {"skinseg": found["skinseg"], "opencv": found["opencv"]}
     return _DECODERS
 
 
@@ -603,8 +732,10 @@ def _unreadable_row(folder: Unreadable) -> Row:
 
 
 def pin_model(model_path: str | os.PathLike[str], options: InferOptions) -> tuple[Any, InferOptions]:
-    """Load the model for a run and pin it: the segmenter, and ``options`` carrying its SHA-256."""
-    segmenter, _ = get_segmenter(model_path, replace(options, model_sha256=None))
+    """Load the model for a run and pin it: the segmenter, and ``options`` carrying its SHA-256. UsageError when the
+    model's working memory alone exceeds ``options.memory_limit`` (or the default), before it runs a full tile."""
+    budget = options.memory_limit or default_memory_limit()
+    segmenter, _ = get_segmenter(model_path, replace(options, model_sha256=None), budget=budget)
     pinned = replace(options, model_sha256=segmenter.model_sha256)
     with _SEGMENTERS_LOCK:  # the same segmenter under the pinned key: process_image finds it, never re-reads
         key = (str(Path(model_path).resolve()), pinned.model_sha256, tuple(sorted(pinned.segmenter_kwargs().items())))
@@ -650,6 +781,12 @@ def run_batch(
         raise UsageError("--output is empty; give the folder the results go to")
     output = Path(output)
     options.check()  # a wrong option is said on a night with no new images too
+    local_cluster = False
+    if scheduler is not None:  # so is a scheduler value that cannot work (no connection tried yet)
+        from skinseg.runtime.cluster import check_scheduler, is_local
+
+        check_scheduler(scheduler, security=security)
+        local_cluster = is_local(scheduler)
     found = discover(sources, recursive=recursive, output=output)
     if found.hidden:  # said once, not one line each: a Mac's ._ files can be many
         emit({"event": "hidden", "count": len(found.hidden), "examples": [str(p) for p in found.hidden[:3]]})
@@ -661,7 +798,7 @@ def run_batch(
             if note := segmenter.scale_warning(*image_size(found.items[0].path)):
                 emit({"event": "warning", "kind": "scale", "message": note})
     cluster = None
-    if scheduler is not None:  # an unreachable scheduler stops us before any output too
+    if scheduler is not None and not local_cluster:  # an unreachable scheduler stops us before any output
         from skinseg.runtime.cluster import connect
 
         cluster = connect(scheduler, security=security)
@@ -673,10 +810,14 @@ def run_batch(
 
         with output_lock(output, wait=wait, on_wait=on_wait):
             provider, make_runner = segmenter.provider, None
+            remove_stale_temps(output)  # a killed run's temporary files and local cluster's scratch space
+            if scheduler is not None and local_cluster:  # started once the lock is ours, its scratch inside
+                from skinseg.runtime.cluster import SCRATCH_NAME, connect
+
+                cluster = connect(scheduler, scratch=output / SCRATCH_NAME)
             if cluster is not None:
                 cluster.check_workers(model_path, output)
                 provider, make_runner = f"{segmenter.provider} on {cluster.describe()}", cluster.runner
-            remove_stale_temps(output)
             return _run_locked(
                 found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner
             )
@@ -761,28 +902,48 @@ def _run_locked(
     return summary
 
 
+class StopBatch(Exception):  # noqa: N818  not an error of the image: the batch cannot go on
+    """Raised through an image's future when no image can be done any more (a Dask scheduler that is gone): the
+    batch stops as for a full disk (``reason``), the image has no row and a rerun does it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class _DaemonPool:
-    """A few daemon worker threads: unlike ``ThreadPoolExecutor``'s, a worker stuck in a read of a dead mount
+    """Up to ``workers`` daemon threads, started as jobs come (a large ``--max-in-flight`` starts no more threads
+    than there are images at once): unlike ``ThreadPoolExecutor``'s, a worker stuck in a read of a dead mount
     cannot keep the process from exiting after an interrupt."""
 
     def __init__(self, workers: int, name: str) -> None:
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Row]] | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
-            t.start()
+        self._workers, self._name = workers, name
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
+            with self._lock:
+                self._idle -= 1
             future, fn = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as e:  # noqa: BLE001  handed to the caller through the future
-                future.set_exception(e)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # noqa: BLE001  handed to the caller through the future
+                    future.set_exception(e)
+            with self._lock:
+                self._idle += 1
 
     def submit(self, fn: Callable[[], Row]) -> Future:
         future: Future = Future()
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self._workers:
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
         self._jobs.put((future, fn))
         return future
 
@@ -804,7 +965,8 @@ def _pipeline(
     """Run :func:`process_image` on ``items``, admitting images by estimated memory (``options.memory_limit``) and
     count (``options.max_in_flight``); events and rows are handed to ``emit``/``record`` on this thread.
 
-    Returns why it stopped early ("" when it did not): a full output disk. An interrupt (KeyboardInterrupt)
+    Returns why it stopped early ("" when it did not): a full output disk, or a runner whose images raise
+    :class:`StopBatch` (a Dask scheduler that is gone). An interrupt (KeyboardInterrupt)
     stops admitting images, gives those in flight :data:`INTERRUPT_GRACE_SECONDS` (a second interrupt ends the
     wait), records what finished and re-raises.
     """
@@ -844,11 +1006,15 @@ def _pipeline(
             drain()
             for entry in [e for e in pending if e[1].done()]:
                 pending.remove(entry)
-                row = entry[1].result()
+                try:
+                    row = entry[1].result()
+                except StopBatch as e:  # the image was not done, and none after it can be: stop, no row
+                    row = {"stop": e.reason}
                 if row.get("stop") and not stopped:
                     stopped = row["stop"]
                     emit({"event": "stopping", "reason": stopped, "in_flight": len(pending)})
-                record(entry[0], row)
+                if "status" in row:
+                    record(entry[0], row)
         drain()
     except BaseException:
         emit({"event": "stopping", "reason": "interrupted", "in_flight": len(pending)})
@@ -868,16 +1034,14 @@ class _LocalRunner:
         self.model_path, self.output, self.options, self.previous, self.events = (
             model_path, output, options, previous, events,
         )  # fmt: skip
-        self.budget = options.memory_limit or default_memory_limit()
-        self.slots = max(1, int(options.max_in_flight))
+        self.segmenter, _ = get_segmenter(model_path, options)
+        model = getattr(self.segmenter, "working_memory", None) or 0  # one inference at a time: counted once
+        self.budget = max(0, (options.memory_limit or default_memory_limit()) - model)
+        self.slots = max(1, min(int(options.max_in_flight), MAX_IN_FLIGHT))
         self._pool = _DaemonPool(self.slots, "skinseg-infer")
 
     def cost(self, item: InputItem) -> int:
-        try:
-            width, height = image_size(item.path)
-        except (ImageError, OSError):
-            return 64 << 20  # it will fail fast
-        return estimate_memory(width, height, self.options)
+        return image_cost(self.segmenter, item.path, self.options)
 
     def start(self, index: int, item: InputItem) -> Future:
         return self._pool.submit(lambda: self._work(index, item))
@@ -923,7 +1087,7 @@ def _finish_in_flight(
             _wait_any([f for _, f, _ in pending], timeout=0.1)
             for entry in [e for e in pending if e[1].done()]:
                 pending.remove(entry)
-                if not entry[1].cancelled() and entry[1].exception() is None:
+                if not entry[1].cancelled() and entry[1].exception() is None and "status" in entry[1].result():
                     record(entry[0], entry[1].result())
     with contextlib.suppress(Exception):
         drain()

@@ -19,23 +19,38 @@ This module imports Dask's ``distributed`` (the ``cluster`` extra) only when a s
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
+import contextlib
+import json
 import os
 import queue
+import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from skinseg import install_hint
 from skinseg.runtime.errors import MissingExtraError, ModelError, UsageError
+from skinseg.runtime.outputs import DASK_SCRATCH_NAME
 
-__all__ = ["CLUSTER_EXTRA_HINT", "DaskCluster", "cluster_task", "connect", "tls_security"]
+__all__ = [
+    "CLUSTER_EXTRA_HINT",
+    "DaskCluster",
+    "check_scheduler",
+    "cluster_task",
+    "connect",
+    "is_local",
+    "tls_security",
+]
 
 CLUSTER_EXTRA_HINT = (
     f"--scheduler needs Dask's distributed package: install the cluster extra, {install_hint('cluster')}"
 )
 TASKS_PER_THREAD = 2  # images in flight per worker thread: enough to hide the scheduler's round trip
 CONNECT_TIMEOUT = "15s"
+CLOSE_TIMEOUT = 10  # seconds: closing a client whose scheduler is gone must not hang the run's end
 
 
 def _distributed() -> Any:
@@ -46,45 +61,155 @@ def _distributed() -> Any:
     return distributed
 
 
-def connect(scheduler: str, *, security: Any = None) -> DaskCluster:
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):([0-9]{1,5})$")
+SCHEMES = ("tcp", "tls")  # the transports a skinseg client connects over
+SCRATCH_NAME = DASK_SCRATCH_NAME  # a local cluster's scratch space, inside --output while it runs
+_SCHEDULER_HINT = "give local:N, a scheduler file, or an address such as tcp://host:8786"
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def is_local(scheduler: str) -> bool:
+    """Whether ``scheduler`` asks for a local cluster (``local:N``), started and stopped by the run."""
+    return scheduler.strip().startswith("local:")
+
+
+def check_scheduler(scheduler: str, *, security: Any = None) -> str:
+    """The address to connect to for ``scheduler`` (``local:N`` as given), checked without connecting:
+    UsageError, one line, for an empty value, a transport skinseg does not use (``inproc://``, ``ucx://``), an
+    address that is no ``host:port``, ``tls://`` without TLS files, a number of local workers the machine cannot
+    run, or a scheduler file that is not a JSON object with an ``address``."""
+    text = scheduler.strip()
+    if not text:
+        raise UsageError(f"--scheduler is empty; {_SCHEDULER_HINT}")
+    if is_local(text):
+        try:
+            workers = int(text.split(":", 1)[1])
+        except ValueError:
+            raise UsageError(f"--scheduler {scheduler}: local:N needs a number of workers, e.g. local:2") from None
+        if not 1 <= workers <= cores():
+            raise UsageError(
+                f"--scheduler {scheduler}: local:N takes 1 to {cores()} workers on this machine (one a core: each is "
+                "a process with its own copy of the model)"
+            )
+        return text
+    if "://" not in text and not _HOST_PORT.match(text):
+        return _address_in_file(scheduler, text, security)
+    return _checked_address(scheduler, text, security)
+
+
+def _checked_address(scheduler: str, text: str, security: Any) -> str:
+    scheme, rest = text.split("://", 1) if "://" in text else ("tcp", text)
+    if scheme.lower() not in SCHEMES:
+        raise UsageError(
+            f"--scheduler {scheduler}: {scheme}:// is not a transport skinseg connects over (tcp:// or tls://); "
+            f"{_SCHEDULER_HINT}"
+        )
+    match = _HOST_PORT.match(rest)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise UsageError(f"--scheduler {scheduler}: not a scheduler address (host:port); {_SCHEDULER_HINT}")
+    if scheme.lower() == "tls" and security is None:
+        raise UsageError(f"--scheduler {scheduler}: a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key")
+    return f"{scheme.lower()}://{rest}"
+
+
+def _address_in_file(scheduler: str, text: str, security: Any) -> str:
+    """The address a scheduler file (``dask scheduler --scheduler-file``) holds, checked."""
+    path = Path(text)
+    if not path.exists():
+        raise UsageError(f"--scheduler {scheduler}: no such scheduler file, and not an address; {_SCHEDULER_HINT}")
+    if not path.is_file():
+        raise UsageError(f"--scheduler {scheduler}: not a scheduler file (not a regular file); {_SCHEDULER_HINT}")
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or "not JSON"
+        raise UsageError(
+            f"--scheduler {scheduler}: cannot read the scheduler file ({why}); {_SCHEDULER_HINT}"
+        ) from None
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str) or not address.strip():
+        raise UsageError(
+            f'--scheduler {scheduler}: the scheduler file holds no address (a JSON object with an "address", as '
+            "`dask scheduler --scheduler-file` writes)"
+        )
+    return _checked_address(scheduler, address.strip(), security)
+
+
+def connect(scheduler: str, *, security: Any = None, scratch: str | os.PathLike[str] | None = None) -> DaskCluster:
     """A client for ``scheduler``: ``local:N`` (a local cluster of N worker processes, started and stopped here),
     a scheduler file (as written by ``dask scheduler --scheduler-file``) or an address (``tcp://host:8786``,
-    ``tls://…``). ``security``: a ``distributed.Security`` (see :func:`tls_security`). UsageError, one line, when
-    no scheduler answers."""
+    ``tls://…``). ``security``: a ``distributed.Security`` (see :func:`tls_security`). ``scratch``: the folder a
+    local cluster keeps its scratch space in (Dask's lock files and spill), removed when it closes; by default a
+    temporary folder, removed too. UsageError, one line, for a value :func:`check_scheduler` refuses or when no
+    scheduler answers."""
     distributed = _distributed()
-    text = scheduler.strip()
-    cluster = None
+    address = check_scheduler(scheduler, security=security)
+    if is_local(address):
+        return _local_cluster(distributed, int(address.split(":", 1)[1]), scratch)
+    levels = _quiet_dask_logs()  # a scheduler lost mid-run is said in one line, not in Dask's tracebacks
     try:
-        if text.startswith("local:"):
-            try:
-                workers = int(text.split(":", 1)[1])
-            except ValueError:
-                raise UsageError(f"--scheduler {scheduler}: local:N needs a number of workers, e.g. local:2") from None
-            if not 1 <= workers <= 256:
-                raise UsageError(f"--scheduler {scheduler}: local:N takes 1 to 256 workers")
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            cluster = distributed.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=max(1, cores // workers),
-                processes=True,
-                dashboard_address=None,
-                silence_logs=50,
-            )
-            client = distributed.Client(cluster, set_as_default=False)
-        elif Path(text).is_file():
-            client = distributed.Client(
-                scheduler_file=text, security=security, timeout=CONNECT_TIMEOUT, set_as_default=False
-            )
-        else:
-            client = distributed.Client(text, security=security, timeout=CONNECT_TIMEOUT, set_as_default=False)
-    except (OSError, TimeoutError) as e:
-        if cluster is not None:
-            cluster.close()
+        client = distributed.Client(address, security=security, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as e:
+        _restore_logs(levels)
         raise UsageError(
             f"--scheduler {scheduler}: no Dask scheduler answered ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:160]}); check the address or scheduler file, and that the scheduler runs"
         ) from None
-    return DaskCluster(client, cluster)
+    return DaskCluster(client, log_levels=levels)
+
+
+def _quiet_dask_logs() -> dict[str, int]:
+    """Set Dask's loggers to critical only; their levels before, to restore at close."""
+    import logging
+
+    names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    return levels
+
+
+def _restore_logs(levels: dict[str, int]) -> None:
+    import logging
+
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _local_cluster(distributed: Any, workers: int, scratch: str | os.PathLike[str] | None) -> DaskCluster:
+    """A local cluster whose scratch space (Dask's ``dask-scratch-space`` lock files) is ``scratch``, created
+    afresh and removed at close: nothing is left outside it."""
+    import tempfile
+
+    import dask
+
+    folder = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="skinseg-dask-"))
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's
+    folder.mkdir(parents=True, exist_ok=True)
+    cluster = None
+    try:
+        with dask.config.set({"temporary-directory": str(folder)}):
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=max(1, cores() // workers),
+                processes=True,
+                dashboard_address=None,
+                silence_logs=50,
+                local_directory=str(folder),
+            )
+            client = distributed.Client(cluster, set_as_default=False)
+    except BaseException:
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return DaskCluster(client, cluster, scratch=folder)
 
 
 def tls_security(ca_file: str | None, cert: str | None, key: str | None) -> Any:
@@ -132,10 +257,13 @@ def _worker_check(model_path: str, output: str) -> str:
 
 
 class DaskCluster:
-    """A connected client (and the local cluster it started, if any); a context manager that closes both."""
+    """A connected client (and the local cluster it started, if any, with its scratch folder); a context manager
+    that closes them."""
 
-    def __init__(self, client: Any, cluster: Any = None) -> None:
-        self.client, self.cluster = client, cluster
+    def __init__(
+        self, client: Any, cluster: Any = None, scratch: Path | None = None, log_levels: dict[str, int] | None = None
+    ) -> None:
+        self.client, self.cluster, self.scratch, self.log_levels = client, cluster, scratch, log_levels
 
     def __enter__(self) -> DaskCluster:
         return self
@@ -144,9 +272,19 @@ class DaskCluster:
         self.close()
 
     def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        """Close the client, then the local cluster, then remove its scratch folder; never raises for a scheduler
+        that is gone already."""
+        try:
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=CLOSE_TIMEOUT)
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    self.cluster.close(timeout=CLOSE_TIMEOUT)
+        finally:
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+            if self.log_levels is not None:
+                _restore_logs(self.log_levels)
 
     @property
     def threads(self) -> int:
@@ -176,8 +314,6 @@ class DaskCluster:
 
 
 class _DaskRunner:
-    budget = float("inf")  # workers bound their own memory; in flight is bounded by ``slots``
-
     def __init__(
         self,
         cluster: DaskCluster,
@@ -187,17 +323,32 @@ class _DaskRunner:
         previous: dict,
         events: queue.SimpleQueue,
     ) -> None:
+        from skinseg.runtime.batch import get_segmenter
+        from skinseg.runtime.defaults import default_memory_limit
+
         self.client = cluster.client
         self.model_path, self.output, self.options, self.previous, self.events = (
             str(Path(model_path).resolve()), str(Path(output).resolve()), options, previous, events,
         )  # fmt: skip
         self.slots = max(1, TASKS_PER_THREAD * cluster.threads)
+        self.segmenter, _ = get_segmenter(model_path, options)  # the client's, pinned: for the images' sizes
+        # --memory-limit bounds the images in flight on the cluster as a whole (estimated as locally). A local
+        # cluster shares this machine: its default applies, less each worker's copy of the model's working memory.
+        # A remote cluster's workers bound their own memory unless --memory-limit is given.
+        if cluster.cluster is not None:
+            workers = len(self.client.nthreads()) or 1
+            model = (getattr(self.segmenter, "working_memory", None) or 0) * workers
+            self.budget: float = max(0, (options.memory_limit or default_memory_limit()) - model)
+        else:
+            self.budget = options.memory_limit or float("inf")
 
     def cost(self, item: Any) -> int:
-        return 0
+        from skinseg.runtime.batch import image_cost
+
+        return image_cost(self.segmenter, item.path, self.options) if self.budget != float("inf") else 0
 
     def start(self, index: int, item: Any) -> cf.Future:
-        from skinseg.runtime.batch import no_work_row
+        from skinseg.runtime.batch import StopBatch, no_work_row
 
         rel = str(item.rel)
         previous = self.previous.get(rel)
@@ -206,34 +357,61 @@ class _DaskRunner:
         if row is not None:  # up to date, or failed before and unchanged: no task
             done.set_result(row)
             return done
+        if self.client.status not in ("running", "connecting", "newly-created"):
+            done.set_exception(StopBatch(SCHEDULER_GONE))
+            return done
         self.events.put({"event": "image_start", "index": index, "path": rel})
-        future = self.client.submit(
-            cluster_task,
-            self.model_path,
-            os.path.abspath(item.path),
-            self.options,
-            self.output,
-            rel,
-            previous,
-            pure=False,
-            key=f"skinseg-{index}-{os.urandom(4).hex()}",
-        )
+        try:
+            future = self.client.submit(
+                cluster_task,
+                self.model_path,
+                os.path.abspath(item.path),
+                self.options,
+                self.output,
+                rel,
+                previous,
+                pure=False,
+                key=f"skinseg-{index}-{os.urandom(4).hex()}",
+            )
+        except Exception:  # noqa: BLE001  a client closed under us (its scheduler gone)
+            done.set_exception(StopBatch(SCHEDULER_GONE))
+            return done
 
         def settle(f: Any) -> None:
             try:
                 done.set_result(f.result())
             except ModelError as e:  # the model cannot be loaded, or changed: nothing can succeed, as locally
                 done.set_exception(e)
-            except BaseException as e:  # noqa: BLE001  a worker lost for good: this image's failed row
-                done.set_result(_lost_row(item, e))
+            except BaseException as e:  # noqa: BLE001
+                if _scheduler_gone(e, self.client):  # not the image's failure: it is not done, the run stops
+                    done.set_exception(StopBatch(SCHEDULER_GONE))
+                else:  # a worker lost for good: this image's failed row
+                    done.set_result(_lost_row(item, e))
             finally:
-                f.release()  # recorded: Dask must not recompute it after losing a worker
+                with contextlib.suppress(Exception):
+                    f.release()  # recorded: Dask must not recompute it after losing a worker
 
         future.add_done_callback(settle)
         return done
 
     def close(self) -> None:
         pass
+
+
+SCHEDULER_GONE = "the Dask scheduler is gone"
+
+
+def _scheduler_gone(error: BaseException, client: Any) -> bool:
+    """Whether a task's error means the scheduler was lost (its futures cancelled, the client closed), not that the
+    image's task failed."""
+    if isinstance(error, (cf.CancelledError, asyncio.CancelledError)) or type(error).__name__ in (
+        "FutureCancelledError",
+        "CancelledError",
+        "ClosedClientError",
+        "CommClosedError",
+    ):
+        return True
+    return getattr(client, "status", "running") not in ("running", "newly-created")
 
 
 def _lost_row(item: Any, error: BaseException) -> dict:

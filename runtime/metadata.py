@@ -210,12 +210,12 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
             layout=layout,
             color_order=color_order,
             value_range=(float(value_range[0]), float(value_range[1])),
-            class_names=tuple(str(c) for c in d.get("class_names", ("lesion",))),
+            class_names=_class_names(d.get("class_names", ["lesion"])),
             skinseg_version=str(d.get("skinseg_version", "")),
             format_version=FORMAT_VERSION,
-            training_data=dict(d.get("training_data") or {}),
-            validation_metrics={str(k): float(v) for k, v in (d.get("validation_metrics") or {}).items()},
-            export_options=dict(d.get("export_options") or {}),
+            training_data=_object(d, "training_data"),
+            validation_metrics=_metrics(_object(d, "validation_metrics")),
+            export_options=_object(d, "export_options"),
             source_model_sha256=str(d.get("source_model_sha256", "")),
             color_constancy=_color_constancy(d.get("color_constancy")),
             tta=_optional_bool(d, "tta"),
@@ -223,9 +223,37 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
             fill_holes=_optional_bool(d, "fill_holes"),
             quality=parse_quality(d.get("quality")),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # AttributeError: a field of another type
         missing = f"missing key {e}" if isinstance(e, KeyError) else str(e)
         raise ModelError(f"{source}: invalid skinseg metadata ({missing}); re-export the model") from None
+
+
+def _object(d: dict[str, Any], key: str) -> dict[str, Any]:
+    """A field that must be a JSON object (or absent, or null: empty)."""
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be an object, got {type(value).__name__} {_short(value)}")
+    return dict(value)
+
+
+def _metrics(values: dict[str, Any]) -> dict[str, float]:
+    for name, value in values.items():
+        if not _is_number(value):
+            raise ValueError(f"validation_metrics {name!r} must be a number, got {_short(value)}")
+    return {str(k): float(v) for k, v in values.items()}
+
+
+def _class_names(value: Any) -> tuple[str, ...]:
+    if not (isinstance(value, list) and value and all(isinstance(c, str) for c in value)):
+        raise ValueError(f"class_names must be a list of names, got {_short(value)}")
+    return tuple(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _color_constancy(value: Any) -> dict[str, Any]:

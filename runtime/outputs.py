@@ -70,6 +70,7 @@ RESULTS_NAME = (
 )
 SUMMARY_NAME = "summary.json"
 SETTINGS_NAME = ".skinseg-settings.json"  # the model and options that made the outputs (see stamp_settings)
+DASK_SCRATCH_NAME = ".skinseg-dask"  # a local Dask cluster's scratch space while it runs (skinseg.runtime.cluster)
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json")
 
 
@@ -372,9 +373,15 @@ def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: 
 
 
 def remove_stale_temps(output: str | os.PathLike[str]) -> int:
-    """Delete temporary files a killed run left in ``output`` (only our own output names); return how many.
+    """Delete temporary files a killed run left in ``output`` (only our own output names), and the scratch space of a
+    killed run's local Dask cluster (:data:`DASK_SCRATCH_NAME`); return how many files.
 
     Called by the holder of the output folder's lock: no other writer is at work, whatever its pid."""
+    import shutil
+
+    scratch = Path(output) / DASK_SCRATCH_NAME
+    if scratch.is_dir() and not scratch.is_symlink():
+        shutil.rmtree(scratch, ignore_errors=True)
     names = (*OUTPUT_SUFFIXES, RESULTS_NAME, SUMMARY_NAME, SETTINGS_NAME)
     return atomic.remove_stale_temps(output, recursive=True, target=lambda n: n.endswith(names), any_process=True)
 

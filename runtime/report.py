@@ -234,7 +234,7 @@ def versions(*, loaded: tuple[str, ...] = ()) -> dict[str, str]:
 
 @dataclass
 class BatchSummary:
-    """What a batch did; ``exit_code`` is 1 when any image failed, else 0."""
+    """What a batch did; ``exit_code`` is 1 when any image failed or the run stopped early, else 0."""
 
     ok: int
     failed: int
@@ -250,8 +250,8 @@ class BatchSummary:
     failed_before: int = 0  # images that failed in an earlier run, unchanged since: not retried, still failed
     stopped: str = ""  # why the run ended early ("interrupted", "disk full"), "" when it did not
     not_done: int = 0  # inputs not reached because the run stopped early
-    folder: dict[str, int] = field(default_factory=dict)  # the output folder's totals over every run (write_reports)
     review: int = 0  # this run's segmented images (ok or skipped) whose quality estimate asks for a person's look
+    folder: dict[str, int] = field(default_factory=dict)  # the output folder's totals over every run (write_reports)
 
     @property
     def total(self) -> int:
@@ -263,7 +263,9 @@ class BatchSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """1 when an image failed or the run stopped early for a reason other than an interrupt (a full disk, a lost
+        Dask scheduler: images are left to do), else 0."""
+        return 1 if self.failed or (self.stopped and self.stopped != "interrupted") else 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

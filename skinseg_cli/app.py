@@ -114,8 +114,9 @@ class _Stdout:
         return getattr(sys.stdout, "encoding", "utf-8") or "utf-8"
 
 
-out = Console(file=_Stdout(), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: rich would turn ":x:" in a file name into an emoji, markup or not (names are escaped for markup).
+out = Console(file=_Stdout(), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 TRAIN_EXTRA_HINT = f"skinseg train needs TensorFlow: install the train extra, {install_hint('train')}"
 

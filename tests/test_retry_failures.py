@@ -102,7 +102,7 @@ def test_the_log_says_why_an_image_is_not_retried(standin_model, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     (src / "bad.png").write_bytes(b"not a png")
-    command = [sys.executable, "-m", "skinseg", "infer", src, "--model", standin_model, "-o", out, "--quiet"]
+    command = [sys.executable, "-m", "skinseg", "infer", src, "--model", standin_model, "-o", out]
     assert subprocess.run(command, capture_output=True, timeout=180).returncode == 1
     again = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0

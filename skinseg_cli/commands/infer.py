@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 from enum import Enum
@@ -158,10 +159,13 @@ def infer(
     set_decoder_limit(max_pixels or DEFAULT_MAX_PIXELS)  # before OpenCV loads: its decoders refuse larger images
     quiet_opencv()
     from skinseg.progress import InferProgress
-    from skinseg.runtime.batch import default_model_path, run_batch
+    from skinseg.runtime.batch import MAX_IN_FLIGHT, default_model_path, run_batch
     from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS
 
     options = infer_options(locals())
+    if options.max_in_flight > MAX_IN_FLIGHT:
+        err.print(f"note: --max-in-flight {options.max_in_flight} is more than {MAX_IN_FLIGHT}; using {MAX_IN_FLIGHT}")
+        options = dataclasses.replace(options, max_in_flight=MAX_IN_FLIGHT)
     model_path = model if model is not None else default_model_path()
     security = None
     if scheduler is not None:

@@ -1,0 +1,118 @@
+"""Memory and threads a run may take: the model's working memory counts (a tile too large for --memory-limit is
+refused in one line before any work), the working scale counts, and --max-in-flight is capped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import skinseg.runtime.batch as batch
+from skinseg.runtime.batch import InferOptions, estimate_memory, run_batch
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.segmenter import Segmenter
+from tests.onnx_standins import identity_model, metadata_json, save
+from tests.test_batch import lesion_image, write_png
+
+OPTS = InferOptions(threads=1)
+
+
+@pytest.fixture
+def no_full_tile_probe(monkeypatch):
+    """Fail the test if the segmenter runs its first full-size tile: a refusal must come before it."""
+
+    def probe(self, name):
+        raise AssertionError(f"the {self.tile} probe ran")
+
+    monkeypatch.setattr(Segmenter, "_probe", probe)
+
+
+def test_a_model_whose_own_tile_cannot_fit_is_refused_before_any_work(tmp_path, no_full_tile_probe):
+    model = save(identity_model(metadata=metadata_json((4096, 4096))), tmp_path / "huge-tile.onnx")
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match=r"4096×4096 \(metadata\).*more than --memory-limit 200 MiB.*--tile") as e:
+        run_batch([tmp_path / "src"], model, tmp_path / "out", InferOptions(threads=1, memory_limit=200 << 20))
+    assert time.perf_counter() - start < 10 and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tile_option_that_cannot_fit_is_refused_in_one_line(standin_model, tmp_path, no_full_tile_probe):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    done = subprocess.run(
+        [sys.executable, "-m", "skinseg", "infer", tmp_path / "src", "--model", standin_model, "-o", tmp_path / "out",
+         "--tile", "4096", "--memory-limit", "256M"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "--tile 4096" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_batches_of_tiles_count_as_many_tiles(standin_model, tmp_path, no_full_tile_probe):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    options = InferOptions(threads=1, tile=1024, batch_size=16, memory_limit=200 << 20)
+    with pytest.raises(UsageError, match="in batches of 16.*--batch-size"):
+        run_batch([tmp_path / "src"], standin_model, tmp_path / "out", options)
+
+
+def test_the_working_scale_counts_in_an_images_memory():
+    """With --scale native a 24 MP photo is worked on at 24 MP: its blending maps alone are 190 MB."""
+    reduced = estimate_memory(6000, 4000, OPTS, work=(1024, 683))
+    native = estimate_memory(6000, 4000, OPTS, work=(6000, 4000))
+    assert native - reduced >= 14 * (24_000_000 - 1024 * 683)
+
+
+def test_the_model_memory_leaves_less_room_for_images(standin_model, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(6):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    one = estimate_memory(120, 90, OPTS, work=(120, 90))
+    limit = 20 * one
+    monkeypatch.setattr(batch, "model_memory", lambda backend, options: limit - one)  # room for one image
+    active, peak = [0], [0]
+    real = batch.process_image
+
+    def counting(*args, **kwargs):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(batch, "process_image", counting)
+    monkeypatch.setattr(batch, "_SEGMENTERS", {})  # measured afresh, and forgotten after this test
+    summary = run_batch([src], standin_model, tmp_path / "out", InferOptions(threads=1, memory_limit=limit,
+                                                                              max_in_flight=3))  # fmt: skip
+    assert summary.ok == 6 and peak[0] == 1
+
+
+def test_max_in_flight_is_capped_and_threads_start_as_needed(standin_model, tmp_path):
+    src = tmp_path / "src"
+    for i in range(3):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    before = threading.active_count()
+    seen = []
+    summary = run_batch(
+        [src], standin_model, tmp_path / "out", InferOptions(threads=1, max_in_flight=99_999_999_999),
+        on_event=lambda e: seen.append(threading.active_count()),
+    )  # fmt: skip
+    assert summary.ok == 3
+    assert max(seen) - before <= 3 + 2  # one worker per image at most, not one per allowed slot
+
+
+def test_the_command_line_caps_max_in_flight_with_a_note(standin_model, tmp_path):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    done = subprocess.run(
+        [sys.executable, "-m", "skinseg", "infer", tmp_path / "src", "--model", standin_model, "-o", tmp_path / "out",
+         "--max-in-flight", "100000", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"--max-in-flight 100000 is more than {batch.MAX_IN_FLIGHT}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,36 @@
+"""Names and values the user gave are printed as they are: rich's markup and emoji codes never rewrite them, in log
+lines, notes or error messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.test_batch import lesion_image, write_png
+
+
+def infer(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "skinseg", "infer", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_emoji_codes_and_brackets_in_names_are_shown_as_written(standin_model, tmp_path):
+    src = tmp_path / ":thumbs_up:photos"
+    for name in (":x:smile:.png", "[red]b[dim].png", ".:smile:.png"):
+        write_png(src / name, lesion_image())
+    (src / ":warning:bad.png").write_bytes(b"not a png")
+    done = infer(src, "--model", standin_model, "-o", tmp_path / ":fire:out")
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text
+    for written in (":x:smile:.png", "[red]b[dim].png", ":warning:bad.png", ":thumbs_up:photos", ":fire:out",
+                    ".:smile:.png"):  # fmt: skip
+        assert written in text, (written, text)
+    assert not any(c in text for c in "❌👍⚠🔥😄")
+
+
+def test_an_error_about_a_name_shows_it_as_written(standin_model, tmp_path):
+    missing = tmp_path / "data" / ":thumbs_up:photos"
+    done = infer(missing, "--model", standin_model, "-o", tmp_path / "out")
+    assert done.returncode == 2
+    assert ":thumbs_up:photos" in done.stderr and "👍" not in done.stderr, done.stderr
