@@ -315,8 +315,8 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
         raise UsageError(f"--output {path}: exists and is not a folder; choose a folder path")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".skinseg-probe-{secrets.token_hex(4)}"
-        probe.touch(exist_ok=False)
+        fd, probe = new_probe(path)
+        os.close(fd)
         probe.unlink()
     except OSError as e:
         raise UsageError(
@@ -418,18 +418,36 @@ def _wait_for_clock_past(folder: Path, mtime_ns: int, timeout: float = 3.0) -> N
     written from now on is strictly newer than the stamp, and every older output is not.
     """
     deadline = time.monotonic() + timeout
-    probe = folder / f".skinseg-probe-{secrets.token_hex(4)}"
     try:
-        while True:
-            probe.touch()  # creates the file, then sets its times to now
-            if probe.stat().st_mtime_ns > mtime_ns or time.monotonic() >= deadline:
-                return
-            time.sleep(0.002)
+        fd, probe = new_probe(folder)
     except OSError:
         return  # the stamp is still right; at worst an image written in the same tick is redone next time
+    try:
+        while True:
+            if os.fstat(fd).st_mtime_ns > mtime_ns or time.monotonic() >= deadline:
+                return
+            time.sleep(0.002)
+            os.utime(fd)  # our own file's times to now, through its descriptor
+    except OSError:
+        return
     finally:
+        os.close(fd)
         with contextlib.suppress(OSError):
             probe.unlink()
+
+
+def new_probe(folder: Path, attempts: int = 8) -> tuple[int, Path]:
+    """A new, empty probe file of our own in ``folder`` and its open descriptor: created exclusively and never
+    through a link (``O_EXCL``, ``O_NOFOLLOW``), under a fresh random name if one is taken."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(attempts):
+        probe = folder / f".skinseg-probe-{secrets.token_hex(4)}"
+        try:
+            return os.open(probe, flags, 0o600), probe
+        except FileExistsError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stamp_settings(output: str | os.PathLike[str], model_sha256: str, options: dict[str, Any]) -> SettingsStamp:
