@@ -102,6 +102,9 @@ def evaluate_folders(
     model's) is the review threshold whose recall and precision the summary's ``quality`` reports.
     Raises :class:`DataError` when nothing at all can be evaluated; unpaired files are rows, not errors.
     """
+    for folder, what in ((images, "images"), (masks, "masks")):
+        if not Path(folder).is_dir():  # before pairing, whose message speaks of a config's data paths
+            raise DataError(f"{folder}: the {what} folder does not exist; check the path")
     wanted = read_stem_list(stems, what="--stems") if stems is not None else None
     report = _without_own_reports(pair_folders(images, masks), output)
     pairs = [p for p in report.pairs if wanted is None or p.stem in wanted]

@@ -88,6 +88,7 @@ def pair_folders(images_dir: Path, masks_dir: Path) -> PairingReport:
             continue
         if len(candidates) > 1:
             report.ambiguous.append(Ambiguous(img, tuple(candidates)))
+            used.update(candidates)  # they have an image: reported once, as ambiguous, not "without an image"
             continue
         report.pairs.append(Pair(img, candidates[0]))
         used.add(candidates[0])

@@ -30,6 +30,7 @@ from skinseg.options import (
     output_path,
 )
 from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
+from skinseg.runtime.errors import UsageError
 
 KERAS_HINT = (
     f"evaluating a .keras model needs TensorFlow: install the train extra, {install_hint('train')}, "
@@ -87,6 +88,10 @@ def evaluate(
     from skinseg.runtime.batch import default_model_path
     from skinseg.training.keras_segmenter import open_segmenter
 
+    for folder, option in ((images, "--images"), (masks, "--masks")):
+        if not folder.is_dir():
+            what = "not a folder (it is a file)" if folder.exists() else "folder not found"
+            raise UsageError(f"{option} {folder}: {what}; give the folder of {option[2:]}")
     options = infer_options(locals())
     model_path = model if model is not None else default_model_path()
     if model_path.suffix.lower() == ".keras" and model_path.is_file():
