@@ -129,6 +129,7 @@ __all__ = [
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "skinseg_default.onnx"
 PIPELINE_DEPTH = DEFAULT_MAX_IN_FLIGHT  # kept for callers of the old name
 CHECKPOINT_SECONDS = 2.0  # results.csv is rewritten at most this often during a run
+WORKER_THREAD_NAME = "skinseg-infer"  # the image workers' thread names start with it
 MAX_IN_FLIGHT = 64  # images worked on at once, at most (more only queue for the one model and the cores)
 INTERRUPT_GRACE_SECONDS = 8.0  # after an interrupt, images in flight get this long to finish
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -797,7 +798,7 @@ def run_batch(
         with contextlib.suppress(ImageError, OSError, ValueError):
             if note := segmenter.scale_warning(*image_size(found.items[0].path)):
                 emit({"event": "warning", "kind": "scale", "message": note})
-    cluster = None
+    cluster, summary = None, None
     if scheduler is not None and not local_cluster:  # an unreachable scheduler stops us before any output
         from skinseg.runtime.cluster import connect
 
@@ -818,12 +819,17 @@ def run_batch(
             if cluster is not None:
                 cluster.check_workers(model_path, output)
                 provider, make_runner = f"{segmenter.provider} on {cluster.describe()}", cluster.runner
-            return _run_locked(
+            summary = _run_locked(
                 found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner
             )
     finally:
         if cluster is not None:
-            cluster.close()
+            try:
+                cluster.close()
+            except KeyboardInterrupt:
+                if summary is None:  # interrupted before the batch ended: an interrupt, as it was
+                    raise
+    return summary  # the batch ended and its reports are written: an interrupt while closing changes nothing
 
 
 def _run_locked(
@@ -1038,7 +1044,7 @@ class _LocalRunner:
         model = getattr(self.segmenter, "working_memory", None) or 0  # one inference at a time: counted once
         self.budget = max(0, (options.memory_limit or default_memory_limit()) - model)
         self.slots = max(1, min(int(options.max_in_flight), MAX_IN_FLIGHT))
-        self._pool = _DaemonPool(self.slots, "skinseg-infer")
+        self._pool = _DaemonPool(self.slots, WORKER_THREAD_NAME)
 
     def cost(self, item: InputItem) -> int:
         return image_cost(self.segmenter, item.path, self.options)

@@ -191,6 +191,9 @@ def _local_cluster(distributed: Any, workers: int, scratch: str | os.PathLike[st
     folder = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="skinseg-dask-"))
     shutil.rmtree(folder, ignore_errors=True)  # a killed run's
     folder.mkdir(parents=True, exist_ok=True)
+    from distributed.deploy.spec import SpecCluster
+
+    before = set(SpecCluster._instances)
     cluster = None
     try:
         with dask.config.set({"temporary-directory": str(folder)}):
@@ -203,13 +206,24 @@ def _local_cluster(distributed: Any, workers: int, scratch: str | os.PathLike[st
                 local_directory=str(folder),
             )
             client = distributed.Client(cluster, set_as_default=False)
-    except BaseException:
-        if cluster is not None:
+    except BaseException as e:
+        if cluster is not None and not isinstance(e, KeyboardInterrupt):
             with contextlib.suppress(Exception):
-                cluster.close()
+                cluster.close(timeout=CLOSE_TIMEOUT)
+        for started in set(SpecCluster._instances) - before:  # half started by an interrupt: Dask's exit handler
+            _forget(started)  # would print an AssertionError (Status.init); its processes end with this one
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return DaskCluster(client, cluster, scratch=folder)
+
+
+def _forget(cluster: Any) -> None:
+    """Keep Dask's exit handler from closing ``cluster`` again (10 s of waiting after an interrupted close, an
+    AssertionError for one an interrupt left half started): its worker processes, daemonic children of this
+    process, are terminated when it exits."""
+    from distributed.deploy.spec import SpecCluster
+
+    SpecCluster._instances.discard(cluster)
 
 
 def tls_security(ca_file: str | None, cert: str | None, key: str | None) -> Any:
@@ -273,13 +287,18 @@ class DaskCluster:
 
     def close(self) -> None:
         """Close the client, then the local cluster, then remove its scratch folder; never raises for a scheduler
-        that is gone already."""
+        that is gone already. An interrupt stops the waiting (KeyboardInterrupt is raised, the local cluster's
+        processes end with this process)."""
         try:
             with contextlib.suppress(Exception):
                 self.client.close(timeout=CLOSE_TIMEOUT)
             if self.cluster is not None:
                 with contextlib.suppress(Exception):
                     self.cluster.close(timeout=CLOSE_TIMEOUT)
+        except KeyboardInterrupt:
+            if self.cluster is not None:
+                _forget(self.cluster)
+            raise
         finally:
             if self.scratch is not None:
                 shutil.rmtree(self.scratch, ignore_errors=True)

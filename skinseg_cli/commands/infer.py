@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
+import sys
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -81,6 +83,23 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def busy_workers() -> bool:
+    """Whether an image worker thread is still at work (a daemon thread, perhaps inside onnxruntime)."""
+    from skinseg.runtime.batch import WORKER_THREAD_NAME
+
+    return any(t.is_alive() and t.name.startswith(WORKER_THREAD_NAME) for t in threading.enumerate())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once, the reports written and the output streams flushed: Python's own exit would stop
+    a daemon thread inside onnxruntime's C++ code ("terminate called without an active exception", exit 134). The
+    output folder's lock is released with the process."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @app.command()
@@ -189,6 +208,8 @@ def infer(
                 security=security,
             )
     except KeyboardInterrupt:
+        if busy_workers():  # an image past the grace: Python's exit would abort in onnxruntime (exit 134)
+            exit_now(130)
         raise typer.Exit(130) from None  # the progress printed what was done; the reports are written
     if summary.total == 0:
         where = ", ".join(escape(shown(s)) for s in sources)
