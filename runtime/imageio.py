@@ -9,7 +9,7 @@
   bomb is refused without allocating it.
 - Every failure raises :class:`~skinseg.runtime.errors.ImageError` with a one-line message naming the file
   (:class:`~skinseg.runtime.errors.ResourceError` when the machine lacked the memory, not the file's fault). What
-  the C decoders print on stderr is collected (:func:`decoder_messages`): it becomes part of the reason, and a
+  the C decoders print on stderr is collected (decodes still run in parallel): it becomes part of the reason, and a
   decode that libjpeg completed with grey filler ("premature end of data segment") is refused as corrupt.
 - Writers go through a temporary file in the destination folder and :func:`os.replace`, so a crash never
   leaves a half-written output under the final name.
@@ -463,58 +463,115 @@ _CORRUPT = re.compile(
 )
 _OUT_OF_MEMORY = re.compile(r"insufficient memory|failed to allocate|out of memory|cannot allocate", re.IGNORECASE)
 _OPENCV_LOG_PREFIX = re.compile(r"^\[ ?\w+:[^\]]*\] (global )?\S+:\d+ \S+ ")  # "[ WARN:0@3.6] global x.cpp:79 fn "
-_STDERR_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def decoder_messages() -> Iterator[list[str]]:
-    """Collect the lines C decoders print on stderr (file descriptor 2) during the block.
+class _Stderr:
+    """What C decoders print on the process's stderr (file descriptor 2), collected while they decode.
 
-    Descriptor 2 is the process's, so blocks run one at a time. Lines that are not a decoder's (another thread's
-    output) are written to stderr afterwards. Where descriptor 2 is closed, nothing is collected.
+    Descriptor 2 is the process's own, so decodes share one window: while any decode runs, it points at a pipe.
+    Each decode gets what arrived during its stay; when two stayed together their lines cannot be told apart, and
+    the decode that heard something runs again alone (:meth:`window` with ``alone``) to know whose they were:
+    decodes run in parallel, and only a file that makes a decoder speak costs a second decode. Lines that are no
+    decoder's (another thread's output) are written to stderr when the window closes.
     """
-    lines: list[str] = []
-    with _STDERR_LOCK:
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._alone = False
+        self._waiting = 0  # decodes waiting to run alone: no other enters meanwhile
+        self._entered = 0  # decodes that entered the current window
+        self._saved: int | None = None
+        self._read: int | None = None
+        self._heard = bytearray()
+
+    def _drain(self) -> None:
+        if self._read is None:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self._read, 1 << 16):
+                self._heard += chunk
+
+    def _open(self) -> None:
         try:
             sys.stderr.flush()
             saved = os.dup(2)
         except (OSError, ValueError, AttributeError):
-            yield lines
-            return
+            return  # no stderr: nothing to collect
         read, write = os.pipe()
-        os.set_blocking(write, False)  # a decoder that prints more than the pipe holds loses lines, never blocks
+        os.set_blocking(write, False)  # a decoder printing more than the pipe holds loses lines, never blocks
+        os.set_blocking(read, False)
         os.dup2(write, 2)
         os.close(write)
-        try:
-            yield lines
-        finally:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)  # closes the pipe's last write end: the read below ends
-            os.close(saved)
-            captured = b""
+        self._saved, self._read = saved, read
+        self._heard.clear()
+        self._entered = 0
+
+    def _close(self) -> None:
+        if self._saved is None:
+            return
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._drain()
+        os.close(self._read)  # type: ignore[arg-type]
+        self._saved = self._read = None
+        others = b"".join(raw for raw in bytes(self._heard).splitlines(keepends=True) if not _DECODER_LINE.match(raw))
+        if others:
             with contextlib.suppress(OSError):
-                while chunk := os.read(read, 1 << 16):
-                    captured += chunk
-            os.close(read)
-            others = b""
-            for raw in captured.splitlines(keepends=True):
+                os.write(2, others)
+
+    @contextlib.contextmanager
+    def window(self, *, alone: bool = False) -> Iterator[tuple[list[str], list[bool]]]:
+        """Yield ``(lines, shared)``: after the block, the decoder lines that arrived during it, and whether another
+        decode stayed in the window at the same time (then the lines may be its)."""
+        lines: list[str] = []
+        shared = [False]
+        with self._cond:
+            self._waiting += alone
+            while self._alone or (alone and self._active) or (not alone and self._waiting):
+                self._cond.wait()
+            self._waiting -= alone
+            if self._active == 0:
+                self._open()
+            self._active += 1
+            self._alone = alone
+            self._entered += 1
+            mine = self._entered
+            shared[0] = self._active > 1
+            self._drain()
+            start = len(self._heard)
+        try:
+            yield lines, shared
+        finally:
+            with self._cond:
+                self._drain()
+                heard = bytes(self._heard[start:])
+                shared[0] = shared[0] or self._entered > mine or self._active > 1
+                self._active -= 1
+                if self._active == 0:
+                    self._close()
+                    self._alone = False
+                    self._cond.notify_all()
+            for raw in heard.splitlines():
                 if _DECODER_LINE.match(raw):
                     lines.append(_OPENCV_LOG_PREFIX.sub("", raw.decode("utf-8", "replace")).strip())
-                else:
-                    others += raw
-            if others:
-                with contextlib.suppress(OSError):
-                    os.write(2, others)
+
+
+_STDERR = _Stderr()
 
 
 def _imdecode(file: ImageFile, flags: int) -> np.ndarray:
-    with decoder_messages() as said:
-        try:
-            image = cv2.imdecode(np.frombuffer(file.data, np.uint8), flags)
-            error = None
-        except cv2.error as e:
-            image, error = None, e
+    for alone in (False, True):
+        with _STDERR.window(alone=alone) as (said, shared):
+            try:
+                image = cv2.imdecode(np.frombuffer(file.data, np.uint8), flags)
+                error = None
+            except cv2.error as e:
+                image, error = None, e
+        if not (said and shared[0]):
+            break  # what it heard is its own (or it heard nothing)
     heard = "; ".join(dict.fromkeys(said))[:200]  # each line once
     if error is not None:
         detail = str(error).strip().splitlines()[-1]

@@ -144,3 +144,33 @@ def test_the_header_of_a_webp_without_exif_is_unchanged(tmp_path):
     path.write_bytes(cv2.imencode(".webp", corner_marked())[1].tobytes())
     assert image_size(path) == (60, 40) and load_image_file(path).header.orientation == 1
     assert read_image(path).shape == (40, 60, 3)
+
+
+def test_decodes_in_parallel_each_get_their_own_decoder_messages(tmp_path):
+    """Descriptor 2 is shared: a good JPEG decoded beside a corrupt one is never blamed for its warnings."""
+    import threading
+
+    good, bad, harmless = tmp_path / "good.jpg", tmp_path / "bad.jpg", tmp_path / "harmless.jpg"
+    data = jpeg(noisy(512, 512))
+    good.write_bytes(data)
+    bad.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    harmless.write_bytes(data[:-2] + b"\x00\x00\xff\xd9")
+    wrong: list[str] = []
+
+    def work(path, fails):
+        for _ in range(15):
+            try:
+                read_image(path)
+                if fails:
+                    wrong.append(f"{path.name} passed")
+            except ImageError as e:
+                if not fails:
+                    wrong.append(f"{path.name}: {e}")
+
+    threads = [threading.Thread(target=work, args=a) for a in ((good, False), (bad, True), (harmless, False))]
+    threads += [threading.Thread(target=work, args=(good, False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert wrong == []
