@@ -400,9 +400,14 @@ def _check_model_memory(
     fixes = "a smaller --tile" if backend.fixed_tile == (None, None) else "another model"
     if batch > 1:
         fixes += " or --batch-size"
+    limit = (
+        f"--memory-limit {_size(budget)}"
+        if options.memory_limit is not None
+        else f"the memory limit ({_size(budget)}, --memory-limit auto)"
+    )
     raise UsageError(
-        f"{what}: segmenting {size} tiles{calls} needs about {_size(need)} of working memory, more than "
-        f"--memory-limit {_size(budget)}; use {fixes}, or raise --memory-limit"
+        f"{what}: segmenting {size} tiles{calls} needs about {_size(need)} of working memory, more than {limit}; "
+        f"use {fixes}, or raise --memory-limit"
     )
 
 
