@@ -289,7 +289,7 @@ def test_two_local_workers_train_like_one_process_into_one_run_that_loads_and_ex
     model = load_model(exact_dir / "two" / "best_model.keras")
     assert model.output_shape[1:3] == (32, 32)
     export = subprocess.run(
-        [sys.executable, "-m", "skinseg", "export", str(exact_dir / "two"), "--quiet"],
+        [sys.executable, "-m", "skinseg", "export", str(exact_dir / "two")],
         cwd=exact_dir,
         capture_output=True,
         text=True,

@@ -278,10 +278,12 @@ def train(
     if plan.note:
         emit({"event": "warning", "message": plan.note})
     dist = None
-    if plan.kind == "single":
+    if plan.kind != "multiworker":
         check_run_dir(run_dir, force=force, resume=resume)
         splits = find_splits(cfg, skip_bad=skip_bad)
-    else:
+        if plan.kind == "mirrored":
+            dist = distribute.start_strategy(plan)
+    else:  # the workers connect first, then check and agree: all start, or all stop
         dist = distribute.start_strategy(plan)
         splits = _agree_on_start(dist, cfg, run_dir, force=force, resume=resume, skip_bad=skip_bad)
     for w in splits.warnings:
@@ -384,9 +386,8 @@ def train(
         }
     )
 
-    tracker = _run_tracker(
-        run_dir, cfg, emit, steps=steps, state=state, writer=writer, agree=dist.any if dist else None
-    )
+    agree = dist.any if dist and dist.workers > 1 else None  # several processes stop together
+    tracker = _run_tracker(run_dir, cfg, emit, steps=steps, state=state, writer=writer, agree=agree)
     callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
     freezer = _encoder_freezer(model, cfg.train.freeze_encoder_epochs)
     if freezer is not None:
