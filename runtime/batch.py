@@ -931,13 +931,15 @@ class _DaemonPool:
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Row]] | None] = queue.SimpleQueue()
         self._workers, self._name = workers, name
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # threads waiting for a job
+        self._queued = 0  # jobs no thread has taken yet
         self._lock = threading.Lock()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             with self._lock:
                 self._idle -= 1
+                self._queued -= 1
             future, fn = job
             if future.set_running_or_notify_cancel():
                 try:
@@ -950,7 +952,8 @@ class _DaemonPool:
     def submit(self, fn: Callable[[], Row]) -> Future:
         future: Future = Future()
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self._workers:
+            self._queued += 1
+            if self._queued > self._idle and len(self._threads) < self._workers:
                 thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 self._idle += 1
