@@ -347,3 +347,16 @@ def test_a_killed_worker_ends_the_run_within_bounded_time_and_it_resumes_with_an
     out, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err
     assert [int(r["epoch"]) for r in _history(run)][-2:] == [saved, saved + 1]
+
+
+def test_a_lost_worker_is_named_in_the_reason():
+    class Unavailable(Exception):
+        pass
+
+    heartbeat = Unavailable(
+        "Graph execution error:\n\nDetected at node ...\nError reported from /job:worker/task:1: The following tasks "
+        "are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed."
+    )
+    assert distribute.peer_failure_reason(heartbeat) == "worker 1 stopped sending heartbeats"
+    closed = Unavailable("Graph execution error:\n\nCollective ops is aborted by: Socket closed\nAdditional GRPC")
+    assert distribute.peer_failure_reason(closed) == "Socket closed"

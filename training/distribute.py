@@ -338,7 +338,12 @@ def is_peer_failure(error: BaseException) -> bool:
 
 def peer_failure_reason(error: BaseException) -> str:
     """The line of a TensorFlow error that says what happened to the other worker, shortened."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = str(error)
+    if "stopped sending heartbeats" in text:  # TensorFlow's coordination service: a task frozen, killed or cut off
+        after = text.split("stopped sending heartbeats", 1)[1]
+        tasks = [f"{job} {task}" for job, task in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", after)]
+        return f"{', '.join(dict.fromkeys(tasks)) or 'a worker'} stopped sending heartbeats"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for pattern in (r"aborted by: (.+)", r"(Socket closed|Connection reset[^.;]*|failed to connect[^.;]*)"):
         for line in lines:
             m = re.search(pattern, line, re.IGNORECASE)
