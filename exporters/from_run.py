@@ -277,10 +277,15 @@ def _check_variants(quantize: list[str], calibration: Path | None, run_dir: Path
 
 
 def _staged(final: Path, staged: list[tuple[Path, Path]]) -> Path:
-    """A temporary name next to ``final`` that :func:`export_run` renames to it once every file is made."""
-    from skinseg.runtime.atomic import temp_name
+    """A temporary name next to ``final`` that :func:`export_run` renames to it once every file is made. The
+    temporary files a killed export left for ``final`` (and theirs) are removed first."""
+    from skinseg.runtime import atomic
 
-    temporary = final.with_name(temp_name(final.name, suffix=final.suffix))
+    def ours(name: str) -> bool:  # a temporary file for final, or for one of final's temporary files
+        return name == final.name or atomic.temp_target(name) == final.name
+
+    atomic.remove_stale_temps(final.parent, target=ours)
+    temporary = final.with_name(atomic.temp_name(final.name))
     staged.append((temporary, final))
     return temporary
 

@@ -803,7 +803,7 @@ def run_batch(
         with contextlib.suppress(ImageError, OSError, ValueError):
             if note := segmenter.scale_warning(*image_size(found.items[0].path)):
                 emit({"event": "warning", "kind": "scale", "message": note})
-    cluster, summary = None, None
+    cluster, completed = None, []  # completed: the summary, once the batch ended and its reports are written
     if scheduler is not None and not local_cluster:  # an unreachable scheduler stops us before any output
         from skinseg.runtime.cluster import connect
 
@@ -824,17 +824,21 @@ def run_batch(
             if cluster is not None:
                 cluster.check_workers(model_path, output)
                 provider, make_runner = f"{segmenter.provider} on {cluster.describe()}", cluster.runner
-            summary = _run_locked(
-                found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner
-            )
+            _run_locked(
+                found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner,
+                completed=completed,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        if not completed:  # interrupted before the batch ended: an interrupt, as it was
+            raise
     finally:
         if cluster is not None:
             try:
                 cluster.close()
             except KeyboardInterrupt:
-                if summary is None:  # interrupted before the batch ended: an interrupt, as it was
+                if not completed:
                     raise
-    return summary  # the batch ended and its reports are written: an interrupt while closing changes nothing
+    return completed[0]  # the batch ended and its reports are written: an interrupt after that changes nothing
 
 
 def _run_locked(
@@ -846,7 +850,11 @@ def _run_locked(
     provider: str,
     emit: Callable[[Event], None],
     make_runner: Callable[..., Any] | None = None,
+    *,
+    completed: list[BatchSummary] | None = None,
 ) -> BatchSummary:
+    """The batch, the output folder's lock held; ``completed`` gets the summary as soon as a batch that was not
+    interrupted has its reports written."""
     results_path = output / RESULTS_NAME
     # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
     previous = drop_deleted_inputs(read_results(results_path), {str(item.rel) for item in items})
@@ -900,6 +908,8 @@ def _run_locked(
         summary.seconds = time.perf_counter() - start
         summary.not_done = total - len(rows)
         write_reports(output, merge_rows(previous, rows).values(), summary, options, fresh=rows)
+        if completed is not None and not summary.interrupted:
+            completed.append(summary)
         emit({"event": "summary", "summary": summary.to_dict()})
 
     try:

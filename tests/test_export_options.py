@@ -87,6 +87,8 @@ def test_a_successful_export_puts_every_file_in_place(tmp_path, monkeypatch, sta
     monkeypatch.setattr(quantize, "convert_fp16", fp16)
     compare = {"cand_size_mb": 0.1, "speedup": 1.0, "mean_iou": 1.0, "max_abs_diff": 0.0}
     monkeypatch.setattr(quantize, "compare_models", lambda *a, **k: compare)
+    for stale in (".X.onnx.999999999-deadbeef.tmp", "..X.onnx.999999999-deadbeef.tmp.999999999-cafebabe.tmp"):
+        (tmp_path / stale).write_bytes(b"left by a killed export")
     result = from_run.export_run(model, output=tmp_path / "X.onnx", quantize=["fp16"], fit_quality=False)
     assert result.fp32_path == tmp_path / "X.fp32.onnx" and result.variants[0].path == tmp_path / "X.onnx"
     assert (tmp_path / "X.onnx").read_bytes() == b"fp16 of new fp32"
