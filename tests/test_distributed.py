@@ -360,3 +360,44 @@ def test_a_lost_worker_is_named_in_the_reason():
     assert distribute.peer_failure_reason(heartbeat) == "worker 1 stopped sending heartbeats"
     closed = Unavailable("Graph execution error:\n\nCollective ops is aborted by: Socket closed\nAdditional GRPC")
     assert distribute.peer_failure_reason(closed) == "Socket closed"
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pathlib import Path
+from skinseg.data.config import load_config
+from skinseg.training import distribute
+from skinseg.training.trainer import train
+start = distribute.start_strategy  # two CPU devices stand in for two GPUs
+distribute.start_strategy = lambda plan, mirrored_devices=None: start(plan, mirrored_devices=["/cpu:0", "/cpu:1"])
+cfg = load_config(Path(sys.argv[1]))
+cfg.train.steps_per_epoch = 3
+result = train(cfg, run_dir=Path(sys.argv[2]), strategy=sys.argv[3])
+print(json.dumps({"replicas": result.replicas, "history": result.history}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_mirrored_replicas_on_one_host_train_like_one_process(exact_dir):
+    """--strategy mirrored (several GPUs of a host; two CPU devices here): the local replicas' batches interleave
+    and the run matches one process."""
+    pytest.importorskip("tensorflow")
+    runs = {}
+    for strategy in ("mirrored", "single"):
+        done = subprocess.run(
+            [sys.executable, "-c", MIRRORED, "e2.config", f"m_{strategy}", strategy],
+            cwd=exact_dir,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[strategy] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["mirrored"]["replicas"] == 2 and runs["single"]["replicas"] == 1
+    for a, b in zip(runs["single"]["history"], runs["mirrored"]["history"], strict=True):
+        for key in ("loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=LOSS_RTOL), (key, a, b)
