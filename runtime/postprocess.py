@@ -45,12 +45,12 @@ def threshold(prob: np.ndarray, t: float = 0.5) -> np.ndarray:
     return np.where(prob > cut, np.uint8(255), np.uint8(0))
 
 
-def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected foreground component (an empty mask stays empty).
+def _keep_component(mask: np.ndarray, choose: Any) -> np.ndarray:
+    """Keep the 8-connected foreground component ``choose(labels, stats, centroids, (x, y))`` names (its label).
 
     Labelled only where it matters: a mask of one component (counted by its outer contours, which costs a tenth of
     labelling) comes back as is, and otherwise only the foreground's bounding box is labelled (a 29 MP mask's
-    labels are 116 MB): the same pixels as labelling the whole mask.
+    labels are 116 MB), at ``(x, y)`` in the mask: the same pixels as labelling the whole mask.
     """
     mask = _as_mask(mask)
     x, y, w, h = cv2.boundingRect(mask)
@@ -60,11 +60,18 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     _contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None or np.count_nonzero(hierarchy[0][:, 3] < 0) <= 1:
         return mask.copy()
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=cv2.CV_32S)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    _n, labels, stats, centroids = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=cv2.CV_32S)
+    chosen = choose(labels, stats, centroids, (x, y))
     out = np.zeros_like(mask)
-    out[y : y + h, x : x + w] = np.where(labels == largest, np.uint8(255), np.uint8(0))
+    out[y : y + h, x : x + w] = np.where(labels == chosen, np.uint8(255), np.uint8(0))
     return out
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected foreground component (an empty mask stays empty)."""
+    return _keep_component(
+        mask, lambda labels, stats, centroids, origin: 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    )
 
 
 def keep_one_component(mask: np.ndarray, prob: np.ndarray | None = None, *, rule: str = "area") -> np.ndarray:
@@ -74,43 +81,37 @@ def keep_one_component(mask: np.ndarray, prob: np.ndarray | None = None, *, rule
     of ``prob`` over its pixels), so a large region the model is unsure of (an ink mark, a dark corner) loses to a
     smaller one it is sure of. ``central``: that mass weighted by ``1 - d``, ``d`` the distance of the component's
     centroid from the image centre over the half-diagonal (dermoscopy photographs centre the lesion).
-    Only the foreground's bounding box is labelled, as in :func:`keep_largest_component`.
     """
     if rule not in COMPONENT_RULES:
         raise ValueError(f"rule must be one of {', '.join(COMPONENT_RULES)}, got {rule!r}")
     if rule == "area" or prob is None:
         return keep_largest_component(mask)
-    mask = _as_mask(mask)
     if prob.shape != mask.shape:
         raise ValueError(f"prob has shape {prob.shape}, the mask {mask.shape}")
-    x, y, w, h = cv2.boundingRect(mask)
-    if w == 0 or h == 0:
-        return mask.copy()
-    crop = mask[y : y + h, x : x + w]
-    n, labels, stats, centroids = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=cv2.CV_32S)
-    if n <= 2:
-        return mask.copy()
     scale = 255.0 if prob.dtype == np.uint8 else 1.0
     height, width = mask.shape
     half_diagonal = np.hypot(width / 2, height / 2)
-    best, chosen = -1.0, 1
-    # Largest first: a component's score is at most its area (probabilities ≤ 1, weights ≤ 1), so the search stops
-    # at the first component smaller than the best score, and only candidates are summed (a bounding box each).
-    for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable"):
-        if stats[i, cv2.CC_STAT_AREA] <= best:
-            break
-        bx, by, bw, bh = (int(v) for v in stats[i, :4])
-        inside = labels[by : by + bh, bx : bx + bw] == i
-        part = prob[y + by : y + by + bh, x + bx : x + bx + bw]
-        score = float(np.sum(part, where=inside, dtype=np.float64)) / scale
-        if rule == "central":
-            cx, cy = centroids[i, 0] + x - (width - 1) / 2, centroids[i, 1] + y - (height - 1) / 2
-            score *= max(0.0, 1.0 - float(np.hypot(cx, cy)) / half_diagonal)
-        if score > best:
-            best, chosen = score, int(i)
-    out = np.zeros_like(mask)
-    out[y : y + h, x : x + w] = np.where(labels == chosen, np.uint8(255), np.uint8(0))
-    return out
+
+    def most_probable(labels: np.ndarray, stats: np.ndarray, centroids: np.ndarray, origin: tuple[int, int]) -> int:
+        x, y = origin
+        best, chosen = -1.0, 1
+        # Largest first: a component's score is at most its area (probabilities ≤ 1, weights ≤ 1), so the search
+        # stops at the first component smaller than the best score, and only candidates are summed (a box each).
+        for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable"):
+            if stats[i, cv2.CC_STAT_AREA] <= best:
+                break
+            bx, by, bw, bh = (int(v) for v in stats[i, :4])
+            inside = labels[by : by + bh, bx : bx + bw] == i
+            part = prob[y + by : y + by + bh, x + bx : x + bx + bw]
+            score = float(np.sum(part, where=inside, dtype=np.float64)) / scale
+            if rule == "central":
+                cx, cy = centroids[i, 0] + x - (width - 1) / 2, centroids[i, 1] + y - (height - 1) / 2
+                score *= max(0.0, 1.0 - float(np.hypot(cx, cy)) / half_diagonal)
+            if score > best:
+                best, chosen = score, int(i)
+        return chosen
+
+    return _keep_component(mask, most_probable)
 
 
 _FLOOD_FILL_MAX_SIDE = 65535

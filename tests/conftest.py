@@ -16,3 +16,30 @@ def standin_model(tmp_path_factory):
     from tests.onnx_standins import identity_model, metadata_json, save
 
     return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("standin") / "m.onnx")
+
+
+@pytest.fixture
+def images_in_flight(monkeypatch):
+    """``peak``: a one-item list holding the most images inside ``process_image`` at once during the test (each call
+    held 50 ms so that overlapping ones overlap); set ``peak[0] = 0`` to measure again."""
+    import threading
+    import time
+
+    import skinseg.runtime.batch as batch
+
+    lock, active, peak = threading.Lock(), [0], [0]
+    real = batch.process_image
+
+    def counting(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(batch, "process_image", counting)
+    return peak

@@ -66,26 +66,14 @@ def test_the_working_scale_counts_in_an_images_memory():
     assert native - reduced >= 14 * (24_000_000 - 1024 * 683)
 
 
-def test_the_model_memory_leaves_less_room_for_images(standin_model, tmp_path, monkeypatch):
+def test_the_model_memory_leaves_less_room_for_images(standin_model, tmp_path, monkeypatch, images_in_flight):
     src = tmp_path / "src"
     for i in range(6):
         write_png(src / f"i{i}.png", lesion_image(seed=i))
     one = estimate_memory(120, 90, OPTS, work=(120, 90))
     limit = 20 * one
     monkeypatch.setattr(batch, "model_memory", lambda backend, options: limit - one)  # room for one image
-    active, peak = [0], [0]
-    real = batch.process_image
-
-    def counting(*args, **kwargs):
-        active[0] += 1
-        peak[0] = max(peak[0], active[0])
-        try:
-            time.sleep(0.05)
-            return real(*args, **kwargs)
-        finally:
-            active[0] -= 1
-
-    monkeypatch.setattr(batch, "process_image", counting)
+    peak = images_in_flight
     monkeypatch.setattr(batch, "_SEGMENTERS", {})  # measured afresh, and forgotten after this test
     summary = run_batch([src], standin_model, tmp_path / "out", InferOptions(threads=1, memory_limit=limit,
                                                                               max_in_flight=3))  # fmt: skip

@@ -340,26 +340,12 @@ def test_3_a_lock_that_is_a_symlink_or_a_fifo_is_refused_and_nothing_is_written(
 # ------------------------------------------------------------------------------------------ 5. memory
 
 
-def test_5_images_in_flight_are_bounded_by_the_memory_limit(model, tmp_path, monkeypatch):
+def test_5_images_in_flight_are_bounded_by_the_memory_limit(model, tmp_path, images_in_flight):
     """With room for one image at a time, no two are ever worked on together; with room for several, they are."""
-    import skinseg.runtime.batch as batch
-
     src = tmp_path / "src"
     for i in range(6):
         write_png(src / f"i{i}.png", lesion_image(seed=i))
-    active, peak = [0], [0]
-    real = batch.process_image
-
-    def counting(*args, **kwargs):
-        active[0] += 1
-        peak[0] = max(peak[0], active[0])
-        try:
-            time.sleep(0.05)
-            return real(*args, **kwargs)
-        finally:
-            active[0] -= 1
-
-    monkeypatch.setattr(batch, "process_image", counting)
+    peak = images_in_flight
     one = estimate_memory(120, 90, OPTS)
     run_batch([src], model, tmp_path / "o1", InferOptions(threads=1, memory_limit=one, max_in_flight=4))
     assert peak[0] == 1
