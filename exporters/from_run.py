@@ -1,16 +1,15 @@
 """Export a training run: find its model, describe it (metadata), verify it, and make int8/fp16 variants.
 
-This is what ``skinseg export`` calls. The run directory written by ``skinseg train`` supplies the metadata:
-the tile size and training scale (from ``config.resolved.ini``), the data summary (``split.json``), the
-validation metrics of the best epoch (``history.csv``), and validation images for the parity check.
+This is what ``skinseg export`` calls. The run directory written by ``skinseg train``
+(:mod:`skinseg.data.run_folder`) supplies the metadata: the tile size and training scale (from
+``config.resolved.ini``), the data summary (``split.json``), the validation metrics of the best epoch
+(``history.csv``), and validation images for the parity check.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gc
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from skinseg.data.run_folder import BEST_MODEL, RunFolder, Split
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.imageio import file_sha256
 from skinseg.runtime.metadata import ModelMetadata, Scale
 from skinseg.runtime.preprocess import describe as describe_color_constancy
 
-BEST_MODEL = "best_model.keras"
 AGREEMENT_WARN = 0.98  # mean mask IoU of a quantized variant against fp32 below this is a warning (error with strict)
 
 
@@ -59,7 +58,7 @@ class RunExport:
 def locate_model(source: Path) -> tuple[Path, Path | None]:
     """(the .keras file, its run directory or None) for a run directory or a model path."""
     if source.is_dir():
-        model = source / BEST_MODEL
+        model = RunFolder(source).best_model
         if not model.is_file():
             raise UsageError(f"{source}: no {BEST_MODEL} in this run directory; train first or pass the .keras file")
         return model, source
@@ -67,21 +66,8 @@ def locate_model(source: Path) -> tuple[Path, Path | None]:
         raise UsageError(f"{source}: no such run directory or model file")
     if source.suffix.lower() != ".keras":
         raise UsageError(f"{source}: expected a run directory or a .keras model (got {source.suffix or 'no'} suffix)")
-    run = source.parent if (source.parent / "config.resolved.ini").is_file() else None
-    return source, run
-
-
-def _best_epoch_metrics(history: Path) -> dict[str, float]:
-    if not history.is_file():
-        return {}
-    with history.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
-    if not rows:
-        return {}
-    best = min(rows, key=lambda r: float(r["val_loss"]))
-    out = {k: float(v) for k, v in best.items() if k.startswith("val_") and v not in ("", None)}
-    out["epoch"] = float(best.get("epoch", 0))
-    return out
+    run = RunFolder.of_model(source)
+    return source, run.path if run else None
 
 
 def run_config(run_dir: Path | None):
@@ -90,7 +76,7 @@ def run_config(run_dir: Path | None):
         return None
     from skinseg.data.config import load_config
 
-    return load_config(run_dir / "config.resolved.ini")
+    return load_config(RunFolder(run_dir).config_resolved)
 
 
 def whole_image_scale(tile: tuple[int, int]) -> Scale:
@@ -124,16 +110,17 @@ def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) 
             "keep_largest": cfg.infer.keep_largest,
             "fill_holes": cfg.infer.fill_holes,
         }
-        split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-        folders = sorted({str(Path(p).parent) for p in split.get("train_files", [])})
+        run = RunFolder(run_dir)
+        split = run.read_split() or Split()
+        folders = sorted({str(Path(p).parent) for p in split.train_files})
         data = {
-            "train_images": len(split.get("train", [])),
-            "valid_images": len(split.get("valid", [])),
+            "train_images": len(split.train),
+            "valid_images": len(split.valid),
             "folders": folders,
             "seed": cfg.train.seed,
             "augmentation": cfg.generator.augmentation,
         }
-        metrics = _best_epoch_metrics(run_dir / "history.csv")
+        metrics = run.best_epoch_metrics()
     else:
         shape = model.inputs[0].shape
         if shape[1] is None or shape[2] is None:
@@ -195,10 +182,7 @@ def check_writable(path: Path) -> None:
 
 def run_images(run_dir: Path | None, key: str) -> list[Path]:
     """Image files of the run's split ``key`` (``valid_files`` or ``train_files``) that still exist."""
-    if run_dir is None or not (run_dir / "split.json").is_file():
-        return []
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    return [Path(p) for p in split.get(key, []) if Path(p).is_file()]
+    return RunFolder(run_dir).split_files(key) if run_dir is not None else []
 
 
 def folder_images(folder: Path) -> list[Path]:

@@ -299,6 +299,35 @@ def test_run_validation_pairs_finds_the_masks(tmp_path):
     assert run_validation_pairs(None) == []
 
 
+def test_the_run_folder_reads_what_it_writes(tmp_path):
+    """split.json and history.csv, read by export as the trainer wrote them (skinseg.data.run_folder)."""
+    from skinseg.data.run_folder import RunFolder, Split
+    from skinseg.runtime.errors import UsageError
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    assert run.read_split() is None and run.split_files("valid_files") == [] and run.best_epoch_metrics() == {}
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x")
+    split = Split(["a"], ["b"], [str(image)], [str(image), str(tmp_path / "gone.jpg")], ["one warning"])
+    run.write_split(split)
+    assert run.read_split() == split
+    assert set(json.loads(run.split.read_text())) == {"train", "valid", "train_files", "valid_files", "warnings"}
+    assert run.split_files("valid_files") == [image]  # files that still exist
+    run.split.write_text(json.dumps({"valid_files": [str(image)]}))  # keys a file lacks read as empty
+    assert run.read_split() == Split(valid_files=[str(image)])
+    run.split.write_text("{not json")
+    with pytest.raises(UsageError, match="split.json") as info:
+        run.read_split()
+    assert "\n" not in str(info.value)
+    run.write_history([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "val_loss": 0.3, "val_iou": 0.7}])
+    run.write_history([*run.read_history(), {"epoch": 3, "loss": 0.3, "val_loss": 0.35, "val_iou": 0.75}])
+    assert run.best_epoch_metrics() == {"val_loss": 0.3, "val_iou": 0.7, "epoch": 2.0}
+    assert RunFolder.of_model(run.best_model) is None  # no config.resolved.ini: a model file alone
+    run.config_resolved.write_text("[train]\n")
+    assert RunFolder.of_model(run.best_model) == run
+
+
 # --------------------------------------------------------------------------------------------------- real data
 
 

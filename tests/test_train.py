@@ -129,7 +129,8 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
 
 def test_stop_file_ends_training_with_best_model(workdir):
     from skinseg.data.config import load_config
-    from skinseg.training.trainer import STOP_FILE, train
+    from skinseg.data.run_folder import STOP_FILE
+    from skinseg.training.trainer import train
 
     run = workdir / "run_stop"
 

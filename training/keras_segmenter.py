@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from skinseg.data.run_folder import CONFIG_RESOLVED, RunFolder
 from skinseg.runtime.errors import ModelError
 from skinseg.runtime.metadata import ModelMetadata
 from skinseg.runtime.segmenter import Segmenter
 
 __all__ = ["KerasBackend", "KerasSegmenter", "open_segmenter"]
-
-RUN_CONFIG = "config.resolved.ini"
 
 
 def keras_metadata(model: Any, path: Path) -> ModelMetadata | None:
@@ -31,7 +30,8 @@ def keras_metadata(model: Any, path: Path) -> ModelMetadata | None:
     ``config.resolved.ini`` next to it, else from the model's fixed input size; None if neither says."""
     from skinseg.exporters.from_run import build_metadata
 
-    run_dir = path.parent if (path.parent / RUN_CONFIG).is_file() else None
+    run = RunFolder.of_model(path)
+    run_dir = run.path if run else None
     shape = tuple(model.inputs[0].shape)
     if run_dir is None and not (len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int)):
         return None
@@ -72,8 +72,8 @@ def KerasSegmenter(model_path: str | os.PathLike[str], *, threads: int | None = 
     backend = KerasBackend(model_path, threads=threads)
     if backend.metadata is None and (options.get("tile") is None or options.get("scale") is None):
         raise ModelError(
-            f"{model_path}: the model takes any input size and has no {RUN_CONFIG} next to it, so its tile size and "
-            "scale are unknown; give both --tile and --scale (e.g. --tile 256 --scale tile)"
+            f"{model_path}: the model takes any input size and has no {CONFIG_RESOLVED} next to it, so its tile size "
+            "and scale are unknown; give both --tile and --scale (e.g. --tile 256 --scale tile)"
         )
     return Segmenter(backend, threads=threads, **options)
 

@@ -1,12 +1,7 @@
 """Train the UNet from a validated :class:`~skinseg.data.config.Config` into a run directory.
 
-The run directory holds everything needed to reproduce or continue the run:
-
-- ``best_model.keras`` (best validation loss; written atomically), ``last.keras`` (with optimizer state, for
-  ``--resume``), ``state.json`` (epoch, best value, schedule counters);
-- ``config.given.ini`` (the file as given), ``config.resolved.ini`` (after CLI overrides);
-- ``versions.json`` (Python, TensorFlow, Keras, skinseg), ``split.json`` (the stems of each split);
-- ``history.csv`` (per-epoch losses and metrics) and ``curves.png`` (refreshed each epoch).
+The run directory holds everything needed to reproduce or continue the run; its files are named, and its JSON and
+CSV files read and written, by :mod:`skinseg.data.run_folder` (the contract ``skinseg export`` reads).
 
 Ctrl-C, or a file named ``STOP`` in the run directory, ends training cleanly after the current step with the
 best model saved. Progress reaches the caller through ``on_event`` callbacks: no printing here.
@@ -14,9 +9,6 @@ best model saved. Progress reaches the caller through ``on_event`` callbacks: no
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import platform
 import shutil
@@ -28,14 +20,10 @@ from typing import Any
 
 from skinseg import __version__
 from skinseg.data.config import Config, render_config
+from skinseg.data.run_folder import LAST_MODEL, RunFolder, Split
 from skinseg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from skinseg.runtime.errors import UsageError
 from skinseg.training.recipe import DataSplits, augment_params, find_splits, sample_spec
-
-BEST = "best_model.keras"
-LAST = "last.keras"
-STATE = "state.json"
-STOP_FILE = "STOP"
 
 Event = dict[str, Any]
 
@@ -61,8 +49,8 @@ class TrainResult:
 def check_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
     """Refuse, before any work, a run directory that would be overwritten without ``force`` or cannot be resumed."""
     if resume:
-        if not (run_dir / LAST).is_file():
-            raise UsageError(f"{run_dir}: nothing to resume ({LAST} not found); start a new run without --resume")
+        if not RunFolder(run_dir).last_model.is_file():
+            raise UsageError(f"{run_dir}: nothing to resume ({LAST_MODEL} not found); start a new run without --resume")
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a folder; choose another --output")
@@ -92,11 +80,12 @@ def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
     import keras
     import tensorflow as tf
 
+    run = RunFolder(run_dir)
     if cfg.source and cfg.source.is_file():
-        shutil.copyfile(cfg.source, run_dir / "config.given.ini")
-    write_text_atomic(run_dir / "config.resolved.ini", render_config(cfg, comments=False))
+        shutil.copyfile(cfg.source, run.config_given)
+    write_text_atomic(run.config_resolved, render_config(cfg, comments=False))
     write_json_atomic(
-        run_dir / "versions.json",
+        run.versions,
         {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
@@ -105,16 +94,7 @@ def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
             "platform": platform.platform(),
         },
     )
-    write_json_atomic(
-        run_dir / "split.json",
-        {
-            "train": sorted(p.stem for p in splits.train),
-            "valid": sorted(p.stem for p in splits.valid),
-            "train_files": [str(p.image) for p in splits.train],
-            "valid_files": [str(p.image) for p in splits.valid],
-            "warnings": splits.warnings,
-        },
-    )
+    run.write_split(Split.of_pairs(splits.train, splits.valid, splits.warnings))
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -321,7 +301,7 @@ def train(
         if resume:
             from skinseg.training.model import load_model
 
-            model = load_model(run_dir / LAST)
+            model = load_model(RunFolder(run_dir).last_model)
         else:
             model = build_model(cfg, steps)
     if writer and not resume:
@@ -461,10 +441,10 @@ def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resum
     try:
         if dist.is_chief:
             check_run_dir(run_dir, force=force, resume=resume)
-        elif resume and not (run_dir / LAST).is_file():
+        elif resume and not RunFolder(run_dir).last_model.is_file():
             raise UsageError(
-                f"{run_dir / LAST}: worker {dist.rank} cannot read the chief's checkpoint; --resume needs the run "
-                "directory on a filesystem every worker reads"
+                f"{RunFolder(run_dir).last_model}: worker {dist.rank} cannot read the chief's checkpoint; --resume "
+                "needs the run directory on a filesystem every worker reads"
             )
         splits = find_splits(cfg, skip_bad=skip_bad)
     except SkinsegError as e:
@@ -494,10 +474,7 @@ def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resum
 
 
 def _load_state(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return RunFolder(run_dir).read_state()
 
 
 def _run_tracker(*args: Any, **kwargs: Any):
@@ -526,6 +503,7 @@ class _RunTrackerMixin:
     ):
         super().__init__()
         self.run_dir = run_dir
+        self.run = RunFolder(run_dir)
         self.writer = writer  # False on the workers of a multi-worker run other than the chief: they write nothing
         # Several workers must take every decision to stop together: ``agree(flag)`` is True on all when on any.
         self.agree = agree or (lambda flag: flag)
@@ -538,13 +516,13 @@ class _RunTrackerMixin:
         self.best_epoch = int(state.get("best_epoch", 0))
         self.wait = int(state.get("wait", 0))
         self.epoch = int(state.get("epoch", 0))
-        self.history: list[dict[str, float]] = _read_history(run_dir / "history.csv")
+        self.history: list[dict[str, float]] = self.run.read_history()
         self.best_weights = None
         self.stopped_by = "epochs"
         self._t0 = time.perf_counter()
 
     def _stop_requested(self) -> bool:
-        return (self.run_dir / STOP_FILE).exists()
+        return self.run.stop_file.exists()
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._t0 = time.perf_counter()
@@ -578,18 +556,17 @@ class _RunTrackerMixin:
             self.best, self.best_epoch, self.wait = value, self.epoch, 0
             self.best_weights = self.model.get_weights()
             if self.writer:
-                save_model_atomic(self.model, self.run_dir / BEST)
+                save_model_atomic(self.model, self.run.best_model)
         elif validated:
             self.wait += 1
         self.history.append({"epoch": self.epoch, **logs})
         if self.writer:
-            save_model_atomic(self.model, self.run_dir / LAST)
-            _write_history(self.run_dir / "history.csv", self.history)
-            write_json_atomic(
-                self.run_dir / STATE,
-                {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
+            save_model_atomic(self.model, self.run.last_model)
+            self.run.write_history(self.history)
+            self.run.write_state(
+                {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
             )
-            _plot_curves(self.run_dir / "curves.png", self.history)
+            _plot_curves(self.run.curves, self.history)
         self.emit(
             {
                 "event": "epoch",
@@ -608,27 +585,6 @@ class _RunTrackerMixin:
         if self.agree(self._stop_requested()):
             self.stopped_by = "stop_file"
             self.model.stop_training = True
-
-
-def _read_history(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
-    return rows
-
-
-def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 def _plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
