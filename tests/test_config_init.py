@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from skinseg.data import config as config_module
 from skinseg.data.config import (
     IGNORED_KEYS,
     SECTIONS,
@@ -21,6 +20,7 @@ from skinseg.data.config import (
     parse_config,
     recipe_path,
 )
+from skinseg.data.config import recipes as config_module
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -167,7 +167,7 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"skinseg"}
-    assert "skinseg/runtime/models/skinseg_default.onnx" in names and "skinseg/data/config.py" in names
+    assert "skinseg/runtime/models/skinseg_default.onnx" in names and "skinseg/data/config/__init__.py" in names
     assert "skinseg/training/weights/efficientnet_lite0_imagenet.npz" in names  # the encoder for `train`
     assert "skinseg/configs/isic_reference.config" in names  # what `skinseg config init` writes from
     assert not any(n.endswith(".keras") for n in names)  # training artefacts stay out of the runtime wheel

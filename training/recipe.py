@@ -96,10 +96,9 @@ def augment_params(cfg: Config):
         return default_on if v is True else float(v)
 
     deformation_on = a.deformation if a.deformation is not False else a.transformer
-    d = cfg.deformation
-    use_aug_section = "deformation" not in cfg.present and a.transformer is not False
-    alpha = a.alpha if use_aug_section else d.alpha
-    sigmas = (a.sigmoids or [a.sigmoid]) if use_aug_section else (d.sigmoids or [d.sigmoid])
+    d = cfg.deformation  # the seed's [augmentor] alpah/sigmoid are read into [deformation] (skinseg.data.config)
+    alpha = d.alpha
+    sigmas = d.sigmoids or [d.sigmoid]
     return AugmentParams(
         hflip=p(a.hflip),
         vflip=p(a.vflip),
