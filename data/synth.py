@@ -6,9 +6,9 @@ and sometimes a ruler, air bubbles, specular highlights and the dark circular vi
 The mask is the very array that decides where the lesion is painted, so it is exact.
 
 Smooth fields and lesion textures are computed on a small working grid (longest side ``_WORK_SIDE``) and
-upsampled with :func:`cv2.resize`; only the lesion outline, hairs and other line art are drawn at full
-resolution. Everything random comes from the ``numpy`` generator passed in, so one seed gives byte-identical
-files.
+upsampled with :func:`cv2.resize`; only the lesion outline and line art are drawn at full resolution. Hair, the
+ruler and the vignette are drawn by :mod:`skinseg.data.artefacts`, the drawer of the training augmentation.
+Everything random comes from the ``numpy`` generator passed in, so one seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from skinseg.data import artefacts
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.imageio import write_bytes_atomic
 
@@ -122,15 +123,17 @@ def synthesize(width: int, height: int, rng: np.random.Generator) -> tuple[np.nd
     mask = _lesion_mask(lesion, width, height)
     image = _upsample(_to_u8(skin * cast), width, height)
     cv2.copyTo(_upsample(_to_u8(inside * cast), width, height), mask, image)
-    _draw_hairs(image, grid, rng)
+    # hair, ruler and vignette: the training augmentation's drawer (skinseg.data.artefacts)
+    if rng.random() >= 0.25:
+        image = artefacts.hair(image, mask, rng)
     if rng.random() < 0.25:
-        _draw_ruler(image, grid, rng)
+        image = artefacts.ruler(image, mask, rng)
     if rng.random() < 0.3:
         _draw_bubbles(image, grid, rng)
     if rng.random() < 0.3:
         _draw_highlights(image, grid, rng)
     if rng.random() < 0.5:
-        _apply_vignette(image, grid, rng)
+        image = artefacts.vignette(image, mask, rng)
     _add_grain(image, rng)
     return image, mask
 
@@ -357,24 +360,6 @@ def _circle(image: np.ndarray, x: float, y: float, r: float, colour: tuple, thic
     cv2.circle(image, centre, max(1, round(r * one)), colour, thickness, cv2.LINE_AA, _SHIFT)
 
 
-def _draw_hairs(image: np.ndarray, grid: _Grid, rng: np.random.Generator) -> None:
-    """None, a few or dozens of thin dark curved hairs (random walks); the mask is unaffected."""
-    kind = rng.random()
-    count = 0 if kind < 0.25 else int(rng.integers(1, 9)) if kind < 0.6 else int(rng.integers(10, 50))
-    diag, steps = grid.diag, 32
-    for _ in range(count):
-        start = rng.uniform(-0.1, 1.1, 2) * (grid.width, grid.height)
-        turns = np.cumsum(rng.normal(rng.normal(0, 0.03), rng.uniform(0.01, 0.08), steps))
-        heading = rng.uniform(0, 2 * np.pi) + turns
-        step = rng.uniform(0.2, 0.9) * diag / steps
-        path = start + np.cumsum(step * np.stack([np.cos(heading), np.sin(heading)], axis=1), axis=0)
-        points = np.round(np.vstack([start, path]) * (1 << _SHIFT)).astype(np.int32)
-        thickness = max(1, round(diag * rng.uniform(0.0005, 0.0016)))
-        shade = rng.uniform(15, 75)
-        colour = (shade * 1.15, shade, shade * 0.85) if rng.random() < 0.9 else (200.0, 190.0, 180.0)
-        cv2.polylines(image, [points], False, colour, thickness, cv2.LINE_AA, _SHIFT)
-
-
 def _roi(image: np.ndarray, box: tuple[float, float, float, float]) -> tuple[np.ndarray, int, int] | None:
     """The view of ``image`` inside box ``(x0, y0, x1, y1)`` clipped to the image, and its origin."""
     height, width = image.shape[:2]
@@ -387,46 +372,6 @@ def _roi(image: np.ndarray, box: tuple[float, float, float, float]) -> tuple[np.
 
 def _blend(roi: np.ndarray, overlay: np.ndarray, alpha: float) -> None:
     cv2.addWeighted(overlay, alpha, roi, 1 - alpha, 0, dst=roi)
-
-
-def _draw_ruler(image: np.ndarray, grid: _Grid, rng: np.random.Generator) -> None:
-    """A translucent scale bar with millimetre-like ticks, parallel to one image edge."""
-    horizontal = rng.random() < 0.6
-    along, across = (grid.width, grid.height) if horizontal else (grid.height, grid.width)
-    length = rng.uniform(0.3, 0.6) * along
-    start = rng.uniform(0.2, 0.8 - length / along) * along
-    offset = rng.uniform(0.05, 0.12) * across
-    base = offset if rng.random() < 0.5 else across - offset
-    inward = 1.0 if base < across / 2 else -1.0
-    spacing = max(3.0, rng.uniform(0.006, 0.014) * grid.diag)
-    tick = spacing * rng.uniform(1.0, 2.0)
-    thickness = max(1, round(spacing * 0.12))
-    shade = float(rng.uniform(10, 50))
-    alpha = float(rng.uniform(0.55, 0.85))
-
-    def xy(a: float, c: float) -> np.ndarray:
-        return np.array((a, c) if horizontal else (c, a))
-
-    corners = np.stack(
-        [
-            xy(start - spacing, base - inward * spacing),
-            xy(start + length + spacing, base + inward * 2.5 * tick),
-        ]
-    )
-    found = _roi(image, (*corners.min(axis=0), *corners.max(axis=0)))
-    if found is None:
-        return
-    roi, ox, oy = found
-    overlay = np.full_like(roi, (235, 235, 228))
-    segments = [(xy(start, base), xy(start + length, base))]
-    for i, t in enumerate(np.arange(0.0, length, spacing)):
-        reach = tick * (2.0 if i % 10 == 0 else 1.5 if i % 5 == 0 else 1.0)
-        segments.append((xy(start + t, base), xy(start + t, base + inward * reach)))
-    origin = np.array((ox, oy))
-    for p0, p1 in segments:
-        q0, q1 = (tuple(np.round((p - origin) * (1 << _SHIFT)).astype(int).tolist()) for p in (p0, p1))
-        cv2.line(overlay, q0, q1, (shade, shade, shade), thickness, cv2.LINE_AA, _SHIFT)
-    _blend(roi, overlay, alpha)
 
 
 def _draw_bubbles(image: np.ndarray, grid: _Grid, rng: np.random.Generator) -> None:
@@ -463,18 +408,6 @@ def _draw_highlights(image: np.ndarray, grid: _Grid, rng: np.random.Generator) -
 
 
 # ------------------------------------------------------------------------------------------ full image
-
-
-def _apply_vignette(image: np.ndarray, grid: _Grid, rng: np.random.Generator) -> None:
-    """Darken everything outside a soft circle, like the field of view of a contact dermatoscope."""
-    cx = grid.width * (0.5 + rng.normal(0, 0.02))
-    cy = grid.height * (0.5 + rng.normal(0, 0.02))
-    radius = rng.uniform(0.72, 0.97) * grid.diag / 2
-    soft = rng.uniform(0.01, 0.05) * grid.diag
-    distance = np.hypot(grid.xs - cx, grid.ys - cy)
-    gain = 1 - _smoothstep(radius - soft, radius + soft, distance)
-    gain_u8 = _upsample(_to_u8(255 * gain), grid.width, grid.height)
-    cv2.multiply(image, cv2.merge([gain_u8] * 3), dst=image, scale=1 / 255)
 
 
 def _add_grain(image: np.ndarray, rng: np.random.Generator) -> None:

@@ -27,7 +27,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from skinseg.training import artefacts
+from skinseg.data import artefacts
 
 __all__ = [
     "ARTEFACT_OPS",
@@ -55,7 +55,7 @@ GEOMETRIC_OPS: tuple[str, ...] = (
     "distortion",
 )
 #: Dermoscopy artefacts (image only, placed with the mask's help), drawn after the geometry and before the
-#: photometric ops, so a camera's colour and blur apply to them too. See :mod:`skinseg.training.artefacts`.
+#: photometric ops, so a camera's colour and blur apply to them too. See :mod:`skinseg.data.artefacts`.
 ARTEFACT_OPS: tuple[str, ...] = ("vignette", "ruler", "ink", "hair", "white_balance")
 #: Photometric (image-only) ops in the order they are applied.
 PHOTOMETRIC_OPS: tuple[str, ...] = (
@@ -127,7 +127,7 @@ class AugmentParams:
     blur_sigma: float = 1.0
     noise: float = 0.0
     noise_std: float = 8.0
-    # dermoscopy artefacts, image only (skinseg.training.artefacts)
+    # dermoscopy artefacts, image only (skinseg.data.artefacts)
     vignette: float = 0.0
     ruler: float = 0.0
     ink: float = 0.0

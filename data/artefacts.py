@@ -1,4 +1,7 @@
-"""Synthetic dermoscopy artefacts for training: hair, ink markings, rulers, vignettes and colour casts.
+"""Dermoscopy artefacts, drawn on an image: hair, ink markings, rulers, vignettes and colour casts.
+
+One drawer for both users: the training augmentation (:mod:`skinseg.training.augment`, the ops ``hair``, ``ink``,
+``ruler``, ``vignette`` and ``white_balance``) and the synthetic images of :mod:`skinseg.data.synth`.
 
 Real photographs carry things the lesion masks ignore: hairs crossing the lesion, purple marker ink and ruler
 scales drawn around it, the dark circular field of view of a dermatoscope, and the colour cast of each camera.
@@ -23,11 +26,18 @@ __all__ = ["hair", "ink", "ruler", "vignette", "white_balance"]
 _SHIFT = 4  # sub-pixel bits for cv2 drawing: coordinates are multiplied by 2**_SHIFT
 
 
+_ROWS = 256  # rows blended at a time: a large image needs no float copy of itself
+
+
 def _blend(image: np.ndarray, colour_layer: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``image·(1−α) + colour·α`` per pixel, α an H×W float32 map in [0, 1]; saturated uint8."""
-    a = alpha[..., None]
-    out = image.astype(np.float32) * (1.0 - a) + colour_layer * a
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty_like(image)
+    for y in range(0, image.shape[0], _ROWS):
+        rows = slice(y, y + _ROWS)
+        a = alpha[rows, :, None]
+        blended = image[rows].astype(np.float32) * (1.0 - a) + colour_layer[rows] * a
+        out[rows] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
@@ -157,9 +167,13 @@ def vignette(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> n
     radius = rng.uniform(0.5 * min(width, height) / half_diagonal, 0.95) * half_diagonal
     centre = np.array([width, height], np.float32) / 2 + rng.normal(0, 0.04, 2).astype(np.float32) * (width, height)
     softness = rng.uniform(0.02, 0.12) * half_diagonal
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    distance = np.sqrt((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2)
-    alpha = np.clip((distance - radius) / softness, 0.0, 1.0) * float(rng.uniform(0.85, 1.0))
+    strength = float(rng.uniform(0.85, 1.0))
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    alpha = np.empty((height, width), np.float64)  # float64, as the centre: the same values as full-size grids
+    for y in range(0, height, _ROWS):  # a band of rows at a time: no full-size coordinate grids
+        ys = np.arange(y, min(y + _ROWS, height), dtype=np.float32)[:, None]
+        distance = np.sqrt((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2)
+        alpha[y : y + _ROWS] = np.clip((distance - radius) / softness, 0.0, 1.0) * strength
     dark = np.full(3, rng.uniform(0, 25), np.float32)
     return _blend(image, np.broadcast_to(dark, image.shape), alpha)
 
