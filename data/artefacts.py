@@ -34,10 +34,14 @@ def _blend(image: np.ndarray, colour_layer: np.ndarray, alpha: np.ndarray) -> np
     out = np.empty_like(image)
     for y in range(0, image.shape[0], _ROWS):
         rows = slice(y, y + _ROWS)
-        a = alpha[rows, :, None]
-        blended = image[rows].astype(np.float32) * (1.0 - a) + colour_layer[rows] * a
-        out[rows] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        out[rows] = _blend_band(image[rows], colour_layer[rows], alpha[rows])
     return out
+
+
+def _blend_band(image: np.ndarray, colour_layer: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    blended = image.astype(np.float32) * (1.0 - a) + colour_layer * a
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
@@ -67,9 +71,17 @@ def hair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, max_h
         curve = _fixed(_bezier(start, bend, end))
         thickness = max(1, round(rng.uniform(0.002, 0.009) * side))
         strength = float(rng.uniform(0.55, 0.95))
-        layer = np.zeros((height, width), np.uint8)
-        cv2.polylines(layer, [curve], False, 255, thickness, lineType=cv2.LINE_AA, shift=_SHIFT)
-        np.maximum(alpha, layer.astype(np.float32) * (strength / 255.0), out=alpha)
+        # drawn in the hair's own box (the same pixels as on the whole image, without a full-size layer per hair)
+        pad = thickness + 2
+        (x0, y0), (x1, y1) = (curve.min(axis=0) >> _SHIFT) - pad, (curve.max(axis=0) >> _SHIFT) + pad + 1
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        layer = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        shifted = curve - np.array([x0 << _SHIFT, y0 << _SHIFT], np.int32)
+        cv2.polylines(layer, [shifted], False, 255, thickness, lineType=cv2.LINE_AA, shift=_SHIFT)
+        box = alpha[y0:y1, x0:x1]
+        np.maximum(box, layer.astype(np.float32) * (strength / 255.0), out=box)
     colour = np.broadcast_to(tint, image.shape)
     return _blend(image, colour, alpha)
 
@@ -168,14 +180,16 @@ def vignette(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> n
     centre = np.array([width, height], np.float32) / 2 + rng.normal(0, 0.04, 2).astype(np.float32) * (width, height)
     softness = rng.uniform(0.02, 0.12) * half_diagonal
     strength = float(rng.uniform(0.85, 1.0))
-    xs = np.arange(width, dtype=np.float32)[None, :]
-    alpha = np.empty((height, width), np.float64)  # float64, as the centre: the same values as full-size grids
-    for y in range(0, height, _ROWS):  # a band of rows at a time: no full-size coordinate grids
-        ys = np.arange(y, min(y + _ROWS, height), dtype=np.float32)[:, None]
-        distance = np.sqrt((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2)
-        alpha[y : y + _ROWS] = np.clip((distance - radius) / softness, 0.0, 1.0) * strength
     dark = np.full(3, rng.uniform(0, 25), np.float32)
-    return _blend(image, np.broadcast_to(dark, image.shape), alpha)
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    out = np.empty_like(image)
+    for y in range(0, height, _ROWS):  # a band of rows at a time: no full-size coordinate grids or alpha map
+        ys = np.arange(y, min(y + _ROWS, height), dtype=np.float32)[:, None]
+        distance = np.sqrt((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2)  # float64, as the centre
+        alpha = np.clip((distance - radius) / softness, 0.0, 1.0) * strength
+        band = image[y : y + _ROWS]
+        out[y : y + _ROWS] = _blend_band(band, np.broadcast_to(dark, band.shape), alpha)
+    return out
 
 
 def white_balance(
