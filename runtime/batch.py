@@ -41,7 +41,7 @@ import os
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,18 @@ from skinseg.runtime.outputs import (
     remove_stale_temps,
     stamp_settings,
 )
+from skinseg.runtime.records import (
+    Event,
+    HiddenFiles,
+    ImageDone,
+    ImageRow,
+    RunWarning,
+    SettingsChanged,
+    Start,
+    Stopping,
+    SummaryEvent,
+    Waiting,
+)
 from skinseg.runtime.report import (
     BatchSummary,
     Row,
@@ -71,12 +83,10 @@ from skinseg.runtime.report import (
 )
 from skinseg.runtime.runners import LocalRunner, RunnerFactory, StopBatch
 
-__all__ = ["run_batch"]
+__all__ = ["BatchRun", "iter_batch", "run_batch", "segment_folder"]
 
 CHECKPOINT_SECONDS = 2.0  # results.csv is rewritten at most this often during a run
 INTERRUPT_GRACE_SECONDS = 8.0  # after an interrupt, images in flight get this long to finish
-
-Event = dict[str, Any]
 
 
 def _collision_row(item: InputItem, first: InputItem, n: int) -> Row:
@@ -112,7 +122,51 @@ def run_batch(
     scheduler: str | None = None,
     security: Any = None,
 ) -> BatchSummary:
-    """Segment every image in ``sources`` into ``output``; write ``results.csv`` and ``summary.json``.
+    """Segment every image in ``sources`` into ``output``; write ``results.csv`` and ``summary.json``; the
+    summary. :func:`iter_batch` to the end (its arguments, errors and events)."""
+    run = iter_batch(
+        sources, model_path, output, options, recursive=recursive, wait=wait, on_event=on_event,
+        scheduler=scheduler, security=security,
+    )  # fmt: skip
+    for _ in run:
+        pass
+    assert run.summary is not None
+    return run.summary
+
+
+class BatchRun:
+    """A batch under way: iterate over it for each image's :class:`~skinseg.runtime.records.ImageRow` as the image
+    completes (in completion order); :attr:`summary` is the run's :class:`~skinseg.runtime.report.BatchSummary`
+    once the iteration has ended. Leaving the loop early (``break``, an exception) stops the batch as an interrupt
+    does: images in flight get a few seconds to finish, and the reports are written."""
+
+    def __init__(self, rows: Generator[ImageRow, None, BatchSummary]) -> None:
+        self._rows = rows
+        self.summary: BatchSummary | None = None
+
+    def __iter__(self) -> Iterator[ImageRow]:
+        self.summary = yield from self._rows
+
+    def close(self) -> None:
+        """Stop the batch now (as leaving the loop early does)."""
+        self._rows.close()
+
+
+def iter_batch(
+    sources: Sequence[str | os.PathLike[str]],
+    model_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: InferOptions,
+    *,
+    recursive: bool = False,
+    wait: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    scheduler: str | None = None,
+    security: Any = None,
+) -> BatchRun:
+    """A batch of every image in ``sources`` into ``output``, yielding each image's row as it completes (a
+    :class:`BatchRun`); ``results.csv`` and ``summary.json`` are written as by :func:`run_batch`. Nothing starts
+    before the iteration does.
 
     ``scheduler``: run the images as tasks on a Dask cluster instead of this process's threads (``local:N``, a
     scheduler file or address; :mod:`skinseg.runtime.cluster`), with the same outputs, reports and lock.
@@ -120,12 +174,53 @@ def run_batch(
     Usage problems (a source that does not exist, a bad model, an unwritable or locked output folder) raise
     :class:`UsageError` before any image is touched; sources that hold no image give an empty summary (``total``
     0) and write nothing. Images that fail are recorded and the batch goes on. Events passed to ``on_event``
-    (from the calling thread): ``waiting`` (for the lock), ``start`` (total, provider), ``settings_changed``
-    (right after ``start``, when the folder holds outputs of another model or other options: they will be
-    redone), ``hidden`` (before ``start``: image files skipped for their hidden names, ``count`` and a few
-    ``examples``), ``image_start``, ``tiles`` (done, total), ``image_done`` (row), ``stopping`` (an interrupt or a
-    full disk: images in flight are finishing), ``summary``.
+    (from the calling thread; :mod:`skinseg.runtime.records`): ``waiting`` (for the lock), ``start`` (total,
+    provider), ``settings_changed`` (right after ``start``, when the folder holds outputs of another model or other
+    options: they will be redone), ``hidden`` (before ``start``: image files skipped for their hidden names,
+    ``count`` and a few ``examples``), ``warning``, ``image_start``, ``tiles`` (done, total), ``image_done`` (row),
+    ``stopping`` (an interrupt or a full disk: images in flight are finishing), ``summary``.
     """
+    return BatchRun(
+        _batch(sources, model_path, output, options, recursive=recursive, wait=wait, on_event=on_event,
+               scheduler=scheduler, security=security)
+    )  # fmt: skip
+
+
+def segment_folder(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    options: InferOptions | None = None,
+    recursive: bool = False,
+    wait: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+) -> BatchRun:
+    """:func:`iter_batch` for embedding: ``sources`` one folder, file or glob or several; ``model`` the bundled one
+    by default; ``options`` the defaults of ``skinseg infer`` by default."""
+    from skinseg.runtime.model_cache import default_model_path
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    return iter_batch(
+        sources, model if model is not None else default_model_path(), output,
+        options if options is not None else InferOptions(), recursive=recursive, wait=wait, on_event=on_event,
+    )  # fmt: skip
+
+
+def _batch(
+    sources: Sequence[str | os.PathLike[str]],
+    model_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: InferOptions,
+    *,
+    recursive: bool = False,
+    wait: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    scheduler: str | None = None,
+    security: Any = None,
+) -> Generator[ImageRow, None, BatchSummary]:
+    """The batch of :func:`iter_batch`: yields the rows, returns the summary."""
     emit = on_event or (lambda event: None)
     if not os.fspath(output).strip():  # before Path(): Path("") is the current folder
         raise UsageError("--output is empty; give the folder the results go to")
@@ -139,14 +234,14 @@ def run_batch(
         local_cluster = is_local(scheduler)
     found = discover(sources, recursive=recursive, output=output)
     if found.hidden:  # said once, not one line each: a Mac's ._ files can be many
-        emit({"event": "hidden", "count": len(found.hidden), "examples": [str(p) for p in found.hidden[:3]]})
+        emit(HiddenFiles(count=len(found.hidden), examples=[str(p) for p in found.hidden[:3]]))
     if not found.items and not found.unreadable:
         return BatchSummary(0, 0, 0, 0.0, 0.0, "", str(model_path), "", str(output))
     segmenter, options = MODELS.pin(model_path, options)  # a bad model stops us before any image or output
     if found.items:  # once per run: a --scale far from the model's, judged on the first photo's size
         with contextlib.suppress(ImageError, OSError, ValueError):
             if note := segmenter.scale_warning(*image_size(found.items[0].path)):
-                emit({"event": "warning", "kind": "scale", "message": note})
+                emit(RunWarning(kind="scale", message=note))
     cluster, completed = None, []  # completed: the summary, once the batch ended and its reports are written
     if scheduler is not None and not local_cluster:  # an unreachable scheduler stops us before any output
         from skinseg.runtime.cluster import connect
@@ -156,7 +251,7 @@ def run_batch(
         prepare_output(output)
 
         def on_wait() -> None:
-            emit({"event": "waiting", "output": str(output)})
+            emit(Waiting(output=str(output)))
 
         with output_lock(output, wait=wait, on_wait=on_wait):
             provider, make_runner = segmenter.provider, None
@@ -168,7 +263,7 @@ def run_batch(
             if cluster is not None:
                 cluster.check_workers(model_path, output)
                 provider, make_runner = f"{segmenter.provider} on {cluster.describe()}", cluster.runner
-            _run_locked(
+            yield from _run_locked(
                 found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner,
                 completed=completed,
             )  # fmt: skip
@@ -196,9 +291,9 @@ def _run_locked(
     make_runner: RunnerFactory | None = None,
     *,
     completed: list[BatchSummary] | None = None,
-) -> BatchSummary:
-    """The batch, the output folder's lock held; ``completed`` gets the summary as soon as a batch that was not
-    interrupted has its reports written."""
+) -> Generator[ImageRow, None, BatchSummary]:
+    """The batch, the output folder's lock held, yielding each image's row once it is recorded; ``completed`` gets
+    the summary as soon as a batch that was not interrupted has its reports written."""
     results_path = output / RESULTS_NAME
     # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
     previous = drop_deleted_inputs(read_results(results_path), {str(item.rel) for item in items})
@@ -218,28 +313,32 @@ def _run_locked(
         versions=versions(),
     )
     rows: list[Row] = []
+    outbox: list[ImageRow] = []  # recorded, not yet yielded
     start = time.perf_counter()
     last_checkpoint = start
     total = len(items) + len(unreadable)
-    emit({"event": "start", "total": total, "provider": provider, "model": str(model_path), "output": str(output)})
+    emit(Start(total=total, provider=provider, model=str(model_path), output=str(output)))
     if stamp.changed and (had_outputs or stamp.previous is not None):
         current = {"model_sha256": model_sha256, "options": options.output_settings()}
-        emit({"event": "settings_changed", "output": str(output), "previous": stamp.previous, "current": current})
+        emit(SettingsChanged(output=str(output), previous=stamp.previous, current=current))
 
-    def record(index: int, row: Row) -> None:
+    def record(index: int, result: ImageRow) -> None:
         nonlocal last_checkpoint
+        row = result.to_dict()
         if row["status"] == "skipped":  # report what the outputs on disk say
             row = merge_rows(previous, [row])[row["path"]]
+            result = ImageRow.from_dict(row)
         rows.append(row)
+        outbox.append(result)
         summary.count(row)
-        emit({"event": "image_done", "index": index, "done": len(rows), "total": total, "row": row})
+        emit(ImageDone(index=index, done=len(rows), total=total, row=result))
         if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
             with contextlib.suppress(OSError):  # a full disk shows up in the final write, with a message
                 write_results(results_path, merge_rows(previous, rows).values())
             last_checkpoint = time.perf_counter()
 
     for k, folder in enumerate(unreadable):
-        record(len(items) + k, _unreadable_row(folder))
+        record(len(items) + k, ImageRow.from_dict(_unreadable_row(folder)))
 
     def finish() -> None:
         summary.seconds = time.perf_counter() - start
@@ -247,10 +346,12 @@ def _run_locked(
         write_reports(output, merge_rows(previous, rows).values(), summary, options, fresh=rows)
         if completed is not None and not summary.interrupted:
             completed.append(summary)
-        emit({"event": "summary", "summary": summary.to_dict()})
+        emit(SummaryEvent(summary=summary))
 
     try:
-        summary.stopped = _pipeline(items, model_path, output, options, emit, record, previous, make_runner)
+        summary.stopped = yield from _pipeline(
+            items, model_path, output, options, emit, record, previous, outbox, make_runner
+        )
     except BaseException:
         summary.stopped = "interrupted"
         finish()
@@ -265,12 +366,14 @@ def _pipeline(
     output: Path,
     options: InferOptions,
     emit: Callable[[Event], None],
-    record: Callable[[int, Row], None],
+    record: Callable[[int, ImageRow], None],
     previous: dict[str, Row],
+    outbox: list[ImageRow],
     make_runner: RunnerFactory | None = None,
-) -> str:
-    """Run :func:`process_image` on ``items``, admitting images by estimated memory (``options.memory_limit``) and
-    count (``options.max_in_flight``); events and rows are handed to ``emit``/``record`` on this thread.
+) -> Generator[ImageRow, None, str]:
+    """Run :func:`~skinseg.runtime.job.process_image` on ``items``, admitting images by estimated memory
+    (``options.memory_limit``) and count (``options.max_in_flight``); events and rows are handed to ``emit``/``record``
+    on this thread, and the rows recorded (``outbox``) are yielded as they come.
 
     Returns why it stopped early ("" when it did not): a full output disk, or a runner whose images raise
     :class:`StopBatch` (a Dask scheduler that is gone). An interrupt (KeyboardInterrupt)
@@ -288,7 +391,7 @@ def _pipeline(
             jobs.append((index, item))
         else:
             clashes[key] = clashes.get(key, 1) + 1
-            record(index, _collision_row(item, first, clashes[key]))
+            record(index, ImageRow.from_dict(_collision_row(item, first, clashes[key])))
     runner = (make_runner or LocalRunner)(model_path, output, options, previous, events)
 
     def drain() -> None:
@@ -313,23 +416,34 @@ def _pipeline(
             drain()
             for entry in [e for e in pending if e[1].done()]:
                 pending.remove(entry)
+                row: ImageRow | None = None
                 try:
                     row = entry[1].result()
+                    stop = row.stop
                 except StopBatch as e:  # the image was not done, and none after it can be: stop, no row
-                    row = {"stop": e.reason}
-                if row.get("stop") and not stopped:
-                    stopped = row["stop"]
-                    emit({"event": "stopping", "reason": stopped, "in_flight": len(pending)})
-                if "status" in row:
+                    stop = e.reason
+                if stop and not stopped:
+                    stopped = stop
+                    emit(Stopping(reason=stopped, in_flight=len(pending)))
+                if row is not None:
                     record(entry[0], row)
+            yield from _take(outbox)
         drain()
+        yield from _take(outbox)
     except BaseException:
-        emit({"event": "stopping", "reason": "interrupted", "in_flight": len(pending)})
+        emit(Stopping(reason="interrupted", in_flight=len(pending)))
         _finish_in_flight(pending, record, drain)
         raise
     finally:
         runner.close()
     return stopped
+
+
+def _take(outbox: list[ImageRow]) -> list[ImageRow]:
+    """The rows in ``outbox``, which is emptied."""
+    taken = outbox[:]
+    outbox.clear()
+    return taken
 
 
 def _wait_any(futures: list[Future], timeout: float) -> None:
@@ -342,7 +456,7 @@ def _wait_any(futures: list[Future], timeout: float) -> None:
 
 
 def _finish_in_flight(
-    pending: deque[tuple[int, Future, int]], record: Callable[[int, Row], None], drain: Callable[[], None]
+    pending: deque[tuple[int, Future, int]], record: Callable[[int, ImageRow], None], drain: Callable[[], None]
 ) -> None:
     """After an interrupt: let images in flight finish (their outputs are whole either way) for a few seconds, and
     record those that did; a second interrupt, or a worker stuck past the grace, ends the wait."""
@@ -352,7 +466,7 @@ def _finish_in_flight(
             _wait_any([f for _, f, _ in pending], timeout=0.1)
             for entry in [e for e in pending if e[1].done()]:
                 pending.remove(entry)
-                if not entry[1].cancelled() and entry[1].exception() is None and "status" in entry[1].result():
+                if not entry[1].cancelled() and entry[1].exception() is None:
                     record(entry[0], entry[1].result())
     with contextlib.suppress(Exception):
         drain()

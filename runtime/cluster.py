@@ -241,7 +241,7 @@ def tls_security(ca_file: str | None, cert: str | None, key: str | None) -> Any:
 
 def cluster_task(
     model_path: str, image_path: str, options: Any, output_root: str, rel_path: str, previous: dict | None
-) -> dict:
+) -> Any:
     """The task a worker runs: :func:`~skinseg.runtime.job.process_image` with onnxruntime's threads set from the
     worker's own thread count (``OMP_NUM_THREADS`` means nothing to onnxruntime)."""
     from skinseg.runtime.job import process_image
@@ -370,6 +370,7 @@ class DaskRunner:
 
     def start(self, index: int, item: Any) -> cf.Future:
         from skinseg.runtime.job import no_work_row
+        from skinseg.runtime.records import ImageStart
         from skinseg.runtime.runners import StopBatch
 
         rel = str(item.rel)
@@ -382,7 +383,7 @@ class DaskRunner:
         if self.client.status not in ("running", "connecting", "newly-created"):
             done.set_exception(StopBatch(SCHEDULER_GONE))
             return done
-        self.events.put({"event": "image_start", "index": index, "path": rel})
+        self.events.put(ImageStart(index=index, path=rel))
         try:
             future = self.client.submit(
                 cluster_task,
@@ -436,7 +437,8 @@ def _scheduler_gone(error: BaseException, client: Any) -> bool:
     return getattr(client, "status", "running") not in ("running", "newly-created")
 
 
-def _lost_row(item: Any, error: BaseException) -> dict:
+def _lost_row(item: Any, error: BaseException) -> Any:
+    from skinseg.runtime.records import ImageRow
     from skinseg.runtime.report import empty_row
 
     row = empty_row(item.rel, item.path)
@@ -449,4 +451,4 @@ def _lost_row(item: Any, error: BaseException) -> dict:
     else:
         why = f"{name}: {' '.join(str(error).split())[:200]}"
     row.update(status="failed", error=why)
-    return row
+    return ImageRow.from_dict(row)

@@ -35,6 +35,7 @@ from skinseg.runtime.outputs import (
     up_to_date,
     write_outputs,
 )
+from skinseg.runtime.records import ImageRow
 from skinseg.runtime.report import Row, empty_row, stats_row, versions
 
 __all__ = ["ImageJob", "estimate_memory", "failure_key", "image_cost", "no_work_row", "process_image"]
@@ -239,7 +240,7 @@ class ImageJob:
                     "choose another --output than the input folder)"
                 )
 
-    def run(self, *, on_tile: Callable[[int, int], None] | None = None) -> Row:
+    def run(self, *, on_tile: Callable[[int, int], None] | None = None) -> ImageRow:
         """Do the image: skip it, or read, segment, write its outputs; its row (see :func:`process_image`)."""
         start = time.perf_counter()
         options, segmenter, image_path, output_root = self.options, self.segmenter, self.image_path, self.output_root
@@ -250,7 +251,7 @@ class ImageJob:
             paths = self.paths
             done = self.no_work(row)
             if done is not None:
-                return self.with_review(done)
+                return ImageRow.from_dict(self.with_review(done))
             row["skinseg_version"] = __version__  # this run works on it (a skipped row has its mask's record's)
             self.check_not_foreign()
             file = load_image_file(image_path, max_pixels=options.max_pixels)
@@ -304,7 +305,7 @@ class ImageJob:
                     row["settings"] = failure_key(options, segmenter.model_sha256 or "", paths)
         if row.get("seconds") is None:
             row["seconds"] = round(time.perf_counter() - start, 4)
-        return self.with_review(row)
+        return ImageRow.from_dict(self.with_review(row))
 
     def with_review(self, row: Row) -> Row:
         """``row`` with its ``review`` flag at this run's threshold (``options.review_below``, else the model's): a
@@ -326,13 +327,13 @@ def no_work_row(
     rel_path: str | PurePosixPath,
     *,
     previous: Row | None = None,
-) -> Row | None:
+) -> ImageRow | None:
     """What :func:`process_image` would return without segmenting (``skipped``, or ``failed`` before and
     unchanged), or None when the image needs work: the check a cluster's client makes before submitting a task."""
     job = ImageJob(model_path, image_path, options, output_root, rel_path, previous=previous)
     try:
         done = job.no_work()
-        return None if done is None else job.with_review(done)
+        return None if done is None else ImageRow.from_dict(job.with_review(done))
     except (ImageError, OSError):
         return None  # the task says why
 
@@ -346,14 +347,15 @@ def process_image(
     *,
     on_tile: Callable[[int, int], None] | None = None,
     previous: Row | None = None,
-) -> Row:
+) -> ImageRow:
     """Segment one image file and write its outputs under ``output_root``; return its report row.
 
-    The row has the keys :data:`~skinseg.runtime.report.CSV_FIELDS`; ``status`` is ``ok``, ``skipped`` (outputs up
-    to date and not ``options.overwrite``) or ``failed`` with a one-line ``error``. ``previous`` is the image's row
-    of an earlier run (from ``results.csv``): an unchanged input that failed then fails again without being retried
-    (the row has ``retried`` False). Never raises for a bad image or a failed write (a full disk marks the row
-    ``stop``); a model that cannot be loaded, or that changed since ``options.model_sha256``, raises
+    The row is an :class:`~skinseg.runtime.records.ImageRow` (the columns of ``results.csv``); ``status`` is
+    ``ok``, ``skipped`` (outputs up to date and not ``options.overwrite``) or ``failed`` with a one-line ``error``.
+    ``previous`` is the image's row of an earlier run (from ``results.csv``): an unchanged input that failed then
+    fails again without being retried (the row has ``retried`` False). Never raises for a bad image or a failed
+    write (a full disk marks the row ``stop``); a model that cannot be loaded, or that changed since
+    ``options.model_sha256``, raises
     :class:`ModelError` (nothing can succeed then).
     """
     job = ImageJob(model_path, image_path, options, output_root, rel_path, previous=previous)

@@ -20,6 +20,7 @@ from skinseg.runtime.defaults import default_memory_limit
 from skinseg.runtime.inputs import InputItem
 from skinseg.runtime.model_cache import MODELS
 from skinseg.runtime.options import InferOptions
+from skinseg.runtime.records import ImageRow, ImageStart, Tiles
 from skinseg.runtime.report import Row
 
 __all__ = ["MAX_IN_FLIGHT", "WORKER_THREAD_NAME", "LocalRunner", "Runner", "RunnerFactory", "StopBatch"]
@@ -127,12 +128,12 @@ class LocalRunner:
     def start(self, index: int, item: InputItem) -> Future:
         return self._pool.submit(lambda: self._work(index, item))
 
-    def _work(self, index: int, item: InputItem) -> Row:
+    def _work(self, index: int, item: InputItem) -> ImageRow:
         rel = str(item.rel)
-        self.events.put({"event": "image_start", "index": index, "path": rel})
+        self.events.put(ImageStart(index=index, path=rel))
 
         def on_tile(done: int, total: int) -> None:
-            self.events.put({"event": "tiles", "index": index, "path": rel, "done": done, "total": total})
+            self.events.put(Tiles(index=index, path=rel, done=done, total=total))
 
         return job.process_image(  # looked up on the module: tests wrap it
             self.model_path,

@@ -179,7 +179,7 @@ def infer(
     set_decoder_limit(max_pixels or DEFAULTS.max_pixels)  # before OpenCV loads: its decoders refuse larger images
     quiet_opencv()
     from skinseg.progress import InferProgress
-    from skinseg.runtime.batch import run_batch
+    from skinseg.runtime.batch import iter_batch
     from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS
     from skinseg.runtime.model_cache import default_model_path
     from skinseg.runtime.runners import MAX_IN_FLIGHT
@@ -224,7 +224,7 @@ def infer(
     progress = InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value, log_file=log_file)
     try:
         with sigterm_as_interrupt(), progress:
-            summary = run_batch(
+            run = iter_batch(
                 sources,
                 model_path,
                 output,
@@ -235,6 +235,10 @@ def infer(
                 scheduler=scheduler,
                 security=security,
             )
+            for _row in run:  # each image's row as it completes; the progress events print them
+                pass
+            summary = run.summary
+            assert summary is not None  # the iteration ended: the batch is complete
     except KeyboardInterrupt:
         if busy_workers():  # an image past the grace: Python's exit would abort in onnxruntime (exit 134)
             exit_now(130)
