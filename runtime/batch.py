@@ -145,7 +145,10 @@ class BatchRun:
         self.summary: BatchSummary | None = None
 
     def __iter__(self) -> Iterator[ImageRow]:
-        self.summary = yield from self._rows
+        try:
+            self.summary = yield from self._rows
+        finally:  # an interrupt that lands here, between two rows, stops the batch too (its reports written)
+            self._rows.close()
 
     def close(self) -> None:
         """Stop the batch now (as leaving the loop early does)."""

@@ -235,8 +235,11 @@ def infer(
                 scheduler=scheduler,
                 security=security,
             )
-            for _row in run:  # each image's row as it completes; the progress events print them
-                pass
+            try:
+                for _row in run:  # each image's row as it completes; the progress events print them
+                    pass
+            finally:  # an interrupt between two rows: the batch stops here, its reports written
+                run.close()
             summary = run.summary
             assert summary is not None  # the iteration ended: the batch is complete
     except KeyboardInterrupt:
