@@ -1,14 +1,14 @@
 """`skinseg infer --scheduler`: the batch on a Dask cluster, with the guarantees of the local path.
 
 The client (this process) lists the inputs, holds the output folder's lock, checks which images are up to date,
-and submits one task per remaining image: :func:`cluster_task`, which is :func:`~skinseg.runtime.batch.
+and submits one task per remaining image: :func:`cluster_task`, which is :func:`~skinseg.runtime.job.
 process_image` (model path, image path, options → outputs written, report row) run on a worker. The client alone
 writes ``results.csv`` and ``summary.json``, merging rows as they arrive (the local path's checkpointing), so a killed
 client leaves a report that a rerun completes. Tasks are side-effecting (``pure=False``); a future is released as
 soon as its row is recorded (otherwise Dask would recompute finished images after losing a worker); at most a few
 images per worker thread are in flight, so a million inputs never become a million futures.
 
-Each worker process loads the model once (the per-process segmenter cache of :mod:`skinseg.runtime.batch`,
+Each worker process loads the model once (the per-process model cache of :mod:`skinseg.runtime.model_cache`,
 pinned to the hash the client read) and runs onnxruntime with as many threads as the worker has. Workers read the
 inputs and write the outputs on a filesystem they all see at the same paths; :meth:`DaskCluster.check_workers`
 makes sure of it before any image. A worker killed mid-image has its task rerun elsewhere by the scheduler; an
@@ -241,10 +241,10 @@ def tls_security(ca_file: str | None, cert: str | None, key: str | None) -> Any:
 
 def cluster_task(
     model_path: str, image_path: str, options: Any, output_root: str, rel_path: str, previous: dict | None
-) -> dict:
-    """The task a worker runs: :func:`~skinseg.runtime.batch.process_image` with onnxruntime's threads set from the
+) -> Any:
+    """The task a worker runs: :func:`~skinseg.runtime.job.process_image` with onnxruntime's threads set from the
     worker's own thread count (``OMP_NUM_THREADS`` means nothing to onnxruntime)."""
-    from skinseg.runtime.batch import process_image
+    from skinseg.runtime.job import process_image
 
     if options.threads is None:
         try:
@@ -328,11 +328,13 @@ class DaskCluster:
                 )
 
     def runner(self, model_path: Path, output: Path, options: Any, previous: dict, events: queue.SimpleQueue):
-        """The image runner :func:`~skinseg.runtime.batch._pipeline` uses: tasks on this cluster."""
-        return _DaskRunner(self, model_path, output, options, previous, events)
+        """The batch's :class:`~skinseg.runtime.runners.Runner`: its images as tasks on this cluster."""
+        return DaskRunner(self, model_path, output, options, previous, events)
 
 
-class _DaskRunner:
+class DaskRunner:
+    """A batch's images as tasks on a Dask cluster: a :class:`~skinseg.runtime.runners.Runner`."""
+
     def __init__(
         self,
         cluster: DaskCluster,
@@ -342,15 +344,15 @@ class _DaskRunner:
         previous: dict,
         events: queue.SimpleQueue,
     ) -> None:
-        from skinseg.runtime.batch import get_segmenter
         from skinseg.runtime.defaults import default_memory_limit
+        from skinseg.runtime.model_cache import MODELS
 
         self.client = cluster.client
         self.model_path, self.output, self.options, self.previous, self.events = (
             str(Path(model_path).resolve()), str(Path(output).resolve()), options, previous, events,
         )  # fmt: skip
         self.slots = max(1, TASKS_PER_THREAD * cluster.threads)
-        self.segmenter, _ = get_segmenter(model_path, options)  # the client's, pinned: for the images' sizes
+        self.segmenter, _ = MODELS.get(model_path, options)  # the client's, pinned: for the images' sizes
         # --memory-limit bounds the images in flight on the cluster as a whole (estimated as locally). A local
         # cluster shares this machine: its default applies, less each worker's copy of the model's working memory.
         # A remote cluster's workers bound their own memory unless --memory-limit is given.
@@ -362,12 +364,14 @@ class _DaskRunner:
             self.budget = options.memory_limit or float("inf")
 
     def cost(self, item: Any) -> int:
-        from skinseg.runtime.batch import image_cost
+        from skinseg.runtime.job import image_cost
 
         return image_cost(self.segmenter, item.path, self.options) if self.budget != float("inf") else 0
 
     def start(self, index: int, item: Any) -> cf.Future:
-        from skinseg.runtime.batch import StopBatch, no_work_row
+        from skinseg.runtime.job import no_work_row
+        from skinseg.runtime.records import ImageStart
+        from skinseg.runtime.runners import StopBatch
 
         rel = str(item.rel)
         previous = self.previous.get(rel)
@@ -379,7 +383,7 @@ class _DaskRunner:
         if self.client.status not in ("running", "connecting", "newly-created"):
             done.set_exception(StopBatch(SCHEDULER_GONE))
             return done
-        self.events.put({"event": "image_start", "index": index, "path": rel})
+        self.events.put(ImageStart(index=index, path=rel))
         try:
             future = self.client.submit(
                 cluster_task,
@@ -433,10 +437,11 @@ def _scheduler_gone(error: BaseException, client: Any) -> bool:
     return getattr(client, "status", "running") not in ("running", "newly-created")
 
 
-def _lost_row(item: Any, error: BaseException) -> dict:
-    from skinseg.runtime.batch import _empty_row
+def _lost_row(item: Any, error: BaseException) -> Any:
+    from skinseg.runtime.records import ImageRow
+    from skinseg.runtime.report import empty_row
 
-    row = _empty_row(item.rel, item.path)
+    row = empty_row(item.rel, item.path)
     name = type(error).__name__
     if name == "KilledWorker":
         why = (
@@ -446,4 +451,4 @@ def _lost_row(item: Any, error: BaseException) -> dict:
     else:
         why = f"{name}: {' '.join(str(error).split())[:200]}"
     row.update(status="failed", error=why)
-    return row
+    return ImageRow.from_dict(row)

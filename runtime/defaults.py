@@ -14,6 +14,7 @@ DEFAULT_TTA = False
 # Tiles per model call. On a 2-core CPU, batches of 2 or 4 tiles are no faster per tile than single tiles, and
 # batch 4 costs about 700 MB more memory with the 31 M-parameter seed model. On a GPU, raise it with --batch-size.
 DEFAULT_BATCH_SIZE = 1
+DEFAULT_OVERLAP = 0.25  # fraction of a tile shared with its neighbours
 
 # Colour-constancy methods a model can be trained with (skinseg.runtime.preprocess); the model's metadata says which.
 COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")
@@ -39,7 +40,7 @@ def set_decoder_limit(max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
 
 # Images worked on at once by `skinseg infer`, and the memory they may take together. On a 2-core CPU two images in
 # flight keep both cores busy (one decodes or writes while the other is segmented); each 29 MP photograph needs
-# about 200 MB at the default settings (see runtime.batch.estimate_memory and docs/performance.md).
+# about 200 MB at the default settings (see runtime.job.estimate_memory and docs/performance.md).
 DEFAULT_MAX_IN_FLIGHT = 2
 
 # The overlay is for looking: its long side is capped at this many pixels (--overlay-size; "full" keeps the photo's

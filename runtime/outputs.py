@@ -1,14 +1,14 @@
 """Where a batch's outputs go and how they are written: per-image output paths, atomic writes, the output folder.
 
 Every output stays inside the output folder (:func:`output_paths` and :func:`check_inside` refuse paths that
-would leave it). Outputs are written to hidden temporary files and renamed, the mask **last**, so a mask newer
-than its input means the image is done (:func:`outputs_up_to_date`); :func:`remove_stale_temps` clears what a
+would leave it). Outputs are written to hidden temporary files and renamed, the mask **last**; each output carries
+a record of its input (a content fingerprint) and of the settings that made it (:func:`settings_digest`: the model
+and the options that change outputs). An image is up to date when its mask's record names the same input content
+and the same settings (:func:`up_to_date`), whatever the files' dates say. :func:`remove_stale_temps` clears what a
 killed run left behind. :func:`output_lock` keeps two runs from writing to one folder at once.
 
-The settings stamp ``.skinseg-settings.json`` (:func:`stamp_settings`) records the model and the options that
-shaped the outputs in the folder. When they change, a new stamp is written and every mask older than it counts
-as out of date, so a rerun with another model or threshold redoes the images; a run killed half-way leaves
-redone masks newer than the stamp (kept) and the old ones older than it (redone by the next run).
+The settings stamp ``.skinseg-settings.json`` (:func:`stamp_settings`) records the model and the options of the
+folder's latest run, so a run can say that it will redo the outputs of another model or other options.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import secrets
 import stat
 import struct
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +56,6 @@ __all__ = [
     "with_record",
     "output_lock",
     "output_paths",
-    "outputs_up_to_date",
     "prepare_output",
     "remove_stale_temps",
     "stamp_settings",
@@ -75,7 +73,7 @@ OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json")
 
 
 class OutputOptions(Protocol):
-    """The options that decide which outputs are written (:class:`skinseg.runtime.batch.InferOptions` has them)."""
+    """The options that decide which outputs are written (:class:`skinseg.runtime.options.InferOptions` has them)."""
 
     @property
     def save_prob(self) -> bool: ...
@@ -254,22 +252,6 @@ def up_to_date(paths: OutputPaths, image_path: str | os.PathLike[str], settings:
         return None
 
 
-def outputs_up_to_date(image_path: str | os.PathLike[str], paths: OutputPaths, since_ns: int | None = None) -> bool:
-    """Whether every requested output exists and the mask (written last) is not older than the image.
-
-    The modification-time rule of files written without records (older skinseg versions); the batch decides with
-    :func:`up_to_date` instead. With ``since_ns`` the mask must also be newer than it.
-    """
-    try:
-        source = os.stat(image_path).st_mtime_ns
-        mask = os.stat(paths.mask).st_mtime_ns
-    except OSError:
-        return False
-    if since_ns is not None and mask <= since_ns:
-        return False
-    return mask >= source and all(p.is_file() for p in paths.all())
-
-
 def write_outputs(
     paths: OutputPaths,
     image: np.ndarray,
@@ -393,12 +375,10 @@ def remove_stale_temps(output: str | os.PathLike[str]) -> int:
 class SettingsStamp:
     """The output folder's settings stamp after :func:`stamp_settings`.
 
-    ``since_ns`` is the stamp file's modification time: masks not newer than it were made with other (or
-    unknown) settings. ``changed`` is true when this run wrote a new stamp; ``previous`` is then the old stamp's
-    content (``None`` when there was none or it could not be read).
+    ``changed`` is true when this run wrote a new stamp; ``previous`` is then the old stamp's content (``None``
+    when there was none or it could not be read).
     """
 
-    since_ns: int
     changed: bool
     previous: dict[str, Any] | None
 
@@ -409,31 +389,6 @@ def _read_stamp(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _wait_for_clock_past(folder: Path, mtime_ns: int, timeout: float = 3.0) -> None:
-    """Wait until a file written in ``folder`` gets a modification time after ``mtime_ns``.
-
-    File times tick coarsely (a few ms; a second or two on some file systems); waiting here means every output
-    written from now on is strictly newer than the stamp, and every older output is not.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        fd, probe = new_probe(folder)
-    except OSError:
-        return  # the stamp is still right; at worst an image written in the same tick is redone next time
-    try:
-        while True:
-            if os.fstat(fd).st_mtime_ns > mtime_ns or time.monotonic() >= deadline:
-                return
-            time.sleep(0.002)
-            os.utime(fd)  # our own file's times to now, through its descriptor
-    except OSError:
-        return
-    finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            probe.unlink()
 
 
 def new_probe(folder: Path, attempts: int = 8) -> tuple[int, Path]:
@@ -461,16 +416,13 @@ def stamp_settings(output: str | os.PathLike[str], model_sha256: str, options: d
     wanted = {"model_sha256": model_sha256, "options": json.loads(json.dumps(options))}
     previous = _read_stamp(path)
     if previous is not None and {k: previous.get(k) for k in wanted} == wanted:
-        with contextlib.suppress(OSError):
-            return SettingsStamp(since_ns=path.stat().st_mtime_ns, changed=False, previous=None)
+        return SettingsStamp(changed=False, previous=None)
     stamp = {**wanted, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         write_bytes_atomic(path, (json.dumps(stamp, indent=2) + "\n").encode("utf-8"), fsync=True)
-        since_ns = path.stat().st_mtime_ns
     except OSError as e:
         raise SkinsegError(
             f"{path}: cannot write the settings stamp ({e.strerror or e}); free some space or fix the permissions "
             "and run again"
         ) from None
-    _wait_for_clock_past(Path(output), since_ns)
-    return SettingsStamp(since_ns=since_ns, changed=True, previous=previous)
+    return SettingsStamp(changed=True, previous=previous)

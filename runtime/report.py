@@ -14,16 +14,15 @@ import io
 import os
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
 import numpy as np
 
-from skinseg.runtime import postprocess as pp
 from skinseg.runtime.errors import ImageError, SkinsegError
 from skinseg.runtime.gallery import folder_totals, write_gallery
-from skinseg.runtime.imageio import read_mask, write_bytes_atomic
+from skinseg.runtime.imageio import write_bytes_atomic
 from skinseg.runtime.names import csv_cell, from_csv_cell, json_text
 from skinseg.runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
 
@@ -34,9 +33,9 @@ __all__ = [
     "BatchSummary",
     "Row",
     "drop_deleted_inputs",
+    "empty_row",
     "merge_rows",
     "read_results",
-    "row_from_outputs",
     "stats_row",
     "versions",
     "write_reports",
@@ -68,6 +67,14 @@ CSV_FIELDS = (
 )
 
 Row = dict[str, Any]
+
+
+def empty_row(rel: PurePosixPath | str, image_path: str | os.PathLike[str]) -> Row:
+    """The row of an input before any work: its ``path`` (relative, the report's key) and ``input`` (absolute: a
+    later run started in another folder, as cron runs from $HOME, still finds it); every other column empty."""
+    row: Row = dict.fromkeys(CSV_FIELDS)
+    row.update(path=str(rel), input=os.path.abspath(image_path), status="", error="")
+    return row
 
 
 # --------------------------------------------------------------------------------------------------- rows
@@ -194,19 +201,6 @@ def merge_rows(previous: dict[str, dict[str, Any]], current: Iterable[Row]) -> d
     return merged
 
 
-def row_from_outputs(row: Row, paths: OutputPaths, max_pixels: int) -> Row:
-    """Fill a skipped row that has no previous data from the mask (and probability map) on disk."""
-    try:
-        mask = read_mask(paths.mask, max_pixels=max_pixels)
-        prob = None
-        if paths.prob is not None and paths.prob.is_file():
-            prob = cv2.imdecode(np.fromfile(paths.prob, np.uint8), cv2.IMREAD_GRAYSCALE)
-            prob = prob if prob is not None and prob.shape == mask.shape else None
-        return {**row, **stats_row(pp.mask_stats(mask, prob))}
-    except (SkinsegError, OSError, ValueError, cv2.error):
-        return row
-
-
 def versions(*, loaded: tuple[str, ...] = ()) -> dict[str, str]:
     """The versions of skinseg and the libraries that shaped its outputs, for ``summary.json``.
 
@@ -246,7 +240,6 @@ class BatchSummary:
     model_sha256: str
     output: str
     versions: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False
     failed_before: int = 0  # images that failed in an earlier run, unchanged since: not retried, still failed
     stopped: str = ""  # why the run ended early ("interrupted", "disk full"), "" when it did not
     not_done: int = 0  # inputs not reached because the run stopped early
@@ -267,8 +260,34 @@ class BatchSummary:
         Dask scheduler: images are left to do), else 0."""
         return 1 if self.failed or (self.stopped and self.stopped != "interrupted") else 0
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether an interrupt (or an error that ended the batch) stopped the run."""
+        return self.stopped == "interrupted"
+
+    def count(self, row: Row) -> None:
+        """Count an image's row: its status (a failure of an earlier run, unchanged and not retried, apart), the
+        megapixels segmented and the masks flagged for review."""
+        status = row["status"]
+        if status == "ok":
+            self.ok += 1
+            self.megapixels += row["width"] * row["height"] / 1e6
+        elif status == "skipped":
+            self.skipped += 1
+        elif row.get("retried") is False:
+            self.failed_before += 1
+        else:
+            self.failed += 1
+        if status in ("ok", "skipped") and row.get("review") == 1:
+            self.review += 1
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The summary as ``summary.json`` and the JSON log's ``summary`` line hold it (keys in this order)."""
+        d = {}
+        for key, value in asdict(self).items():
+            d[key] = value
+            if key == "versions":
+                d["interrupted"] = self.interrupted
         d.update(total=self.total, megapixels_per_second=round(self.megapixels_per_second, 3))
         d["seconds"] = round(self.seconds, 3)
         d["megapixels"] = round(self.megapixels, 3)
@@ -281,7 +300,7 @@ class BatchSummary:
 def write_reports(
     output: Path, rows: Iterable[Row], summary: BatchSummary, options: OutputOptions, fresh: Iterable[Row] = ()
 ) -> None:
-    """Write ``results.csv``, ``summary.json`` (with ``options``, an :class:`~skinseg.runtime.batch.InferOptions`) and
+    """Write ``results.csv``, ``summary.json`` (with ``options``, an :class:`~skinseg.runtime.options.InferOptions`) and
     the gallery into ``output``; :class:`SkinsegError` if they cannot be written. ``fresh``: this run's rows (the
     gallery shows them first)."""
     rows = list(rows)

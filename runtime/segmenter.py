@@ -33,15 +33,14 @@ import numpy as np
 
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.defaults import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_FILL_HOLES,
     DEFAULT_KEEP_LARGEST,
-    DEFAULT_MAX_PIXELS,
     DEFAULT_TTA,
 )
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
 from skinseg.runtime.imageio import decode_image, load_image_file
 from skinseg.runtime.metadata import MAX_TILE, METADATA_KEY, ModelMetadata, Scale, parse_metadata
+from skinseg.runtime.options import SegmentOptions
 from skinseg.runtime.preprocess import apply_color_constancy
 from skinseg.runtime.providers import (
     check_provider_used,
@@ -304,6 +303,8 @@ class Segmenter:
     Args:
         model: an ``.onnx`` file (run by :class:`OnnxBackend`), or any :class:`Backend`; None (the default): the
             bundled model, as ``skinseg infer`` without ``--model``.
+        options: a :class:`~skinseg.runtime.options.SegmentOptions` (its defaults when None); the options below,
+            given by name, change it (``Segmenter("m.onnx", tile=512)``).
         device: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or ``openvino`` (ONNX files only).
         threads: onnxruntime intra-op threads (``None``: onnxruntime's default, one per physical core).
         tile: ``(height, width)`` of the tiles; defaults to the metadata's. Required without metadata.
@@ -324,24 +325,18 @@ class Segmenter:
     def __init__(
         self,
         model: str | os.PathLike[str] | Backend | None = None,
-        *,
-        device: str = "auto",
-        threads: int | None = None,
-        tile: int | Sequence[int] | None = None,
-        scale: Scale | str | float | None = None,
-        overlap: float = 0.25,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        threshold: float | None = None,
-        keep_largest: bool | None = None,
-        fill_holes: bool | None = None,
-        tta: bool | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        options: SegmentOptions | None = None,
+        **changes: Any,
     ) -> None:
+        opts = SegmentOptions.of(options, **changes)  # the options, each by name (a misspelt one is a TypeError)
+        device, threads, tile, scale = opts.device, opts.threads, opts.tile, opts.scale
+        overlap, batch_size, threshold = opts.overlap, opts.batch_size, opts.threshold
+        keep_largest, fill_holes, tta, max_pixels = opts.keep_largest, opts.fill_holes, opts.tta, opts.max_pixels
         check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
         if tile is not None:
             tile = parse_tile(tile)
         if model is None:
-            from skinseg.runtime.batch import default_model_path
+            from skinseg.runtime.model_cache import default_model_path
 
             model = default_model_path()
         if isinstance(model, (str, os.PathLike)):

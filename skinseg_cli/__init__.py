@@ -11,10 +11,15 @@ One import name over five layers, each importing only the ones below it (``tests
 
 The embedding API is here, imported lazily so that ``import skinseg`` stays cheap::
 
-    from skinseg import Segmenter
+    from skinseg import Segmenter, segment_folder
 
     seg = Segmenter("model.onnx")
     result = seg.segment_file("photo.jpg")
+
+    run = segment_folder("photos/", "masks/")  # a batch, as `skinseg infer photos/ -o masks/`
+    for row in run:  # each image's ImageRow as it completes
+        print(row.path, row.status, row.area_fraction)
+    run.summary.ok
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ def install_hint(extras: str) -> str:
 
 
 if TYPE_CHECKING:
+    from skinseg.runtime.batch import BatchRun, iter_batch, segment_folder
     from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
     from skinseg.runtime.imageio import read_image, read_mask
+    from skinseg.runtime.options import InferOptions, SegmentOptions
+    from skinseg.runtime.records import ImageRow
     from skinseg.runtime.segmenter import Result, Segmenter
 
 _LAZY = {
@@ -49,10 +57,22 @@ _LAZY = {
     "ImageError": "skinseg.runtime.errors",
     "ModelError": "skinseg.runtime.errors",
     "UsageError": "skinseg.runtime.errors",
+    "SegmentOptions": "skinseg.runtime.options",
+    "InferOptions": "skinseg.runtime.options",
+    "ImageRow": "skinseg.runtime.records",
+    "BatchRun": "skinseg.runtime.batch",
+    "iter_batch": "skinseg.runtime.batch",
+    "segment_folder": "skinseg.runtime.batch",
 }
 
 __all__ = [
+    "BatchRun",
     "ImageError",
+    "ImageRow",
+    "InferOptions",
+    "SegmentOptions",
+    "iter_batch",
+    "segment_folder",
     "ModelError",
     "Result",
     "Segmenter",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -126,34 +126,80 @@ OverlayOpacityOpt = Annotated[
 ]
 
 
-def infer_options(values: dict[str, Any]):
-    """:class:`~skinseg.runtime.batch.InferOptions` from a command's parameters (``locals()``): the shared options
-    are taken by name, others ignored; ``device`` may be the enum; ``max_pixels`` None means the default; sizes
-    in their CLI form are parsed. Bad values are :class:`UsageError` naming the option."""
-    import dataclasses
+def segment_options(
+    *,
+    device: Device | str,
+    threads: int | None,
+    tile: int | None,
+    scale: str | None,
+    overlap: float,
+    batch_size: int,
+    threshold: float | None,
+    keep_largest: bool | None,
+    fill_holes: bool | None,
+    tta: bool | None,
+    max_pixels: int | None,
+):
+    """:class:`~skinseg.runtime.options.SegmentOptions` from the segmentation flags, each by name (a renamed
+    parameter is a TypeError, not a silently dropped option): ``device`` may be the enum; ``max_pixels`` None
+    means the default; ``threads`` above this machine's cores is lowered to them, with a note."""
     import os
 
-    from skinseg.runtime.batch import InferOptions
+    from skinseg.runtime.options import SegmentOptions
 
-    names = {f.name for f in dataclasses.fields(InferOptions)}
-    chosen = {k: v for k, v in values.items() if k in names}
-    if isinstance(chosen.get("device"), Device):
-        chosen["device"] = chosen["device"].value
-    if chosen.get("max_pixels") is None:
-        chosen.pop("max_pixels", None)
-    if "overlay_size" in chosen:
-        chosen["overlay_size"] = parse_overlay_size(chosen["overlay_size"])
-    if "memory_limit" in chosen:
-        chosen["memory_limit"] = parse_bytes(chosen["memory_limit"], "--memory-limit")
-    if "overlay_color" in chosen:
-        chosen["overlay_color"] = parse_color(chosen["overlay_color"])
     cores = os.cpu_count() or 1
-    if chosen.get("threads") and chosen["threads"] > cores:
+    if threads and threads > cores:
         from skinseg.app import err
 
-        err.print(f"note: --threads {chosen['threads']} is more than this machine's {cores} cores; using {cores}")
-        chosen["threads"] = cores
-    return InferOptions(**chosen)
+        err.print(f"note: --threads {threads} is more than this machine's {cores} cores; using {cores}")
+        threads = cores
+    return SegmentOptions(
+        device=device.value if isinstance(device, Device) else device,
+        threads=threads,
+        tile=tile,
+        scale=scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        keep_largest=keep_largest,
+        fill_holes=fill_holes,
+        tta=tta,
+        max_pixels=SegmentOptions.max_pixels if max_pixels is None else max_pixels,
+    )
+
+
+def infer_options(
+    segment,
+    *,
+    save_prob: bool,
+    contours: bool,
+    overwrite: bool,
+    overlay_size: str | int | None,
+    retry_failed: bool,
+    memory_limit: str | int | None,
+    max_in_flight: int,
+    overlay_color: str | tuple[int, int, int],
+    overlay_opacity: float,
+    review_below: float | None,
+):
+    """:class:`~skinseg.runtime.options.InferOptions`: the :class:`SegmentOptions` ``segment`` and the batch flags,
+    each by name; sizes and colours in their CLI form are parsed (bad values are :class:`UsageError` naming the
+    flag)."""
+    from skinseg.runtime.options import InferOptions
+
+    return InferOptions.of(
+        segment,
+        save_prob=save_prob,
+        contours=contours,
+        overwrite=overwrite,
+        overlay_size=parse_overlay_size(overlay_size),
+        retry_failed=retry_failed,
+        memory_limit=parse_bytes(memory_limit, "--memory-limit"),
+        max_in_flight=max_in_flight,
+        overlay_color=parse_color(overlay_color),
+        overlay_opacity=overlay_opacity,
+        review_below=review_below,
+    )
 
 
 def parse_color(text: str | tuple[int, int, int]) -> tuple[int, int, int]:

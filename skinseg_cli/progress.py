@@ -215,12 +215,12 @@ class InferProgress(_BarsDisplay):
             )
         elif self.json:
             if kind == "hidden":
-                self._line(json_text({**event, "time": now()}), stamp=False)
+                self._line(json_text({**plain(event), "time": now()}), stamp=False)
             elif kind == "image_done":
-                text = json_text({"event": "image", "time": now(), **event["row"]})
+                text = json_text({"event": "image", "time": now(), **plain(event["row"])})
                 self._line(text, stamp=False, show=not (self.quiet and _nothing_new(event["row"])))
             elif kind == "summary":
-                self._line(json_text({"event": "summary", "time": now(), **event["summary"]}), stamp=False)
+                self._line(json_text({"event": "summary", "time": now(), **plain(event["summary"])}), stamp=False)
         elif kind == "start":
             total, model, provider = event["total"], event["model"], event["provider"]
             self._line(
@@ -247,7 +247,7 @@ class InferProgress(_BarsDisplay):
             self._line(format_image_line(row), style="red" if row["status"] == "failed" else None, show=show)
         elif kind == "summary":
             self._end_bars()
-            self._line(format_summary_line(event["summary"]))
+            self._line(format_summary_line(plain(event["summary"])))
 
     def _stopping(self, event: dict[str, Any]) -> None:
         waiting = event.get("in_flight", 0)
@@ -257,6 +257,11 @@ class InferProgress(_BarsDisplay):
             self._note(f"stopping{finishing}{again}; the images done are kept")
         else:
             self._note(f"stopping: {event['reason']}{finishing}; a rerun does the rest")
+
+
+def plain(record: Any) -> dict[str, Any]:
+    """An event, row or summary as the dict the JSON log writes (a typed record's ``to_dict``; a dict as it is)."""
+    return record.to_dict() if hasattr(record, "to_dict") else dict(record)
 
 
 def _nothing_new(row: dict[str, Any]) -> bool:

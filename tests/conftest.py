@@ -25,7 +25,7 @@ def images_in_flight(monkeypatch):
     import threading
     import time
 
-    import skinseg.runtime.batch as batch
+    import skinseg.runtime.job as batch
 
     lock, active, peak = threading.Lock(), [0], [0]
     real = batch.process_image

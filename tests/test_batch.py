@@ -16,16 +16,13 @@ import cv2
 import numpy as np
 import pytest
 
-from skinseg.runtime.batch import (
-    CSV_FIELDS,
-    InferOptions,
-    discover_inputs,
-    output_lock,
-    output_paths,
-    process_image,
-    run_batch,
-)
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
+from skinseg.runtime.inputs import discover_inputs
+from skinseg.runtime.job import process_image
+from skinseg.runtime.options import InferOptions
+from skinseg.runtime.outputs import output_lock, output_paths
+from skinseg.runtime.report import CSV_FIELDS
 from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,7 +313,8 @@ def test_runtime_batch_never_imports_tensorflow(model, tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from skinseg.runtime.batch import InferOptions, run_batch
+        from skinseg.runtime.batch import run_batch
+        from skinseg.runtime.options import InferOptions
         summary = run_batch([{str(src)!r}], {str(model)!r}, {str(tmp_path / "out")!r}, InferOptions(threads=1))
         assert summary.ok == 1, summary
         heavy = [m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules]

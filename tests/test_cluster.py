@@ -21,9 +21,10 @@ distributed = pytest.importorskip("distributed")
 from typer.testing import CliRunner  # noqa: E402
 
 from skinseg.cli import app  # noqa: E402
-from skinseg.runtime.batch import InferOptions, run_batch  # noqa: E402
+from skinseg.runtime.batch import run_batch  # noqa: E402
 from skinseg.runtime.cluster import DaskCluster  # noqa: E402
 from skinseg.runtime.errors import UsageError  # noqa: E402
+from skinseg.runtime.options import InferOptions  # noqa: E402
 from skinseg.runtime.outputs import output_lock  # noqa: E402
 from skinseg.runtime.report import read_results  # noqa: E402
 from tests.onnx_standins import identity_model, metadata_json, save  # noqa: E402

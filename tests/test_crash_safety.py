@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 
 from skinseg.runtime import imageio as runtime_imageio
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import SkinsegError
+from skinseg.runtime.options import InferOptions
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import write_png
 from tests.test_infer_cli import outputs, smooth_image

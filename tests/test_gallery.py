@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
+from skinseg.runtime.options import InferOptions
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
 

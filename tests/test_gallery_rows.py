@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.gallery import flags
+from skinseg.runtime.options import InferOptions
 from tests.test_batch import lesion_image, write_png
 
 runner = CliRunner()

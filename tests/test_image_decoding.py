@@ -61,7 +61,8 @@ def test_a_webp_whose_exif_the_decoder_does_not_apply_is_read_as_stored(tmp_path
 
 
 def test_a_rotated_webp_is_segmented_in_a_batch(standin_model, tmp_path):
-    from skinseg.runtime.batch import InferOptions, run_batch
+    from skinseg.runtime.batch import run_batch
+    from skinseg.runtime.options import InferOptions
 
     bgr = cv2.cvtColor(lesion_image(90, 120), cv2.COLOR_RGB2BGR)
     (tmp_path / "src").mkdir()

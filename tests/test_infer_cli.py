@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
-from skinseg.runtime.batch import output_lock
+from skinseg.runtime.outputs import output_lock
 from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
 from tests.test_batch import lesion_image, png_bit_depth, read_rows, write_png
 from tests.test_imageio import jpeg_bytes
@@ -247,7 +247,7 @@ def test_killed_run_resumes_to_identical_outputs(model, tmp_path):
 
 
 def test_without_model_the_bundled_default_is_used(tmp_path):
-    from skinseg.runtime.batch import default_model_path
+    from skinseg.runtime.model_cache import default_model_path
 
     src = write_png(tmp_path / "a.png", lesion_image())
     result = infer(src, "--output", tmp_path / "out", "--quiet")

@@ -7,8 +7,9 @@ import json
 import subprocess
 import sys
 
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.inputs import discover
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.report import read_results
 from tests.test_batch import lesion_image, write_png
 

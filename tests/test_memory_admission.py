@@ -10,9 +10,12 @@ import time
 
 import pytest
 
-import skinseg.runtime.batch as batch
-from skinseg.runtime.batch import InferOptions, estimate_memory, run_batch
+import skinseg.runtime.model_cache as model_cache
+import skinseg.runtime.runners as runners
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import UsageError
+from skinseg.runtime.job import estimate_memory
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
@@ -72,9 +75,9 @@ def test_the_model_memory_leaves_less_room_for_images(standin_model, tmp_path, m
         write_png(src / f"i{i}.png", lesion_image(seed=i))
     one = estimate_memory(120, 90, OPTS, work=(120, 90))
     limit = 20 * one
-    monkeypatch.setattr(batch, "model_memory", lambda backend, options: limit - one)  # room for one image
+    monkeypatch.setattr(model_cache, "model_memory", lambda backend, options: limit - one)  # room for one image
     peak = images_in_flight
-    monkeypatch.setattr(batch, "_SEGMENTERS", {})  # measured afresh, and forgotten after this test
+    monkeypatch.setattr(model_cache.MODELS, "_entries", {})  # measured afresh, and forgotten after this test
     summary = run_batch([src], standin_model, tmp_path / "out", InferOptions(threads=1, memory_limit=limit,
                                                                               max_in_flight=3))  # fmt: skip
     assert summary.ok == 6 and peak[0] == 1
@@ -102,5 +105,5 @@ def test_the_command_line_caps_max_in_flight_with_a_note(standin_model, tmp_path
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert f"--max-in-flight 100000 is more than {batch.MAX_IN_FLIGHT}" in done.stderr
+    assert f"--max-in-flight 100000 is more than {runners.MAX_IN_FLIGHT}" in done.stderr
     assert "Traceback" not in done.stderr

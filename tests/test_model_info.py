@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from skinseg import Segmenter
 from skinseg.cli import app
-from skinseg.runtime.batch import default_model_path
 from skinseg.runtime.card import card_path, read_card
+from skinseg.runtime.model_cache import default_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted((ROOT / "runtime" / "models").glob("*.onnx"))

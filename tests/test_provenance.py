@@ -7,7 +7,8 @@ import csv
 import hashlib
 
 from skinseg import __version__
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import read_record, with_record
 from tests.test_batch import lesion_image, read_rows, write_png
 

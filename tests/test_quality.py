@@ -364,7 +364,8 @@ def _photo(path: Path, radius: float, blur: float) -> Path:
 
 
 def test_infer_reports_quality_and_review_and_the_threshold_can_be_moved(tmp_path):
-    from skinseg.runtime.batch import InferOptions, run_batch
+    from skinseg.runtime.batch import run_batch
+    from skinseg.runtime.options import InferOptions
     from skinseg.runtime.report import read_results
     from tests.onnx_standins import identity_model, metadata_json, save
 
@@ -392,8 +393,8 @@ def test_infer_reports_quality_and_review_and_the_threshold_can_be_moved(tmp_pat
 
 
 def test_review_below_out_of_range_is_a_usage_error(tmp_path):
-    from skinseg.runtime.batch import InferOptions
     from skinseg.runtime.errors import UsageError
+    from skinseg.runtime.options import InferOptions
 
     with pytest.raises(UsageError, match="--review-below must be a Jaccard within"):
         InferOptions(review_below=1.5).check()

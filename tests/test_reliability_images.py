@@ -202,7 +202,8 @@ def test_decompression_bombs_allocate_nothing(tmp_path):
         f"""
         import resource
         from pathlib import Path
-        from skinseg.runtime.batch import InferOptions, run_batch
+        from skinseg.runtime.batch import run_batch
+        from skinseg.runtime.options import InferOptions
         from skinseg.runtime.errors import ImageError
         from skinseg.runtime.imageio import read_image
         from tests.onnx_standins import identity_model, metadata_json, save

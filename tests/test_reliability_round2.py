@@ -24,9 +24,11 @@ import pytest
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from skinseg.runtime.batch import InferOptions, estimate_memory, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import ImageError, UsageError
 from skinseg.runtime.imageio import image_size, load_image_file, read_image, read_mask
+from skinseg.runtime.job import estimate_memory
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import LOCK_NAME, is_ours, output_lock
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
@@ -290,7 +292,7 @@ def test_2_sigterm_ends_a_run_within_seconds_even_with_a_stuck_worker(model, tmp
     out = tmp_path / "out"
     code = (
         "import time, sys\n"
-        "import skinseg.runtime.batch as b\n"
+        "import skinseg.runtime.job as b\n"
         "real = b.process_image\n"
         "def stuck(*a, **k):\n"
         "    if str(a[1]).endswith('i1.png'):\n"
@@ -412,7 +414,7 @@ def test_8_recursive_runs_never_read_earlier_outputs(model, tmp_path):
 
 
 def test_10_a_model_replaced_mid_run_changes_nothing_in_that_run(model, tmp_path, monkeypatch):
-    import skinseg.runtime.batch as batch
+    import skinseg.runtime.job as batch
 
     src = tmp_path / "src"
     for i in range(5):

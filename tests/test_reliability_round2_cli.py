@@ -18,8 +18,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from skinseg.cli import app
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import ModelError, UsageError
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import IR_VERSION, OPSET, identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import read_record
 from skinseg.runtime.report import read_results
 from tests.test_batch import lesion_image, write_png

@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from skinseg.runtime.batch import InferOptions, process_image, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.imageio import file_sha256
+from skinseg.runtime.job import process_image
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import SETTINGS_NAME, remove_stale_temps, stamp_settings
 from tests.onnx_standins import affine_model, identity_model, metadata_json, save
 from tests.test_batch import lesion_image, read_rows, write_png

@@ -12,10 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import skinseg.runtime.batch as batch
 import skinseg.runtime.imageio as imageio
-from skinseg.runtime.batch import InferOptions, run_batch
+import skinseg.runtime.job as batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import ImageError
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.report import read_results
 from tests.test_batch import lesion_image, write_png
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from skinseg.runtime.batch import InferOptions, estimate_memory, run_batch
+from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import UsageError
+from skinseg.runtime.job import estimate_memory
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock
 from skinseg.runtime.report import read_results
 from tests.test_batch import lesion_image, write_png

@@ -98,7 +98,7 @@ def test_an_absurd_working_size_fails_the_image_not_the_machine(models):
 
 
 def test_a_tile_the_model_cannot_take_is_a_usage_error(models):
-    from skinseg.runtime.batch import default_model_path
+    from skinseg.runtime.model_cache import default_model_path
 
     with pytest.raises(UsageError, match="--tile must be"):
         Segmenter(models["nhwc"], tile=100000)

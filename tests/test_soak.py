@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.batch import run_batch
+from skinseg.runtime.options import InferOptions
 from tests.onnx_standins import identity_model, metadata_json, save
 from tests.test_batch import lesion_image, write_png
 

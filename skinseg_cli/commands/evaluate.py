@@ -26,11 +26,13 @@ from skinseg.options import (
     ThresholdOpt,
     TileOpt,
     TtaOpt,
-    infer_options,
     output_path,
+    segment_options,
 )
-from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
 from skinseg.runtime.errors import UsageError
+from skinseg.runtime.options import SegmentOptions
+
+DEFAULTS = SegmentOptions()  # the flags' defaults are the options' own
 
 KERAS_HINT = (
     f"evaluating a .keras model needs TensorFlow: install the train extra, {install_hint('train')}, "
@@ -57,18 +59,18 @@ def evaluate(
         typer.Option("--stems", help="Evaluate only the stems listed in this file (one a line, # comments)."),
     ] = None,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Images shown in worst.png (0: none).")] = 8,
-    device: DeviceOpt = Device.auto,
-    threads: ThreadsOpt = None,
-    tile: TileOpt = None,
-    scale: ScaleOpt = None,
-    overlap: OverlapOpt = 0.25,
-    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
-    threshold: ThresholdOpt = None,
-    keep_largest: KeepLargestOpt = None,
-    fill_holes: FillHolesOpt = None,
-    tta: TtaOpt = None,
+    device: DeviceOpt = Device(DEFAULTS.device),
+    threads: ThreadsOpt = DEFAULTS.threads,
+    tile: TileOpt = DEFAULTS.tile,
+    scale: ScaleOpt = DEFAULTS.scale,
+    overlap: OverlapOpt = DEFAULTS.overlap,
+    batch_size: BatchSizeOpt = DEFAULTS.batch_size,
+    threshold: ThresholdOpt = DEFAULTS.threshold,
+    keep_largest: KeepLargestOpt = DEFAULTS.keep_largest,
+    fill_holes: FillHolesOpt = DEFAULTS.fill_holes,
+    tta: TtaOpt = DEFAULTS.tta,
     review_below: ReviewBelowOpt = None,
-    max_pixels: MaxPixelsOpt = None,
+    max_pixels: MaxPixelsOpt = None,  # None: the options' default (said in the help as 250 MP)
     quiet: QuietOpt = False,
 ) -> None:
     """Score a model on images with ground-truth masks, through the same pipeline as `skinseg infer`.
@@ -85,20 +87,32 @@ def evaluate(
     """
     from skinseg.data.evaluate import evaluate_folders
     from skinseg.progress import progress_callback
-    from skinseg.runtime.batch import default_model_path
+    from skinseg.runtime.model_cache import default_model_path
     from skinseg.training.keras_segmenter import open_segmenter
 
     for folder, option in ((images, "--images"), (masks, "--masks")):
         if not folder.is_dir():
             what = "not a folder (it is a file)" if folder.exists() else "folder not found"
             raise UsageError(f"{option} {folder}: {what}; give the folder of {option[2:]}")
-    options = infer_options(locals())
+    options = segment_options(
+        device=device,
+        threads=threads,
+        tile=tile,
+        scale=scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        keep_largest=keep_largest,
+        fill_holes=fill_holes,
+        tta=tta,
+        max_pixels=max_pixels,
+    )
     model_path = model if model is not None else default_model_path()
     if model_path.suffix.lower() == ".keras" and model_path.is_file():
         require_tensorflow(KERAS_HINT)
         if options.device not in ("auto", "cpu"):
             err.print("[yellow]warning:[/yellow] --device applies to ONNX models; the .keras model runs on TensorFlow")
-    segmenter = open_segmenter(model_path, **options.segmenter_kwargs())
+    segmenter = open_segmenter(model_path, **options.as_kwargs())
     with progress_callback("evaluating", total=None, quiet=quiet, console=err) as advance:
         run = evaluate_folders(
             segmenter,
@@ -109,7 +123,7 @@ def evaluate(
             stems=stems,
             worst=worst,
             on_progress=advance,
-            review_below=options.review_below,
+            review_below=review_below,
         )
 
     for row in run.errors:

@@ -39,17 +39,14 @@ from skinseg.options import (
     TtaOpt,
     infer_options,
     output_path,
+    segment_options,
 )
-from skinseg.runtime.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_OVERLAY_OPACITY,
-    DEFAULT_OVERLAY_SIZE,
-    set_decoder_limit,
-)
+from skinseg.runtime.defaults import set_decoder_limit
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.names import shown
+from skinseg.runtime.options import InferOptions
+
+DEFAULTS = InferOptions()  # the flags' defaults are the options' own
 
 
 class LogFormat(str, Enum):
@@ -87,7 +84,7 @@ def sigterm_as_interrupt():
 
 def busy_workers() -> bool:
     """Whether an image worker thread is still at work (a daemon thread, perhaps inside onnxruntime)."""
-    from skinseg.runtime.batch import WORKER_THREAD_NAME
+    from skinseg.runtime.runners import WORKER_THREAD_NAME
 
     return any(t.is_alive() and t.name.startswith(WORKER_THREAD_NAME) for t in threading.enumerate())
 
@@ -114,29 +111,33 @@ def infer(
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="The .onnx model (default: the bundled model).")
     ] = None,
-    device: DeviceOpt = Device.auto,
-    threads: ThreadsOpt = None,
-    tile: TileOpt = None,
-    scale: ScaleOpt = None,
-    overlap: OverlapOpt = 0.25,
-    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
-    threshold: ThresholdOpt = None,
-    keep_largest: KeepLargestOpt = None,
-    fill_holes: FillHolesOpt = None,
-    tta: TtaOpt = None,
-    review_below: ReviewBelowOpt = None,
-    save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")] = False,
-    contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = False,
-    max_pixels: MaxPixelsOpt = None,
-    overlay_size: OverlaySizeOpt = str(DEFAULT_OVERLAY_SIZE),
-    overlay_color: OverlayColorOpt = "green",
-    overlay_opacity: OverlayOpacityOpt = DEFAULT_OVERLAY_OPACITY,
-    memory_limit: MemoryLimitOpt = "auto",
-    max_in_flight: MaxInFlightOpt = DEFAULT_MAX_IN_FLIGHT,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs are up to date.")] = False,
+    device: DeviceOpt = Device(DEFAULTS.device),
+    threads: ThreadsOpt = DEFAULTS.threads,
+    tile: TileOpt = DEFAULTS.tile,
+    scale: ScaleOpt = DEFAULTS.scale,
+    overlap: OverlapOpt = DEFAULTS.overlap,
+    batch_size: BatchSizeOpt = DEFAULTS.batch_size,
+    threshold: ThresholdOpt = DEFAULTS.threshold,
+    keep_largest: KeepLargestOpt = DEFAULTS.keep_largest,
+    fill_holes: FillHolesOpt = DEFAULTS.fill_holes,
+    tta: TtaOpt = DEFAULTS.tta,
+    review_below: ReviewBelowOpt = DEFAULTS.review_below,
+    save_prob: Annotated[
+        bool, typer.Option("--save-prob", help="Also write <stem>_prob.png (8-bit).")
+    ] = DEFAULTS.save_prob,
+    contours: Annotated[bool, typer.Option("--contours", help="Also write <stem>_contours.json.")] = DEFAULTS.contours,
+    max_pixels: MaxPixelsOpt = None,  # None: the options' default (said in the help as 250 MP)
+    overlay_size: OverlaySizeOpt = str(DEFAULTS.overlay_size),
+    overlay_color: OverlayColorOpt = "green",  # DEFAULTS.overlay_color by name (tests/test_options.py checks)
+    overlay_opacity: OverlayOpacityOpt = DEFAULTS.overlay_opacity,
+    memory_limit: MemoryLimitOpt = "auto",  # DEFAULTS.memory_limit (None) as the CLI says it
+    max_in_flight: MaxInFlightOpt = DEFAULTS.max_in_flight,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo images whose outputs are up to date.")
+    ] = DEFAULTS.overwrite,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Retry images that failed before and have not changed since.")
-    ] = False,
+    ] = DEFAULTS.retry_failed,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another run on the same --output to end.")] = False,
     quiet: InferQuietOpt = False,
     log_file: LogFileOpt = None,
@@ -175,13 +176,40 @@ def infer(
             f"--model {model}: infer runs ONNX models; export it first with `skinseg export {model.parent}` "
             f"(or `skinseg evaluate` scores a .keras model)"
         )
-    set_decoder_limit(max_pixels or DEFAULT_MAX_PIXELS)  # before OpenCV loads: its decoders refuse larger images
+    set_decoder_limit(max_pixels or DEFAULTS.max_pixels)  # before OpenCV loads: its decoders refuse larger images
     quiet_opencv()
     from skinseg.progress import InferProgress
-    from skinseg.runtime.batch import MAX_IN_FLIGHT, default_model_path, run_batch
+    from skinseg.runtime.batch import iter_batch
     from skinseg.runtime.imageio import SUPPORTED_EXTENSIONS
+    from skinseg.runtime.model_cache import default_model_path
+    from skinseg.runtime.runners import MAX_IN_FLIGHT
 
-    options = infer_options(locals())
+    segment = segment_options(
+        device=device,
+        threads=threads,
+        tile=tile,
+        scale=scale,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        keep_largest=keep_largest,
+        fill_holes=fill_holes,
+        tta=tta,
+        max_pixels=max_pixels,
+    )
+    options = infer_options(
+        segment,
+        save_prob=save_prob,
+        contours=contours,
+        overwrite=overwrite,
+        overlay_size=overlay_size,
+        retry_failed=retry_failed,
+        memory_limit=memory_limit,
+        max_in_flight=max_in_flight,
+        overlay_color=overlay_color,
+        overlay_opacity=overlay_opacity,
+        review_below=review_below,
+    )
     if options.max_in_flight > MAX_IN_FLIGHT:
         err.print(f"note: --max-in-flight {options.max_in_flight} is more than {MAX_IN_FLIGHT}; using {MAX_IN_FLIGHT}")
         options = dataclasses.replace(options, max_in_flight=MAX_IN_FLIGHT)
@@ -196,7 +224,7 @@ def infer(
     progress = InferProgress(out=out, console=err, quiet=quiet, log_format=log_format.value, log_file=log_file)
     try:
         with sigterm_as_interrupt(), progress:
-            summary = run_batch(
+            run = iter_batch(
                 sources,
                 model_path,
                 output,
@@ -207,6 +235,13 @@ def infer(
                 scheduler=scheduler,
                 security=security,
             )
+            try:
+                for _row in run:  # each image's row as it completes; the progress events print them
+                    pass
+            finally:  # an interrupt between two rows: the batch stops here, its reports written
+                run.close()
+            summary = run.summary
+            assert summary is not None  # the iteration ended: the batch is complete
     except KeyboardInterrupt:
         if busy_workers():  # an image past the grace: Python's exit would abort in onnxruntime (exit 134)
             exit_now(130)

@@ -17,9 +17,9 @@ def model_info(model: Path | None = None) -> dict[str, Any]:
     from dataclasses import asdict
 
     from skinseg import __version__
-    from skinseg.runtime.batch import default_model_path
     from skinseg.runtime.card import card_path, read_card
     from skinseg.runtime.errors import ModelError
+    from skinseg.runtime.model_cache import default_model_path
     from skinseg.runtime.segmenter import OnnxBackend, Segmenter
 
     path = model if model is not None else default_model_path()
