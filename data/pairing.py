@@ -121,7 +121,7 @@ def _problem_summary(problems: Sequence[str], fix: str) -> str:
 
 def check_readable(pairs: Sequence[Pair], *, skip_bad: bool = False) -> tuple[list[Pair], list[str]]:
     """Read each image's and mask's header: unreadable files, or masks of another size, are problems."""
-    from skinseg.runtime.imageio import image_size  # header-only: fast on large photos
+    from skinseg.runtime.imageheaders import image_size  # header-only: fast on large photos
 
     good: list[Pair] = []
     problems: list[str] = []

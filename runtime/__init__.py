@@ -15,7 +15,8 @@ from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageEr
 from skinseg.runtime.lazy import exports
 
 if TYPE_CHECKING:
-    from skinseg.runtime.imageio import image_size, read_image, read_mask, write_png_atomic
+    from skinseg.runtime.imageheaders import image_size
+    from skinseg.runtime.imageio import read_image, read_mask, write_png_atomic
     from skinseg.runtime.providers import resolve_providers
     from skinseg.runtime.segmenter import Result, Segmenter
     from skinseg.runtime.tiling import tiled_predict
@@ -25,7 +26,7 @@ _LAZY = {
     "Result": "skinseg.runtime.segmenter",
     "read_image": "skinseg.runtime.imageio",
     "read_mask": "skinseg.runtime.imageio",
-    "image_size": "skinseg.runtime.imageio",
+    "image_size": "skinseg.runtime.imageheaders",
     "write_png_atomic": "skinseg.runtime.imageio",
     "resolve_providers": "skinseg.runtime.providers",
     "tiled_predict": "skinseg.runtime.tiling",
