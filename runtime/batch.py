@@ -62,7 +62,7 @@ from skinseg.runtime.defaults import (
     DEFAULT_OVERLAY_SIZE,
     default_memory_limit,
 )
-from skinseg.runtime.errors import ImageError, ModelError, ResourceError, SkinsegError, UsageError
+from skinseg.runtime.errors import ImageError, ModelError, ParameterError, ResourceError, UsageError, one_line, param
 from skinseg.runtime.imageio import decode_image, file_fingerprint, image_size, load_image_file
 from skinseg.runtime.inputs import InputItem, Unreadable, discover, discover_inputs, output_key
 from skinseg.runtime.outputs import (
@@ -176,24 +176,27 @@ class InferOptions:
     def check(self) -> None:
         """UsageError for an option that makes no sense, before any work."""
         from skinseg.runtime.metadata import Scale
-        from skinseg.runtime.segmenter import check_options, parse_tile
+        from skinseg.runtime.segmenter import check_options
+        from skinseg.runtime.tiling import parse_tile
 
         check_options(threads=self.threads, overlap=self.overlap, batch_size=self.batch_size, threshold=self.threshold)
         if self.review_below is not None and not 0.0 <= self.review_below <= 1.0:
-            raise UsageError(f"--review-below must be a Jaccard within [0, 1], got {self.review_below!r}")
+            raise ParameterError(f"{param('review_below')} must be a Jaccard within [0, 1], got {self.review_below!r}")
         if self.tile is not None:
             parse_tile(self.tile)
         if self.scale is not None:
             try:
                 Scale.parse(self.scale)
             except ValueError as e:
-                raise UsageError(f"--scale: {e}") from None
+                raise ParameterError(f"{param('scale')}: {e}") from None
         if self.max_in_flight < 1:
-            raise UsageError(f"--max-in-flight must be a positive integer, got {self.max_in_flight!r}")
+            raise ParameterError(f"{param('max_in_flight')} must be a positive integer, got {self.max_in_flight!r}")
         if not 0.0 <= self.overlay_opacity <= 1.0:
-            raise UsageError(f"--overlay-opacity must be within [0, 1], got {self.overlay_opacity!r}")
+            raise ParameterError(f"{param('overlay_opacity')} must be within [0, 1], got {self.overlay_opacity!r}")
         if len(self.overlay_color) != 3 or not all(0 <= int(c) <= 255 for c in self.overlay_color):
-            raise UsageError(f"--overlay-color must be three values from 0 to 255, got {self.overlay_color!r}")
+            raise ParameterError(
+                f"{param('overlay_color')} must be three values from 0 to 255, got {self.overlay_color!r}"
+            )
 
     def segmenter_kwargs(self) -> dict[str, Any]:
         """The options that shape the :class:`~skinseg.runtime.segmenter.Segmenter` (and so its cache key)."""
@@ -237,8 +240,8 @@ def default_model_path() -> Path:
     if DEFAULT_MODEL.is_file():
         return DEFAULT_MODEL
     raise UsageError(
-        f"--model is required until a default model is installed (there is none at {DEFAULT_MODEL}); "
-        "pass --model path/to/model.onnx"
+        f"{param('model')} is required until a default model is installed (there is none at {DEFAULT_MODEL}); "
+        f"pass {param('model', 'path/to/model.onnx')}"
     )
 
 
@@ -339,7 +342,7 @@ _MALLINFO2: Any = None
 
 
 def _tile_of(backend: Any, options: InferOptions) -> tuple[int, int] | None:
-    from skinseg.runtime.segmenter import parse_tile
+    from skinseg.runtime.tiling import parse_tile
 
     if options.tile is not None:
         return parse_tile(options.tile)
@@ -394,20 +397,20 @@ def _check_model_memory(
         return
     tile = _tile_of(backend, options) or (0, 0)
     size = f"{tile[0]}×{tile[1]}"
-    what = f"--tile {options.tile}" if options.tile is not None else f"{model_path}: its tile size {size} (metadata)"
+    what = param("tile", options.tile) if options.tile is not None else f"{model_path}: its tile size {size} (metadata)"
     batch = _batch_of(backend, options)
     calls = f" in batches of {batch}" if batch > 1 else ""
-    fixes = "a smaller --tile" if backend.fixed_tile == (None, None) else "another model"
+    fixes = f"a smaller {param('tile')}" if backend.fixed_tile == (None, None) else "another model"
     if batch > 1:
-        fixes += " or --batch-size"
+        fixes += f" or {param('batch_size')}"
     limit = (
-        f"--memory-limit {_size(budget)}"
+        param("memory_limit", _size(budget))
         if options.memory_limit is not None
-        else f"the memory limit ({_size(budget)}, --memory-limit auto)"
+        else f"the memory limit ({_size(budget)}, {param('memory_limit', 'auto')})"
     )
     raise UsageError(
         f"{what}: segmenting {size} tiles{calls} needs about {_size(need)} of working memory, more than {limit}; "
-        f"use {fixes}, or raise --memory-limit"
+        f"use {fixes}, or raise {param('memory_limit')}"
     )
 
 
@@ -426,13 +429,6 @@ def _read_model(path: Path) -> bytes | None:
 
 
 # --------------------------------------------------------------------------------------------------- one image
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split())
-    if not isinstance(error, SkinsegError):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _empty_row(rel: PurePosixPath | str, image_path: str | os.PathLike[str]) -> Row:
@@ -562,7 +558,7 @@ def _check_not_foreign(paths: OutputPaths, previous: Row | None) -> None:
         if os.path.lexists(path) and not ours_before and not is_ours(path):
             raise ImageError(
                 f"{path} exists and was not written by skinseg; refusing to overwrite it (move it away, or choose "
-                "another --output than the input folder)"
+                f"another {param('output')} than the input folder)"
             )
 
 
@@ -684,11 +680,11 @@ def process_image(
         row.update(stats, status="ok")
         row["seconds"] = round(time.perf_counter() - start - waited, 4)
     except OSError as e:  # the output side: a full disk stops the batch, other write errors fail this image
-        row.update(status="failed", error=_one_line(e), fingerprint=None)
+        row.update(status="failed", error=one_line(e), fingerprint=None)
         if e.errno in DISK_FULL:
             row.update(error=f"the output disk is full ({e.strerror or e}); free space and run again", stop="disk full")
     except Exception as e:  # one bad file must never stop the batch: record the reason and go on
-        row.update(status="failed", error=_one_line(e))
+        row.update(status="failed", error=one_line(e))
         if not isinstance(e, ImageError) or isinstance(e, ResourceError):
             row["fingerprint"] = None  # not the input's fault: retried next time
         else:  # the input's: not retried until it, or what the failure depended on, changes
@@ -784,7 +780,7 @@ def run_batch(
     """
     emit = on_event or (lambda event: None)
     if not os.fspath(output).strip():  # before Path(): Path("") is the current folder
-        raise UsageError("--output is empty; give the folder the results go to")
+        raise ParameterError(f"{param('output')} is empty; give the folder the results go to")
     output = Path(output)
     options.check()  # a wrong option is said on a night with no new images too
     local_cluster = False

@@ -36,7 +36,7 @@ import numpy as np
 
 from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, DEFAULT_MAX_PIXELS
-from skinseg.runtime.errors import ImageError, ResourceError
+from skinseg.runtime.errors import ImageError, ResourceError, param
 from skinseg.runtime.imageheaders import (
     EXTENSION_FORMATS,
     Header,
@@ -90,8 +90,8 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
         raise ImageError(f"{path}: the header gives an empty size {width}×{height}")
     if width * height > max_pixels:
         raise ImageError(
-            f"{path}: {width}×{height} = {width * height / 1e6:,.0f} MP exceeds --max-pixels "
-            f"{max_pixels / 1e6:,.0f} MP; raise --max-pixels if this is intended"
+            f"{path}: {width}×{height} = {width * height / 1e6:,.0f} MP exceeds "
+            f"{param('max_pixels', f'{max_pixels / 1e6:,.0f} MP')}; raise {param('max_pixels')} if this is intended"
         )
 
 
@@ -312,7 +312,8 @@ def _imdecode(file: ImageFile, flags: int) -> np.ndarray:
             if h.width * h.height > decoder_limit():
                 raise ImageError(
                     f"{file.path}: {h.width}×{h.height} px is more than this process decodes ({decoder_limit():,} "
-                    f"px, set when OpenCV loaded); start it with {DECODER_LIMIT_VARIABLE} or --max-pixels larger"
+                    f"px, set when OpenCV loaded); start it with {DECODER_LIMIT_VARIABLE} or {param('max_pixels')} "
+                    "larger"
                 ) from None
             raise ImageError(
                 f"{file.path}: the decoder finds more pixels than the header says ({h.width}×{h.height}); "
