@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,11 +31,15 @@ from skinseg.runtime.errors import (
 from skinseg.runtime.tiling import parse_tile, plan_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
+# the variables skinseg's command line sets: a CLI test run in this process before may have set them here
+CLEAN = {k: v for k, v in os.environ.items() if k not in ("OPENCV_IO_MAX_IMAGE_PIXELS", "ORT_DISABLE_TELEMETRY")}
 
 
 def _environ_after(code: str) -> dict[str, str]:
     script = f"import json, os\n{code}\nprint(json.dumps(dict(os.environ)))"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT, env=CLEAN
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -60,7 +65,9 @@ def test_the_decoder_limit_is_an_explicit_call_before_opencv_loads():
         "late = set_decoder_limit(400_000_000)\n"
         "print(first, late, os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=CLEAN
+    )
     assert done.stdout.split() == ["True", "False", "300000000"], done.stderr
 
 
@@ -71,7 +78,9 @@ def test_the_command_line_sets_the_decoder_limit_as_it_starts():
         "try:\n    app(['config', '--help'])\nexcept SystemExit:\n    pass\n"
         "print('LIMIT', os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS'), os.environ.get('ORT_DISABLE_TELEMETRY'))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=CLEAN
+    )
     assert "LIMIT 250000000 1" in done.stdout, done.stdout + done.stderr
 
 
