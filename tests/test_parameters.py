@@ -165,3 +165,23 @@ def test_one_error_formatter_for_rows_and_quoted_errors():
     for module in ("runtime/batch.py", "runtime/segmenter.py", "runtime/cluster.py"):
         text = (ROOT / module).read_text(encoding="utf-8")
         assert ".split())" not in text and "def _one_line" not in text and "def _first_line" not in text, module
+
+
+def test_a_dask_task_names_parameters_as_the_command_that_sent_it(standin_model, tmp_path):
+    """A worker process has no CLI running: the task carries the sender's names, for its thread only."""
+    import cv2
+
+    from skinseg.runtime.batch import InferOptions
+    from skinseg.runtime.cluster import cluster_task
+    from skinseg.runtime.errors import current_parameter_names
+
+    src = tmp_path / "big.png"
+    cv2.imwrite(str(src), np.zeros((160, 200, 3), np.uint8))
+    options = InferOptions(threads=1, max_pixels=1000)
+    with parameter_names({"max_pixels": "--max-pixels"}):
+        sent = current_parameter_names()
+    row = cluster_task(str(standin_model), str(src), options, str(tmp_path / "out"), "big.png", None, sent)
+    assert "exceeds --max-pixels 0 MP; raise --max-pixels if" in row["error"], row
+    assert current_parameter_names() == {}  # nothing stays behind in this thread
+    row = cluster_task(str(standin_model), str(src), options, str(tmp_path / "out"), "big.png", None)
+    assert "exceeds max_pixels=0 MP" in row["error"], row
