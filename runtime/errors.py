@@ -5,7 +5,7 @@ the rule it broke and the fix. Only the CLI catches them: it prints the message 
 They live in ``runtime`` (the lowest layer) so the TensorFlow-free install has them too.
 
 The library speaks its own parameters: a message names a setting by its keyword parameter, marked with
-:func:`param` (``f"{param('overlap')} must be within [0, 0.5]"``). ``str(error)`` shows it as the parameter
+:func:`param` (``f"{param('overlap')} must be within [0, 0.9]"``). ``str(error)`` shows it as the parameter
 (``overlap must be within …``), and ``error.param`` is the one the error is about. Only the command line knows its
 flags: while it runs a command it installs them with :func:`parameter_names` (``overlap`` → ``--overlap``), so the
 same error, and a batch's per-image rows and report, read ``--overlap must be within …`` there.
@@ -29,8 +29,8 @@ __all__ = [
     "ResourceError",
     "SkinsegError",
     "UsageError",
-    "one_line",
     "current_parameter_names",
+    "one_line",
     "param",
     "parameter_names",
     "parameters",
