@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from skinseg.data.pairing import PairingReport, mask_key, pair_folders, read_stem_list
-from skinseg.runtime.errors import DataError
+from skinseg.runtime.errors import DataError, param, render
 from skinseg.runtime.evaluation import (
     EvaluationResult,
     ImageResult,
@@ -64,7 +64,10 @@ def unpaired_rows(report: PairingReport, wanted: set[str] | None) -> list[ImageR
         return rows
     rows = [r for r in rows if r.stem in wanted]
     found = {p.stem for p in report.pairs} | {r.stem for r in rows}
-    rows += [unpaired(s, f"{s}: listed in --stems but no image or mask has this stem") for s in sorted(wanted - found)]
+    rows += [
+        unpaired(s, render(f"{s}: listed in {param('stems')} but no image or mask has this stem"))
+        for s in sorted(wanted - found)
+    ]
     return rows
 
 
@@ -105,12 +108,14 @@ def evaluate_folders(
     for folder, what in ((images, "images"), (masks, "masks")):
         if not Path(folder).is_dir():  # before pairing, whose message speaks of a config's data paths
             raise DataError(f"{folder}: the {what} folder does not exist; check the path")
-    wanted = read_stem_list(stems, what="--stems") if stems is not None else None
+    wanted = read_stem_list(stems, what=param("stems")) if stems is not None else None
     report = _without_own_reports(pair_folders(images, masks), output)
     pairs = [p for p in report.pairs if wanted is None or p.stem in wanted]
     skipped = unpaired_rows(report, wanted)
     if not pairs and not skipped:
-        raise DataError(f"{images}: no images to evaluate (none paired with {masks}); check --images and --masks")
+        raise DataError(
+            f"{images}: no images to evaluate (none paired with {masks}); check {param('images')} and {param('masks')}"
+        )
     output = prepare_output(output)
     quality = getattr(segmenter, "quality", None)
     if review_below is None and quality is not None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skinseg.runtime.errors import DataError
+from skinseg.runtime.errors import DataError, param
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 MASK_SUFFIXES = ("_segmentation", "_lesion", "_mask")
@@ -109,7 +109,7 @@ def pair_many(folders: Iterable[tuple[Path, Path]], *, skip_bad: bool = False) -
         pairs += report.pairs
         problems += report.problems
     if problems and not skip_bad:
-        raise DataError(_problem_summary(problems, "pass --skip-bad to train without them"))
+        raise DataError(_problem_summary(problems, f"pass {param('skip_bad')} to train without them"))
     return pairs, problems
 
 
@@ -121,7 +121,7 @@ def _problem_summary(problems: Sequence[str], fix: str) -> str:
 
 def check_readable(pairs: Sequence[Pair], *, skip_bad: bool = False) -> tuple[list[Pair], list[str]]:
     """Read each image's and mask's header: unreadable files, or masks of another size, are problems."""
-    from skinseg.runtime.imageio import image_size  # header-only: fast on large photos
+    from skinseg.runtime.imageheaders import image_size  # header-only: fast on large photos
 
     good: list[Pair] = []
     problems: list[str] = []
@@ -137,7 +137,7 @@ def check_readable(pairs: Sequence[Pair], *, skip_bad: bool = False) -> tuple[li
             continue
         good.append(pair)
     if problems and not skip_bad:
-        raise DataError(_problem_summary(problems, "pass --skip-bad to train without them"))
+        raise DataError(_problem_summary(problems, f"pass {param('skip_bad')} to train without them"))
     return good, problems
 
 

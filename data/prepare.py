@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from skinseg.runtime.errors import DataError, UsageError
+from skinseg.runtime.errors import DataError, UsageError, param
 
 __all__ = [
     "DATA_SETS",
@@ -521,7 +521,10 @@ def prepare(
 
     data_set = DATA_SETS[name]
     if not 32 <= train_size <= 4096 or not 64 <= long_side <= 20000:
-        raise UsageError(f"--train-size must be 32–4096 px and --long-side 64–20000 px, got {train_size}, {long_side}")
+        raise UsageError(
+            f"{param('train_size')} must be 32–4096 px and {param('long_side')} 64–20000 px, got {train_size}, "
+            f"{long_side}"
+        )
     folder = Path(output) / name
     report = PrepareReport(name, folder, expected=data_set.pairs)
     scratch = Path(output)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from skinseg.data import artefacts
-from skinseg.runtime.errors import UsageError
+from skinseg.runtime.errors import UsageError, param
 from skinseg.runtime.imageio import write_bytes_atomic
 
 __all__ = ["JPEG_QUALITY", "MAX_SIZE", "MIN_SIZE", "parse_size", "synthesize", "write_dataset"]
@@ -153,9 +153,9 @@ def write_dataset(
     ``on_progress(done, count)`` is called after every pair. Returns the ``(image_path, mask_path)`` pairs.
     """
     if count < 1:
-        raise UsageError(f"invalid count {count}: --count must be at least 1")
+        raise UsageError(f"invalid count {count}: {param('count')} must be at least 1")
     if seed < 0:
-        raise UsageError(f"invalid seed {seed}: --seed must be a non-negative integer")
+        raise UsageError(f"invalid seed {seed}: {param('seed')} must be a non-negative integer")
     width, height = _check_size(size, f"{size[0]}x{size[1]}")
     image_dir, mask_dir = Path(out_dir) / "images", Path(out_dir) / "masks"
     image_dir.mkdir(parents=True, exist_ok=True)

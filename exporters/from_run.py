@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from skinseg.data.run_folder import BEST_MODEL, RunFolder, Split
-from skinseg.runtime.errors import UsageError
+from skinseg.runtime.errors import UsageError, param, render
 from skinseg.runtime.imageio import file_sha256
 from skinseg.runtime.metadata import ModelMetadata, Scale
 from skinseg.runtime.preprocess import describe as describe_color_constancy
@@ -166,9 +166,9 @@ def check_writable(path: Path) -> None:
     """UsageError now, before minutes of conversion, when ``path`` cannot be written."""
     folder = path.parent
     if path.suffix.lower() != ".onnx":
-        raise UsageError(f"--output {path}: the file name must end in .onnx")
+        raise UsageError(f"{param('output', path)}: the file name must end in .onnx")
     if path.is_dir():
-        raise UsageError(f"--output {path}: is a folder; give the .onnx file to write")
+        raise UsageError(f"{param('output', path)}: is a folder; give the .onnx file to write")
     try:
         import secrets
 
@@ -177,7 +177,9 @@ def check_writable(path: Path) -> None:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"--output {path}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+        raise UsageError(
+            f"{param('output', path)}: cannot write there ({e.strerror or e}); choose a writable folder"
+        ) from None
 
 
 def run_images(run_dir: Path | None, key: str) -> list[Path]:
@@ -189,7 +191,7 @@ def folder_images(folder: Path) -> list[Path]:
     from skinseg.data.pairing import list_images
 
     if not folder.is_dir():
-        raise UsageError(f"{folder}: --calibration must be a folder of images")
+        raise UsageError(f"{folder}: {param('calibration')} must be a folder of images")
     return list_images(folder)
 
 
@@ -248,14 +250,14 @@ def _check_variants(quantize: list[str], calibration: Path | None, run_dir: Path
     """UsageError for a variant that cannot be made; the int8 calibration images (none without int8)."""
     for kind in quantize:
         if kind not in ("int8", "fp16"):
-            raise UsageError(f"--quantize {kind}: choose int8 or fp16")
+            raise UsageError(f"{param('quantize', kind)}: choose int8 or fp16")
     if "int8" not in quantize:
         return []
     paths = folder_images(calibration) if calibration else run_images(run_dir, "train_files")
     if not paths:
         where = f"{calibration} holds no images" if calibration else "no training images of a run to calibrate on"
         raise UsageError(
-            f"int8 needs calibration images ({where}): pass --calibration DIR (a folder of typical images)"
+            f"int8 needs calibration images ({where}): pass {param('calibration', 'DIR')} (a folder of typical images)"
         )
     return paths
 
@@ -341,7 +343,9 @@ def _export(
         if kind == "int8":
             calib = load_tiles(calib_paths, meta.tile_size, calibration_count, meta.color_constancy)
             if not len(calib):
-                raise UsageError("int8 needs calibration images: none of them could be read; pass --calibration DIR")
+                raise UsageError(
+                    f"int8 needs calibration images: none of them could be read; pass {param('calibration', 'DIR')}"
+                )
             quantize_int8(report.path, made, list(calib))
         else:
             convert_fp16(report.path, made)
@@ -356,14 +360,16 @@ def _export(
             images=len(compare_on),
         )
         if variant.mean_iou < AGREEMENT_WARN:
-            variant.warning = (
+            variant.warning = render(
                 f"{path.name}: mean mask IoU against fp32 is {variant.mean_iou:.3f} (< {AGREEMENT_WARN}); "
-                "calibrate on more typical images (--calibration) or use fp32"
+                f"calibrate on more typical images ({param('calibration')}) or use fp32"
             )
             if strict:  # the fp32 model is good: it is kept, the variant is not
                 fp32 = staged.pop(0)
                 os.replace(*fp32)
-                raise UsageError(variant.warning + f" (--strict: the variant was not kept; the fp32 model is {output})")
+                raise UsageError(
+                    variant.warning + f" ({param('strict')}: the variant was not kept; the fp32 model is {output})"
+                )
         result.variants.append(variant)
     return result
 

@@ -7,15 +7,15 @@ first use), so ``from skinseg.runtime.errors import ...`` stays cheap for the CL
 
 from __future__ import annotations
 
-import os as _os
 from typing import TYPE_CHECKING
 
-from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, set_decoder_limit
+from skinseg.runtime.defaults import set_decoder_limit
 from skinseg.runtime.errors import ImageError, ModelError, SkinsegError, UsageError
 from skinseg.runtime.lazy import exports
 
 if TYPE_CHECKING:
-    from skinseg.runtime.imageio import image_size, read_image, read_mask, write_png_atomic
+    from skinseg.runtime.imageheaders import image_size
+    from skinseg.runtime.imageio import read_image, read_mask, write_png_atomic
     from skinseg.runtime.providers import resolve_providers
     from skinseg.runtime.segmenter import Result, Segmenter
     from skinseg.runtime.tiling import tiled_predict
@@ -25,7 +25,7 @@ _LAZY = {
     "Result": "skinseg.runtime.segmenter",
     "read_image": "skinseg.runtime.imageio",
     "read_mask": "skinseg.runtime.imageio",
-    "image_size": "skinseg.runtime.imageio",
+    "image_size": "skinseg.runtime.imageheaders",
     "write_png_atomic": "skinseg.runtime.imageio",
     "resolve_providers": "skinseg.runtime.providers",
     "tiled_predict": "skinseg.runtime.tiling",
@@ -42,15 +42,10 @@ __all__ = [
     "read_image",
     "read_mask",
     "resolve_providers",
+    "set_decoder_limit",
     "tiled_predict",
     "write_png_atomic",
 ]
 
-
-if DECODER_LIMIT_VARIABLE not in _os.environ:
-    set_decoder_limit()  # before anything imports cv2; `skinseg infer --max-pixels` raises it the same way
-# onnxruntime (1.2x+) otherwise writes a device id and an event database under ~/.cache/Microsoft at import, and
-# warns in colour when HOME is unwritable: a cron job writes nothing outside --output. Read once, at its import.
-_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __getattr__, __dir__ = exports(__name__, _LAZY, globals())

@@ -46,7 +46,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from skinseg.runtime.errors import ImageError, UsageError
+from skinseg.runtime.errors import ImageError, ParameterError, param
 from skinseg.runtime.imageio import image_size
 from skinseg.runtime.inputs import InputItem, Unreadable, discover, output_key
 from skinseg.runtime.model_cache import MODELS
@@ -226,7 +226,7 @@ def _batch(
     """The batch of :func:`iter_batch`: yields the rows, returns the summary."""
     emit = on_event or (lambda event: None)
     if not os.fspath(output).strip():  # before Path(): Path("") is the current folder
-        raise UsageError("--output is empty; give the folder the results go to")
+        raise ParameterError(f"{param('output')} is empty; give the folder the results go to")
     output = Path(output)
     options.check()  # a wrong option is said on a night with no new images too
     local_cluster = False

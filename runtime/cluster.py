@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from skinseg import install_hint
-from skinseg.runtime.errors import MissingExtraError, ModelError, UsageError
+from skinseg.runtime.errors import (
+    MissingExtraError,
+    ModelError,
+    ParameterError,
+    UsageError,
+    current_parameter_names,
+    one_line,
+    param,
+    parameter_names,
+)
 from skinseg.runtime.outputs import DASK_SCRATCH_NAME
 
 __all__ = [
@@ -46,7 +55,7 @@ __all__ = [
 ]
 
 CLUSTER_EXTRA_HINT = (
-    f"--scheduler needs Dask's distributed package: install the cluster extra, {install_hint('cluster')}"
+    f"{param('scheduler')} needs Dask's distributed package: install the cluster extra, {install_hint('cluster')}"
 )
 TASKS_PER_THREAD = 2  # images in flight per worker thread: enough to hide the scheduler's round trip
 CONNECT_TIMEOUT = "15s"
@@ -67,6 +76,11 @@ SCRATCH_NAME = DASK_SCRATCH_NAME  # a local cluster's scratch space, inside --ou
 _SCHEDULER_HINT = "give local:N, a scheduler file, or an address such as tcp://host:8786"
 
 
+def _given(scheduler: str) -> str:
+    """The setting ``scheduler=…`` as an error message names it."""
+    return param("scheduler", scheduler)
+
+
 def cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -84,15 +98,15 @@ def check_scheduler(scheduler: str, *, security: Any = None) -> str:
     run, or a scheduler file that is not a JSON object with an ``address``."""
     text = scheduler.strip()
     if not text:
-        raise UsageError(f"--scheduler is empty; {_SCHEDULER_HINT}")
+        raise ParameterError(f"{param('scheduler')} is empty; {_SCHEDULER_HINT}")
     if is_local(text):
         try:
             workers = int(text.split(":", 1)[1])
         except ValueError:
-            raise UsageError(f"--scheduler {scheduler}: local:N needs a number of workers, e.g. local:2") from None
+            raise UsageError(f"{_given(scheduler)}: local:N needs a number of workers, e.g. local:2") from None
         if not 1 <= workers <= cores():
             raise UsageError(
-                f"--scheduler {scheduler}: local:N takes 1 to {cores()} workers on this machine (one a core: each is "
+                f"{_given(scheduler)}: local:N takes 1 to {cores()} workers on this machine (one a core: each is "
                 "a process with its own copy of the model)"
             )
         return text
@@ -105,14 +119,17 @@ def _checked_address(scheduler: str, text: str, security: Any) -> str:
     scheme, rest = text.split("://", 1) if "://" in text else ("tcp", text)
     if scheme.lower() not in SCHEMES:
         raise UsageError(
-            f"--scheduler {scheduler}: {scheme}:// is not a transport skinseg connects over (tcp:// or tls://); "
+            f"{_given(scheduler)}: {scheme}:// is not a transport skinseg connects over (tcp:// or tls://); "
             f"{_SCHEDULER_HINT}"
         )
     match = _HOST_PORT.match(rest)
     if match is None or not 1 <= int(match.group(2)) <= 65535:
-        raise UsageError(f"--scheduler {scheduler}: not a scheduler address (host:port); {_SCHEDULER_HINT}")
+        raise UsageError(f"{_given(scheduler)}: not a scheduler address (host:port); {_SCHEDULER_HINT}")
     if scheme.lower() == "tls" and security is None:
-        raise UsageError(f"--scheduler {scheduler}: a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key")
+        raise UsageError(
+            f"{_given(scheduler)}: a tls:// scheduler needs {param('tls_ca_file')}, {param('tls_cert')} "
+            f"and {param('tls_key')}"
+        )
     return f"{scheme.lower()}://{rest}"
 
 
@@ -120,21 +137,19 @@ def _address_in_file(scheduler: str, text: str, security: Any) -> str:
     """The address a scheduler file (``dask scheduler --scheduler-file``) holds, checked."""
     path = Path(text)
     if not path.exists():
-        raise UsageError(f"--scheduler {scheduler}: no such scheduler file, and not an address; {_SCHEDULER_HINT}")
+        raise UsageError(f"{_given(scheduler)}: no such scheduler file, and not an address; {_SCHEDULER_HINT}")
     if not path.is_file():
-        raise UsageError(f"--scheduler {scheduler}: not a scheduler file (not a regular file); {_SCHEDULER_HINT}")
+        raise UsageError(f"{_given(scheduler)}: not a scheduler file (not a regular file); {_SCHEDULER_HINT}")
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(1 << 20))
     except (OSError, ValueError) as e:
         why = getattr(e, "strerror", None) or "not JSON"
-        raise UsageError(
-            f"--scheduler {scheduler}: cannot read the scheduler file ({why}); {_SCHEDULER_HINT}"
-        ) from None
+        raise UsageError(f"{_given(scheduler)}: cannot read the scheduler file ({why}); {_SCHEDULER_HINT}") from None
     address = data.get("address") if isinstance(data, dict) else None
     if not isinstance(address, str) or not address.strip():
         raise UsageError(
-            f'--scheduler {scheduler}: the scheduler file holds no address (a JSON object with an "address", as '
+            f'{_given(scheduler)}: the scheduler file holds no address (a JSON object with an "address", as '
             "`dask scheduler --scheduler-file` writes)"
         )
     return _checked_address(scheduler, address.strip(), security)
@@ -157,8 +172,8 @@ def connect(scheduler: str, *, security: Any = None, scratch: str | os.PathLike[
     except (OSError, TimeoutError, ValueError, TypeError) as e:
         _restore_logs(levels)
         raise UsageError(
-            f"--scheduler {scheduler}: no Dask scheduler answered ({type(e).__name__}: "
-            f"{' '.join(str(e).split())[:160]}); check the address or scheduler file, and that the scheduler runs"
+            f"{_given(scheduler)}: no Dask scheduler answered ({one_line(e, 200)}); check the address or "
+            "scheduler file, and that the scheduler runs"
         ) from None
     return DaskCluster(client, log_levels=levels)
 
@@ -231,19 +246,28 @@ def tls_security(ca_file: str | None, cert: str | None, key: str | None) -> Any:
     ``--tls-key``), or None when none is given. UsageError for a missing file."""
     if not (ca_file or cert or key):
         return None
-    for name, path in (("--tls-ca-file", ca_file), ("--tls-cert", cert), ("--tls-key", key)):
+    for name, path in (("tls_ca_file", ca_file), ("tls_cert", cert), ("tls_key", key)):
         if not path or not Path(path).is_file():
-            raise UsageError(f"{name} {path or ''}: file not found; TLS needs the CA file, a certificate and its key")
+            raise UsageError(
+                f"{param(name, path or '')}: file not found; TLS needs the CA file, a certificate and its key"
+            )
     return _distributed().Security(
         tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True
     )
 
 
 def cluster_task(
-    model_path: str, image_path: str, options: Any, output_root: str, rel_path: str, previous: dict | None
+    model_path: str,
+    image_path: str,
+    options: Any,
+    output_root: str,
+    rel_path: str,
+    previous: dict | None,
+    names: dict[str, str] | None = None,
 ) -> Any:
     """The task a worker runs: :func:`~skinseg.runtime.job.process_image` with onnxruntime's threads set from the
-    worker's own thread count (``OMP_NUM_THREADS`` means nothing to onnxruntime)."""
+    worker's own thread count (``OMP_NUM_THREADS`` means nothing to onnxruntime), its errors naming parameters as
+    ``names`` (the sender's :func:`~skinseg.runtime.errors.current_parameter_names`: the command line's flags)."""
     from skinseg.runtime.job import process_image
 
     if options.threads is None:
@@ -253,7 +277,8 @@ def cluster_task(
             options = replace(options, threads=get_worker().state.nthreads)
         except (ImportError, ValueError, AttributeError):
             pass
-    return process_image(model_path, image_path, options, output_root, rel_path, previous=previous)
+    with parameter_names(names or {}, this_thread=True):
+        return process_image(model_path, image_path, options, output_root, rel_path, previous=previous)
 
 
 def _worker_check(model_path: str, output: str) -> str:
@@ -323,8 +348,8 @@ class DaskCluster:
         for worker, problem in sorted(answers.items()):
             if problem:
                 raise UsageError(
-                    f"worker {worker} {problem}: every worker must see the model and --output at the same paths "
-                    "(mount the shared filesystem there; docs/cluster.md)"
+                    f"worker {worker} {problem}: every worker must see the model and {param('output')} at the same "
+                    "paths (mount the shared filesystem there; docs/cluster.md)"
                 )
 
     def runner(self, model_path: Path, output: Path, options: Any, previous: dict, events: queue.SimpleQueue):
@@ -393,6 +418,7 @@ class DaskRunner:
                 self.output,
                 rel,
                 previous,
+                current_parameter_names(),
                 pure=False,
                 key=f"skinseg-{index}-{os.urandom(4).hex()}",
             )
@@ -449,6 +475,6 @@ def _lost_row(item: Any, error: BaseException) -> Any:
             "worker has"
         )
     else:
-        why = f"{name}: {' '.join(str(error).split())[:200]}"
+        why = one_line(error, 200 + len(name) + 2)
     row.update(status="failed", error=why)
     return ImageRow.from_dict(row)

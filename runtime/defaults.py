@@ -11,6 +11,10 @@ DEFAULT_FILL_HOLES = True
 # Test-time flips cost 4× the model's work; a model's metadata may recommend them (see MODEL_CARD.md).
 DEFAULT_TTA = False
 
+# px: a larger tile is a typo (its Gaussian weights alone would take gigabytes); runtime.tiling.parse_tile
+# refuses it.
+MAX_TILE = 4096
+
 # Tiles per model call. On a 2-core CPU, batches of 2 or 4 tiles are no faster per tile than single tiles, and
 # batch 4 costs about 700 MB more memory with the 31 M-parameter seed model. On a GPU, raise it with --batch-size.
 DEFAULT_BATCH_SIZE = 1
@@ -21,18 +25,29 @@ COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")
 
 
 # OpenCV's decoders check the pixel count they find against OPENCV_IO_MAX_IMAGE_PIXELS before allocating, reading
-# the variable once, when the cv2 module loads. skinseg sets it to the largest image it will accept, so a file
-# whose header lies to skinseg's own check (a TIFF that libtiff reads another way) is refused by the decoder too.
+# the variable once, when the cv2 module loads. The command line sets it (set_decoder_limit) to the largest image it
+# will accept, so a file whose header lies to skinseg's own check (a TIFF that libtiff reads another way) is refused
+# by the decoder too. Importing skinseg changes no environment variable: an application that embeds it decides.
 DEFAULT_MAX_PIXELS = 250_000_000
 DECODER_LIMIT_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
 
 
-def set_decoder_limit(max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
-    """Set OpenCV's decoder pixel limit to ``max_pixels`` unless cv2 is already loaded (then False: too late)."""
+def set_decoder_limit(max_pixels: int = DEFAULT_MAX_PIXELS, *, keep_existing: bool = False) -> bool:
+    """Make OpenCV's decoders in this process refuse images of more than ``max_pixels`` (at least
+    :data:`DEFAULT_MAX_PIXELS`) before they allocate them: an explicit configuration call, which sets the
+    environment variable :data:`DECODER_LIMIT_VARIABLE` of this process (``import skinseg`` sets nothing).
+
+    OpenCV reads the variable once, when ``cv2`` is first imported, so call this before anything imports ``cv2``
+    (``skinseg.runtime.imageio``, ``Segmenter``, the batch): afterwards it changes nothing and returns False. True
+    when set. ``keep_existing``: leave a value the environment already has (the user's) and return False. The
+    command line calls it as it starts (and ``skinseg infer`` again with its ``--max-pixels``); skinseg's own
+    header check (``max_pixels`` of the readers) refuses large images either way, this is the decoder's second
+    line for a header that lies.
+    """
     import os
     import sys
 
-    if "cv2" in sys.modules:
+    if "cv2" in sys.modules or (keep_existing and DECODER_LIMIT_VARIABLE in os.environ):
         return False
     os.environ[DECODER_LIMIT_VARIABLE] = str(max(int(max_pixels), DEFAULT_MAX_PIXELS))
     return True

@@ -21,7 +21,7 @@ from typing import Any
 
 from skinseg import __version__
 from skinseg.runtime.defaults import DEFAULT_OVERLAY_SIZE
-from skinseg.runtime.errors import ImageError, ResourceError, SkinsegError
+from skinseg.runtime.errors import ImageError, ResourceError, one_line, param
 from skinseg.runtime.imageio import decode_image, file_fingerprint, image_size, load_image_file
 from skinseg.runtime.model_cache import MODELS
 from skinseg.runtime.options import InferOptions
@@ -42,13 +42,6 @@ __all__ = ["ImageJob", "estimate_memory", "failure_key", "image_cost", "no_work_
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 FAILED_FINGERPRINT_MAX_BYTES = 512 << 20  # a failed input larger than this is retried rather than hashed each run
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split())
-    if not isinstance(error, SkinsegError):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def estimate_memory(width: int, height: int, options: InferOptions, work: tuple[int, int] | None = None) -> int:
@@ -237,7 +230,7 @@ class ImageJob:
             if os.path.lexists(path) and not ours_before and not is_ours(path):
                 raise ImageError(
                     f"{path} exists and was not written by skinseg; refusing to overwrite it (move it away, or "
-                    "choose another --output than the input folder)"
+                    f"choose another {param('output')} than the input folder)"
                 )
 
     def run(self, *, on_tile: Callable[[int, int], None] | None = None) -> ImageRow:
@@ -289,13 +282,13 @@ class ImageJob:
             row.update(stats, status="ok")
             row["seconds"] = round(time.perf_counter() - start - waited, 4)
         except OSError as e:  # the output side: a full disk stops the batch, other write errors fail this image
-            row.update(status="failed", error=_one_line(e), fingerprint=None)
+            row.update(status="failed", error=one_line(e), fingerprint=None)
             if e.errno in DISK_FULL:
                 row.update(
                     error=f"the output disk is full ({e.strerror or e}); free space and run again", stop="disk full"
                 )
         except Exception as e:  # one bad file must never stop the batch: record the reason and go on
-            row.update(status="failed", error=_one_line(e))
+            row.update(status="failed", error=one_line(e))
             if not isinstance(e, ImageError) or isinstance(e, ResourceError):
                 row["fingerprint"] = None  # not the input's fault: retried next time
             else:  # the input's: not retried until it, or what the failure depended on, changes

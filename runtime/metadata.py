@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from skinseg.runtime.defaults import MAX_TILE
 from skinseg.runtime.errors import ModelError
 from skinseg.runtime.quality import QualityModel, parse_quality
 
@@ -23,7 +24,6 @@ MAX_LONG_SIDE = 100_000.0  # px; also rejects inf and nan
 MIN_SIDE = 32.0  # px: a working image smaller than this is no segmentation
 MIN_FACTOR = 0.01  # a 100× reduction already turns a 6600 px photo into 66 px
 MAX_FACTOR = 8.0
-MAX_TILE = 4096  # px: a larger tile is a typo (its Gaussian weights alone would take gigabytes)
 COLOR_ORDERS = ("rgb", "bgr")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from skinseg.runtime.defaults import default_memory_limit
-from skinseg.runtime.errors import ModelError, UsageError
+from skinseg.runtime.errors import ModelError, UsageError, param
 from skinseg.runtime.options import InferOptions, SegmentOptions
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "ModelCache", "default_model_path", "model_memory"]
@@ -30,8 +30,8 @@ def default_model_path() -> Path:
     if DEFAULT_MODEL.is_file():
         return DEFAULT_MODEL
     raise UsageError(
-        f"--model is required until a default model is installed (there is none at {DEFAULT_MODEL}); "
-        "pass --model path/to/model.onnx"
+        f"{param('model')} is required until a default model is installed (there is none at {DEFAULT_MODEL}); "
+        f"pass {param('model', 'path/to/model.onnx')}"
     )
 
 
@@ -169,7 +169,7 @@ _MALLINFO2: Any = None
 
 
 def _tile_of(backend: Any, options: InferOptions) -> tuple[int, int] | None:
-    from skinseg.runtime.segmenter import parse_tile
+    from skinseg.runtime.tiling import parse_tile
 
     if options.tile is not None:
         return parse_tile(options.tile)
@@ -224,20 +224,20 @@ def _check_model_memory(
         return
     tile = _tile_of(backend, options) or (0, 0)
     size = f"{tile[0]}×{tile[1]}"
-    what = f"--tile {options.tile}" if options.tile is not None else f"{model_path}: its tile size {size} (metadata)"
+    what = param("tile", options.tile) if options.tile is not None else f"{model_path}: its tile size {size} (metadata)"
     batch = _batch_of(backend, options)
     calls = f" in batches of {batch}" if batch > 1 else ""
-    fixes = "a smaller --tile" if backend.fixed_tile == (None, None) else "another model"
+    fixes = f"a smaller {param('tile')}" if backend.fixed_tile == (None, None) else "another model"
     if batch > 1:
-        fixes += " or --batch-size"
+        fixes += f" or {param('batch_size')}"
     limit = (
-        f"--memory-limit {_size(budget)}"
+        param("memory_limit", _size(budget))
         if options.memory_limit is not None
-        else f"the memory limit ({_size(budget)}, --memory-limit auto)"
+        else f"the memory limit ({_size(budget)}, {param('memory_limit', 'auto')})"
     )
     raise UsageError(
         f"{what}: segmenting {size} tiles{calls} needs about {_size(need)} of working memory, more than {limit}; "
-        f"use {fixes}, or raise --memory-limit"
+        f"use {fixes}, or raise {param('memory_limit')}"
     )
 
 

@@ -21,7 +21,7 @@ from skinseg.runtime.defaults import (
     DEFAULT_OVERLAY_OPACITY,
     DEFAULT_OVERLAY_SIZE,
 )
-from skinseg.runtime.errors import UsageError
+from skinseg.runtime.errors import ParameterError, param
 
 __all__ = ["InferOptions", "SegmentOptions"]
 
@@ -68,7 +68,8 @@ class SegmentOptions:
     def check(self) -> None:
         """UsageError for an option that makes no sense, before any work."""
         from skinseg.runtime.metadata import Scale
-        from skinseg.runtime.segmenter import check_options, parse_tile
+        from skinseg.runtime.segmenter import check_options
+        from skinseg.runtime.tiling import parse_tile
 
         check_options(threads=self.threads, overlap=self.overlap, batch_size=self.batch_size, threshold=self.threshold)
         if self.tile is not None:
@@ -77,7 +78,7 @@ class SegmentOptions:
             try:
                 Scale.parse(self.scale)
             except ValueError as e:
-                raise UsageError(f"--scale: {e}") from None
+                raise ParameterError(f"{param('scale')}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,15 @@ class InferOptions(SegmentOptions):
         """UsageError for an option that makes no sense, before any work."""
         super().check()
         if self.review_below is not None and not 0.0 <= self.review_below <= 1.0:
-            raise UsageError(f"--review-below must be a Jaccard within [0, 1], got {self.review_below!r}")
+            raise ParameterError(f"{param('review_below')} must be a Jaccard within [0, 1], got {self.review_below!r}")
         if self.max_in_flight < 1:
-            raise UsageError(f"--max-in-flight must be a positive integer, got {self.max_in_flight!r}")
+            raise ParameterError(f"{param('max_in_flight')} must be a positive integer, got {self.max_in_flight!r}")
         if not 0.0 <= self.overlay_opacity <= 1.0:
-            raise UsageError(f"--overlay-opacity must be within [0, 1], got {self.overlay_opacity!r}")
+            raise ParameterError(f"{param('overlay_opacity')} must be within [0, 1], got {self.overlay_opacity!r}")
         if len(self.overlay_color) != 3 or not all(0 <= int(c) <= 255 for c in self.overlay_color):
-            raise UsageError(f"--overlay-color must be three values from 0 to 255, got {self.overlay_color!r}")
+            raise ParameterError(
+                f"{param('overlay_color')} must be three values from 0 to 255, got {self.overlay_color!r}"
+            )
 
     def output_settings(self) -> dict[str, Any]:
         """The options that change an image's outputs (recorded in every output and in the settings stamp).

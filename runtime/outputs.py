@@ -34,7 +34,7 @@ import numpy as np
 from skinseg.runtime import atomic
 from skinseg.runtime import postprocess as pp
 from skinseg.runtime.defaults import DEFAULT_OVERLAY_COLOR, DEFAULT_OVERLAY_OPACITY
-from skinseg.runtime.errors import ImageError, SkinsegError, UsageError
+from skinseg.runtime.errors import ImageError, SkinsegError, UsageError, param
 from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint, write_bytes_atomic
 
 __all__ = [
@@ -103,8 +103,8 @@ def check_inside(root: Path, folder: Path, rel: PurePosixPath) -> None:
     real = folder.resolve()
     if real != root and root not in real.parents:
         raise ImageError(
-            f"{rel}: its output folder {folder} resolves to {real}, outside --output {root} (a symlink?); "
-            "refusing to write there — remove the link or choose another --output"
+            f"{rel}: its output folder {folder} resolves to {real}, outside {param('output', root)} (a symlink?); "
+            f"refusing to write there — remove the link or choose another {param('output')}"
         )
 
 
@@ -118,7 +118,9 @@ def output_paths(
     """
     rel = PurePosixPath(rel_path)
     if rel.is_absolute() or not rel.parts or ".." in rel.parts or rel.name in ("", "."):
-        raise ImageError(f"{rel_path}: output path must be relative without '..'; refusing to write outside --output")
+        raise ImageError(
+            f"{rel_path}: output path must be relative without '..'; refusing to write outside {param('output')}"
+        )
     root = Path(output_root).resolve()
     folder = root.joinpath(*rel.parent.parts)
     check_inside(root, folder, rel)
@@ -294,7 +296,7 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
     """Create the output folder and check it is writable; :class:`UsageError` (exit 2) otherwise."""
     path = Path(output)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"--output {path}: exists and is not a folder; choose a folder path")
+        raise UsageError(f"{param('output', path)}: exists and is not a folder; choose a folder path")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = new_probe(path)
@@ -302,7 +304,7 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
         probe.unlink()
     except OSError as e:
         raise UsageError(
-            f"--output {path}: the folder cannot be created or written ({e.strerror or e}); "
+            f"{param('output', path)}: the folder cannot be created or written ({e.strerror or e}); "
             "check its permissions or choose another folder"
         ) from None
     return path
@@ -342,7 +344,7 @@ def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: 
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
                 raise UsageError(
                     f"{Path(output)}: another skinseg infer{f' (pid {holder})' if holder else ''} is writing to this "
-                    "output folder; wait for it to finish, add --wait, or choose another --output"
+                    f"output folder; wait for it to finish, add {param('wait')}, or choose another {param('output')}"
                 ) from None
             if on_wait is not None:
                 on_wait()

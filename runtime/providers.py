@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from skinseg import DISTRIBUTION
-from skinseg.runtime.errors import MissingExtraError, UsageError
+from skinseg.runtime.errors import MissingExtraError, ParameterError, UsageError, param
 
 __all__ = [
     "DEVICES",
@@ -125,7 +125,7 @@ def resolve_providers(
     """
     name = str(device).strip().lower()
     if name not in DEVICES:
-        raise UsageError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+        raise ParameterError(f"{param('device', repr(device))} is not one of {', '.join(DEVICES)}")
     if available is None:
         available, installed = _available(), installed_runtimes() if installed is None else installed
     available = list(available)
@@ -140,8 +140,8 @@ def resolve_providers(
     chain = PROVIDER_CHAINS[name]
     if chain[0] not in available:
         raise UsageError(
-            f"--device {name} needs onnxruntime's {chain[0]}, which this installation lacks (it has "
-            f"{_short(available)}); {_INSTALL_HINT[chain[0]]}; or use --device auto{_clash(installed)}"
+            f"{param('device', name)} needs onnxruntime's {chain[0]}, which this installation lacks (it has "
+            f"{_short(available)}); {_INSTALL_HINT[chain[0]]}; or use {param('device', 'auto')}{_clash(installed)}"
         )
     return [p for p in chain if p in available]
 
@@ -190,6 +190,6 @@ def check_provider_used(
     else:
         why = f"check the device's driver and libraries ({_INSTALL_HINT.get(wanted, 'see the onnxruntime docs')})"
     raise UsageError(
-        f"--device {device}: onnxruntime could not start {wanted} and fell back to {_short(used)}: {why}; or use "
-        f"--device cpu{_clash(installed)}"
+        f"{param('device', device)}: onnxruntime could not start {wanted} and fell back to {_short(used)}: {why}; "
+        f"or use {param('device', 'cpu')}{_clash(installed)}"
     )

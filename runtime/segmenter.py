@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +37,9 @@ from skinseg.runtime.defaults import (
     DEFAULT_KEEP_LARGEST,
     DEFAULT_TTA,
 )
-from skinseg.runtime.errors import ImageError, ModelError, UsageError
+from skinseg.runtime.errors import ImageError, ModelError, ParameterError, UsageError, one_line, param, render
 from skinseg.runtime.imageio import decode_image, load_image_file
-from skinseg.runtime.metadata import MAX_TILE, METADATA_KEY, ModelMetadata, Scale, parse_metadata
+from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, Scale, parse_metadata
 from skinseg.runtime.options import SegmentOptions
 from skinseg.runtime.preprocess import apply_color_constancy
 from skinseg.runtime.providers import (
@@ -51,9 +51,9 @@ from skinseg.runtime.providers import (
     resolve_providers,
 )
 from skinseg.runtime.quality import GENERIC, needs_review, quality_features
-from skinseg.runtime.tiling import flip_tta, plan_tiles, tiled_predict
+from skinseg.runtime.tiling import flip_tta, parse_tile, plan_tiles, tiled_predict
 
-__all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options", "parse_tile"]
+__all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options"]
 
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 MAX_OVERLAP = 0.9  # beyond it the tiles multiply without limit (0.999: 1,000,000 tiles where 25% needs 2)
@@ -82,16 +82,6 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    """An error as one line of at most ``limit`` characters, cut at a word; running out of memory said plainly."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if any(s in text.lower() for s in ("failed to allocate", "bad_alloc", "out of memory", "cannot allocate")):
-        return "out of memory: use a smaller --tile or --batch-size, or free memory"
-    if len(text) <= limit:
-        return text
-    return text[: text.rfind(" ", 0, limit - 1) if " " in text[: limit - 1] else limit - 1] + " …"
-
-
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
@@ -99,21 +89,15 @@ def _static(dim: Any) -> int | None:
 def check_options(*, threads: int | None, overlap: float, batch_size: int, threshold: float | None) -> None:
     """The option rules every segmenter shares, with the CLI's option names in the messages."""
     if threads is not None and (int(threads) != threads or threads < 1):
-        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+        raise ParameterError(f"{param('threads')} must be a positive integer, got {threads!r}")
     if not 0.0 <= overlap <= MAX_OVERLAP:
-        raise UsageError(f"--overlap must be within [0, {MAX_OVERLAP:g}], got {overlap!r}; 0.25 is a good default")
+        raise ParameterError(
+            f"{param('overlap')} must be within [0, {MAX_OVERLAP:g}], got {overlap!r}; 0.25 is a good default",
+        )
     if int(batch_size) != batch_size or batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise ParameterError(f"{param('batch_size')} must be a positive integer, got {batch_size!r}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold must be within [0, 1], got {threshold!r}")
-
-
-def parse_tile(tile: int | Sequence[int]) -> tuple[int, int]:
-    """``(height, width)`` from one or two integers, each within 1..MAX_TILE."""
-    t = (int(tile), int(tile)) if isinstance(tile, (int, np.integer)) else tuple(int(v) for v in tile)
-    if len(t) != 2 or min(t) < 1 or max(t) > MAX_TILE:
-        raise UsageError(f"--tile must be one or two integers from 1 to {MAX_TILE} (height, width), got {tile!r}")
-    return t[0], t[1]
+        raise ParameterError(f"{param('threshold')} must be within [0, 1], got {threshold!r}")
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -179,7 +163,8 @@ class OnnxBackend:
                 self._session = ort.InferenceSession(source, sess_options=options, providers=self._requested)
             except Exception as e:  # onnxruntime raises its own exception types for every kind of bad file
                 raise ModelError(
-                    f"{name}: not a loadable ONNX model ({_first_line(e)}); check the file is complete or re-export it"
+                    f"{name}: not a loadable ONNX model ({one_line(e, typed=False)}); check the file is complete or "
+                    "re-export it"
                 ) from None
             check_provider_used(
                 device,
@@ -267,7 +252,7 @@ class OnnxBackend:
         except Exception as e:  # onnxruntime's own types; typically a tile size the network cannot take
             raise ModelError(
                 f"{self.model_path}: inference failed on a batch of {n} {batch.shape[1]}×{batch.shape[2]} tiles "
-                f"({_first_line(e)}); try a tile that is a multiple of 32"
+                f"({one_line(e, typed=False)}); try a tile that is a multiple of 32"
             ) from None
         y = np.asarray(y)[:n]
         if y.ndim == 4:
@@ -350,14 +335,15 @@ class Segmenter:
         if meta is None and (tile is None or scale is None):
             raise ModelError(
                 f"{name}: the model has no skinseg metadata, so its tile size and scale are unknown; "
-                "give both tile and scale (--tile 256 --scale 0.25), or export it with `skinseg export`"
+                f"give both tile and scale ({param('tile', 256)} {param('scale', 0.25)}), or export it with "
+                "`skinseg export`"
             )
         try:
             self.scale = (
                 meta.train_scale if scale is None else scale if isinstance(scale, Scale) else Scale.parse(scale)
             )
         except ValueError as e:
-            raise UsageError(f"--scale: {e}") from None
+            raise ParameterError(f"{param('scale')}: {e}") from None
         self.threshold = float(threshold if threshold is not None else meta.threshold if meta else 0.5)
         self.overlap = float(overlap)
         self.keep_largest = _choose(keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
@@ -371,7 +357,8 @@ class Segmenter:
             if want is not None and got != want:
                 raise ModelError(
                     f"{name}: the model's input {side} is fixed at {want} px but the tile is "
-                    f"{self.tile[0]}×{self.tile[1]}; use --tile {model.fixed_tile[0]} or re-export the model with "
+                    f"{self.tile[0]}×{self.tile[1]}; use {param('tile', model.fixed_tile[0])} or re-export the model "
+                    "with "
                     "dynamic height and width"
                 )
         self.batch_size = model.fixed_batch or int(batch_size)
@@ -387,8 +374,8 @@ class Segmenter:
             raise
         except Exception as e:  # the backend's own exception types
             raise UsageError(
-                f"{name}: the model cannot segment {self.tile[0]}×{self.tile[1]} tiles ({_first_line(e)}); "
-                "use the model's own tile size (leave --tile out)"
+                f"{name}: the model cannot segment {self.tile[0]}×{self.tile[1]} tiles ({one_line(e, typed=False)}); "
+                f"use the model's own tile size (leave {param('tile')} out)"
             ) from None
         if self.backend.fixed_tile != (None, None) or self.tile[0] != self.tile[1]:
             return
@@ -454,7 +441,7 @@ class Segmenter:
         trained = meta.train_scale.work_size(width, height, own_tile)
         finer = f"{ratio:.1f}× finer" if ratio > 1 else f"{1 / ratio:.1f}× coarser"
         text = (
-            f"--scale {self.scale} segments a {width}×{height} photo at {work[0]}×{work[1]} px, {finer} than "
+            f"{param('scale', self.scale)} segments a {width}×{height} photo at {work[0]}×{work[1]} px, {finer} than "
             f"{self.model_path.name} was trained at (scale {meta.train_scale}: {trained[0]}×{trained[1]} px)"
         )
         card = self.card()
@@ -466,12 +453,12 @@ class Segmenter:
             if figure.seconds_per_image and own.seconds_per_image:
                 slower = f" and each image took {figure.seconds_per_image / own.seconds_per_image:.0f}× as long"
             text += (
-                f": measured at --scale {figure.scale}, its mean Jaccard fell from {own.mean_jaccard:.3f} to "
+                f": measured at {param('scale', figure.scale)}, its mean Jaccard fell from {own.mean_jaccard:.3f} to "
                 f"{figure.mean_jaccard:.3f}{slower} ({card.scale_source or card.source})"
             )
         else:
             text += ": expect wrong masks (a model sees lesions at the scale it learnt them)"
-        return text + "; leave --scale out to use the model's own"
+        return render(text + f"; leave {param('scale')} out to use the model's own")
 
     def card(self) -> Any:
         """The :class:`~skinseg.runtime.card.ModelCard` of this model file, or None."""
@@ -575,7 +562,8 @@ class Segmenter:
         if work_area > limit or work_area > self.max_pixels:
             raise ImageError(
                 f"{size[0]}×{size[1]} px would be segmented at {work[0]}×{work[1]} px (scale {self.scale}), "
-                f"{work_area / area:.0f}× its own size; not a dermoscopy photo? Otherwise use a smaller --scale"
+                f"{work_area / area:.0f}× its own size; not a dermoscopy photo? Otherwise use a smaller "
+                f"{param('scale')}"
             )
 
     def _segment(

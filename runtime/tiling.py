@@ -13,13 +13,15 @@ Memory at the working scale is the image, one float32 sum map and one float32 we
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE
+from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE, MAX_TILE
+from skinseg.runtime.errors import ParameterError, param
 
 __all__ = [
     "GaussianWeights",
@@ -28,6 +30,7 @@ __all__ = [
     "TileSpec",
     "extract_tiles",
     "flip_tta",
+    "parse_tile",
     "plan_tiles",
     "tiled_predict",
 ]
@@ -53,10 +56,25 @@ class TileSpec:
         return self.h < self.th or self.w < self.tw
 
 
-def _pair(tile: int | Sequence[int], name: str = "tile") -> tuple[int, int]:
-    values = (tile, tile) if isinstance(tile, (int, np.integer)) else tuple(tile) if not isinstance(tile, str) else ()
-    if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
-        raise ValueError(f"{name} must be one or two positive integers (height, width), got {tile!r}")
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+
+
+def parse_tile(tile: int | Sequence[int], name: str = "tile") -> tuple[int, int]:
+    """A tile size as ``(height, width)``: from one whole number (a square tile) or two, each from 1 to
+    :data:`~skinseg.runtime.defaults.MAX_TILE`. The one tile parser: the segmenter, the batch and the tiling
+    functions all read a tile through it. :class:`~skinseg.runtime.errors.ParameterError` (a ``ValueError``)
+    naming the parameter ``name`` otherwise (a text, a fraction, one or three numbers, zero, a typo of 40000)."""
+    if _whole(tile):
+        values: tuple = (tile, tile)
+    elif isinstance(tile, Sequence) and not isinstance(tile, (str, bytes)) or isinstance(tile, np.ndarray):
+        values = tuple(tile)
+    else:
+        values = ()
+    if len(values) != 2 or not all(_whole(v) and 1 <= v <= MAX_TILE for v in values):
+        raise ParameterError(
+            f"{param(name)} must be one or two integers from 1 to {MAX_TILE} (height, width), got {tile!r}"
+        )
     return int(values[0]), int(values[1])
 
 
@@ -83,7 +101,7 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], overlap: floa
     the last row and column are moved flush with the border instead of running past it. Along a side shorter
     than the tile there is one tile, reflect-padded by :func:`extract_tiles`.
     """
-    th, tw = _pair(tile)
+    th, tw = parse_tile(tile)
     overlap = _check_overlap(overlap)
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}×{width}")
@@ -128,7 +146,7 @@ class GaussianWeights:
     min_weight: float = 1e-3
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tile", _pair(self.tile))
+        object.__setattr__(self, "tile", parse_tile(self.tile))
         if not self.sigma_fraction > 0:
             raise ValueError(f"sigma_fraction must be positive, got {self.sigma_fraction!r}")
         if not 0 < self.min_weight <= 1:
@@ -211,7 +229,7 @@ def tiled_predict(
         raise ValueError(f"expected an H×W or H×W×C image, got shape {image.shape}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    th, tw = _pair(tile)
+    th, tw = parse_tile(tile)
     height, width = image.shape[:2]
     specs = plan_tiles(height, width, (th, tw), overlap)
     if weights is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from skinseg import __version__, install_hint
-from skinseg.runtime.errors import MissingExtraError, SkinsegError
+from skinseg.runtime.errors import MissingExtraError, SkinsegError, parameter_names, render
 from skinseg.runtime.names import shown
 
 
@@ -121,22 +122,63 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 TRAIN_EXTRA_HINT = f"skinseg train needs TensorFlow: install the train extra, {install_hint('train')}"
 
 
+def option_flags() -> dict[str, str]:
+    """Each option's parameter name and its long flag (``overlap`` → ``--overlap``), read from the Typer commands'
+    own declarations (one name is one flag in every command). The library's errors name its parameters; while a
+    command runs they show these flags instead (:func:`cli_errors`)."""
+    typers = [app, *(group.typer_instance for group in app.registered_groups)]
+    return dict(_option_flags(tuple(len(t.registered_commands) for t in typers)))
+
+
+@functools.cache
+def _option_flags(_registered: tuple[int, ...]) -> dict[str, str]:  # again when a command was registered since
+    flags: dict[str, str] = {}
+
+    def add(command: Any) -> None:
+        for p in command.params:
+            longs = [o for o in p.opts if o.startswith("--")]
+            if p.param_type_name == "option" and p.name and longs:
+                flags.setdefault(p.name, longs[0])
+        for sub in getattr(command, "commands", {}).values():
+            add(sub)
+
+    add(typer.main.get_command(app))
+    return flags
+
+
+class _Flags(Mapping[str, str]):
+    """:func:`option_flags`, read only when a message names a parameter (reading the declarations takes 0.1 s)."""
+
+    def __getitem__(self, name: str) -> str:
+        return option_flags()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(option_flags())
+
+    def __len__(self) -> int:
+        return len(option_flags())
+
+
 def cli_errors(fn):
-    """Turn a SkinsegError into one red line and its exit code; never a traceback for a user's mistake."""
+    """Turn a SkinsegError into one red line and its exit code; never a traceback for a user's mistake. While the
+    command runs, the library's errors name its options by their flags (:func:`option_flags`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SkinsegError as e:
-            for message in getattr(e, "messages", None) or [e]:  # a config's problems, all at once: a line each
-                err.print(f"[red]error:[/red] {escape(shown(message))}", soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except OSError as e:  # a file the command writes or reads: the path and the reason, not a traceback
-            where = f"{shown(e.filename)}: " if e.filename else ""
-            reason = e.strerror or str(e)
-            err.print(f"[red]error:[/red] {escape(where + reason)}; check the path and its permissions", soft_wrap=True)
-            raise typer.Exit(2) from None
+        with parameter_names(_Flags()):
+            try:
+                return fn(*args, **kwargs)
+            except SkinsegError as e:
+                for message in getattr(e, "messages", None) or [e]:  # a config's problems, all at once: a line each
+                    err.print(f"[red]error:[/red] {escape(shown(render(str(message))))}", soft_wrap=True)
+                raise typer.Exit(e.exit_code) from None
+            except OSError as e:  # a file the command writes or reads: the path and the reason, not a traceback
+                where = f"{shown(e.filename)}: " if e.filename else ""
+                reason = e.strerror or str(e)
+                err.print(
+                    f"[red]error:[/red] {escape(where + reason)}; check the path and its permissions", soft_wrap=True
+                )
+                raise typer.Exit(2) from None
 
     return wrapper
 
@@ -184,6 +226,22 @@ def _root(
     ] = False,
 ) -> None:
     """skinseg: train, export, infer, evaluate."""
+    configure_process()
+
+
+def configure_process() -> None:
+    """What the command line sets in its own process as it starts, before any command loads OpenCV or
+    onnxruntime (the library sets nothing on import): OpenCV's decoder pixel limit to skinseg's ``--max-pixels``
+    default unless the environment has one (:func:`~skinseg.runtime.defaults.set_decoder_limit`; `skinseg infer`
+    raises it with its ``--max-pixels``), and onnxruntime's telemetry off: onnxruntime (1.2x+) otherwise writes a
+    device id and an event database under ~/.cache/Microsoft at import, and warns in colour when HOME is unwritable;
+    a cron job writes nothing outside --output. Both variables are read once, when their library loads."""
+    import os
+
+    from skinseg.runtime.defaults import set_decoder_limit
+
+    set_decoder_limit(keep_existing=True)
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 # ---------------------------------------------------------------------------------------------- shared options

@@ -80,7 +80,7 @@ def test_the_strategy_follows_tf_config_and_the_gpus():
     assert plan_strategy("auto", {}, gpus=lambda: 0).kind == "single"
     assert plan_strategy("auto", {}, gpus=lambda: 2).kind == "mirrored"
     assert plan_strategy("single", env).note  # TF_CONFIG set but ignored: said
-    with pytest.raises(UsageError, match="--local-workers"):
+    with pytest.raises(UsageError, match="local_workers=N"):
         plan_strategy("multiworker", {})
     with pytest.raises(UsageError, match="choose from"):
         plan_strategy("ring", {})

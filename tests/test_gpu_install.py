@@ -77,7 +77,7 @@ def test_cuda_that_does_not_start_names_the_cuda_this_onnxruntime_wants():
         )
     message = str(info.value)
     assert "could not start CUDAExecutionProvider and fell back to CPU" in message
-    assert "built for CUDA 13.0" in message and "nvidia-smi" in message and "--device cpu" in message
+    assert "built for CUDA 13.0" in message and "nvidia-smi" in message and "device=cpu" in message
     assert "\n" not in message and "overwrite" not in message  # one runtime installed: no clash note
     check_provider_used("auto", [CUDA, CPU], [CPU])  # auto runs where it can; the provider that ran is reported
 

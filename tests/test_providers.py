@@ -45,7 +45,7 @@ def test_explicit_devices():
 )
 def test_missing_provider_names_the_package(device, extra):
     with pytest.raises(
-        UsageError, match=rf"--device {device}.*pip uninstall -y onnxruntime .*'{re.escape(extra)}'"
+        UsageError, match=rf"device={device}.*pip uninstall -y onnxruntime .*'{re.escape(extra)}'"
     ) as info:
         resolve_providers(device, [CPU])
     assert "\n" not in str(info.value) and "has CPU" in str(info.value)

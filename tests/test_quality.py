@@ -396,7 +396,7 @@ def test_review_below_out_of_range_is_a_usage_error(tmp_path):
     from skinseg.runtime.errors import UsageError
     from skinseg.runtime.options import InferOptions
 
-    with pytest.raises(UsageError, match="--review-below must be a Jaccard within"):
+    with pytest.raises(UsageError, match="review_below must be a Jaccard within"):
         InferOptions(review_below=1.5).check()
 
 

@@ -108,13 +108,13 @@ def test_more_threads_than_cores_are_capped_with_a_note(model, tmp_path):
 
 
 def test_an_out_of_memory_message_is_kept_whole():
-    from skinseg.runtime.segmenter import _first_line
+    from skinseg.runtime.errors import one_line
 
     raw = "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer of size 98765"
-    said = _first_line(RuntimeError(raw + " " + "x" * 400 + "\nstack"))
-    assert said == "out of memory: use a smaller --tile or --batch-size, or free memory"
+    said = one_line(RuntimeError(raw + " " + "x" * 400 + "\nstack"))
+    assert said == "out of memory: use a smaller tile or batch_size, or free memory"
     long = " ".join(["word"] * 200)
-    assert _first_line(RuntimeError(long)).endswith("word …") and len(_first_line(RuntimeError(long))) <= 300
+    assert one_line(RuntimeError(long)).endswith("word …") and len(one_line(RuntimeError(long))) <= 300
 
 
 # ------------------------------------------------------------------------------------------ paths and names

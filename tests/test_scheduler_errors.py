@@ -60,7 +60,7 @@ def scheduler_file(tmp_path: Path, content: str) -> str:
         ("garbage:://??", "not a transport"),
         ("inproc://x", "inproc:// is not a transport"),
         ("ucx://127.0.0.1:1", "ucx:// is not a transport"),
-        ("tls://127.0.0.1:1", "needs --tls-ca-file"),
+        ("tls://127.0.0.1:1", "needs tls_ca_file"),
         ("tcp://no port here", "not a scheduler address"),
         ("tcp://host:99999", "not a scheduler address"),
         ("/dev/null", "not a scheduler file"),

@@ -112,7 +112,7 @@ def test_write_dataset_is_deterministic_and_matches_synthesize(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"count": 0}, "--count"), ({"seed": -1}, "--seed"), ({"size": (16, 64)}, "WxH")],
+    [({"count": 0}, "count must"), ({"seed": -1}, "seed must"), ({"size": (16, 64)}, "WxH")],
 )
 def test_write_dataset_rejects_bad_arguments(tmp_path: Path, kwargs: dict, fragment: str) -> None:
     arguments = {"count": 1, "size": (64, 64), "seed": 0} | kwargs

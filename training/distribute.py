@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skinseg.runtime.errors import SkinsegError, UsageError
+from skinseg.runtime.errors import SkinsegError, UsageError, param, render
 
 STRATEGIES = ("auto", "single", "mirrored", "multiworker")
 CPUS_ENV = "SKINSEG_WORKER_CPUS"  # set by launch_local_workers: the cores this worker is pinned to ("0,1")
@@ -157,16 +157,17 @@ def plan_strategy(name: str, environ: dict[str, str] | None = None, gpus: Callab
     """
     env = os.environ if environ is None else environ
     if name not in STRATEGIES:
-        raise UsageError(f"unknown --strategy '{name}'; choose from: {', '.join(STRATEGIES)}")
+        raise UsageError(f"unknown {param('strategy')} '{name}'; choose from: {', '.join(STRATEGIES)}")
     text = env.get("TF_CONFIG", "").strip()
     if name == "multiworker" or (name == "auto" and text):
         if not text:
             raise UsageError(
-                "--strategy multiworker needs TF_CONFIG in the environment (the cluster's workers and this one's "
-                "index, see docs/distributed_training.md); on one machine use --local-workers N instead"
+                f"{param('strategy', 'multiworker')} needs TF_CONFIG in the environment (the cluster's workers and "
+                f"this one's index, see docs/distributed_training.md); on one machine use "
+                f"{param('local_workers', 'N')} instead"
             )
         return Plan("multiworker", parse_tf_config(text))
-    note = f"TF_CONFIG is set but --strategy {name} trains in this process alone" if text else ""
+    note = render(f"TF_CONFIG is set but {param('strategy', name)} trains in this process alone") if text else ""
     if name == "mirrored" or (name == "auto" and gpus is not None and gpus() > 1):
         return Plan("mirrored", note=note)
     return Plan("single", note=note)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from skinseg.data.run_folder import CONFIG_RESOLVED, RunFolder
-from skinseg.runtime.errors import ModelError
+from skinseg.runtime.errors import ModelError, param
 from skinseg.runtime.metadata import ModelMetadata
 from skinseg.runtime.segmenter import Segmenter
 
@@ -73,7 +73,8 @@ def KerasSegmenter(model_path: str | os.PathLike[str], *, threads: int | None = 
     if backend.metadata is None and (options.get("tile") is None or options.get("scale") is None):
         raise ModelError(
             f"{model_path}: the model takes any input size and has no {CONFIG_RESOLVED} next to it, so its tile size "
-            "and scale are unknown; give both --tile and --scale (e.g. --tile 256 --scale tile)"
+            f"and scale are unknown; give both {param('tile')} and {param('scale')} (e.g. {param('tile', 256)} "
+            f"{param('scale', 'tile')})"
         )
     return Segmenter(backend, threads=threads, **options)
 
@@ -93,5 +94,5 @@ def open_segmenter(model_path: str | os.PathLike[str], **options: Any) -> Segmen
         options.pop("device", None)
         return KerasSegmenter(path, **options)
     if suffix != ".onnx":
-        raise UsageError(f"--model {path}: expected an .onnx or .keras file (got {suffix or 'no'} suffix)")
+        raise UsageError(f"{param('model', path)}: expected an .onnx or .keras file (got {suffix or 'no'} suffix)")
     return Segmenter(path, **options)

@@ -22,7 +22,7 @@ from skinseg import __version__
 from skinseg.data.config import Config, render_config
 from skinseg.data.run_folder import LAST_MODEL, RunFolder, Split
 from skinseg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
-from skinseg.runtime.errors import UsageError
+from skinseg.runtime.errors import UsageError, param
 from skinseg.training.recipe import DataSplits, augment_params, find_splits, sample_spec
 
 Event = dict[str, Any]
@@ -50,13 +50,16 @@ def check_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
     """Refuse, before any work, a run directory that would be overwritten without ``force`` or cannot be resumed."""
     if resume:
         if not RunFolder(run_dir).last_model.is_file():
-            raise UsageError(f"{run_dir}: nothing to resume ({LAST_MODEL} not found); start a new run without --resume")
+            raise UsageError(
+                f"{run_dir}: nothing to resume ({LAST_MODEL} not found); start a new run without {param('resume')}"
+            )
         return
     if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: exists and is not a folder; choose another --output")
+        raise UsageError(f"{run_dir}: exists and is not a folder; choose another {param('output')}")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
         raise UsageError(
-            f"{run_dir}: a run already exists there; choose another --output, --resume it, or pass --force"
+            f"{run_dir}: a run already exists there; choose another {param('output')}, {param('resume')} it, or pass "
+            f"{param('force')}"
         )
 
 
@@ -71,7 +74,7 @@ def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(
-            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another --output"
+            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another {param('output')}"
         ) from None
 
 
@@ -408,7 +411,7 @@ def train(
         raise distribute.WorkerLostError(
             f"worker {rank} of {dist.workers}: lost contact with another worker "
             f"({distribute.peer_failure_reason(e)}) in epoch {tracker.epoch + 1}; the run stopped on every "
-            f"worker; {saved}: start every worker again" + (" with --resume" if tracker.epoch else "")
+            f"worker; {saved}: start every worker again" + (f" with {param('resume')}" if tracker.epoch else "")
         ) from None
     if tracker.best_weights is not None:
         model.set_weights(tracker.best_weights)  # restore the best epoch (EarlyStopping semantics)
@@ -443,8 +446,8 @@ def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resum
             check_run_dir(run_dir, force=force, resume=resume)
         elif resume and not RunFolder(run_dir).last_model.is_file():
             raise UsageError(
-                f"{RunFolder(run_dir).last_model}: worker {dist.rank} cannot read the chief's checkpoint; --resume "
-                "needs the run directory on a filesystem every worker reads"
+                f"{RunFolder(run_dir).last_model}: worker {dist.rank} cannot read the chief's checkpoint; "
+                f"{param('resume')} needs the run directory on a filesystem every worker reads"
             )
         splits = find_splits(cfg, skip_bad=skip_bad)
     except SkinsegError as e:
