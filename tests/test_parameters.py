@@ -130,7 +130,8 @@ def test_every_parameter_the_library_names_is_an_option_of_the_command_line():
 def test_a_row_of_a_library_batch_names_the_parameter(standin_model, tmp_path):
     import cv2
 
-    from skinseg.runtime.batch import InferOptions, process_image
+    from skinseg.runtime.job import process_image
+    from skinseg.runtime.options import InferOptions
 
     src = tmp_path / "big.png"
     cv2.imwrite(str(src), np.zeros((160, 200, 3), np.uint8))
@@ -171,7 +172,7 @@ def test_a_dask_task_names_parameters_as_the_command_that_sent_it(standin_model,
     """A worker process has no CLI running: the task carries the sender's names, for its thread only."""
     import cv2
 
-    from skinseg.runtime.batch import InferOptions
+    from skinseg.runtime.options import InferOptions
     from skinseg.runtime.cluster import cluster_task
     from skinseg.runtime.errors import current_parameter_names
 
