@@ -172,9 +172,9 @@ def test_a_dask_task_names_parameters_as_the_command_that_sent_it(standin_model,
     """A worker process has no CLI running: the task carries the sender's names, for its thread only."""
     import cv2
 
-    from skinseg.runtime.options import InferOptions
     from skinseg.runtime.cluster import cluster_task
     from skinseg.runtime.errors import current_parameter_names
+    from skinseg.runtime.options import InferOptions
 
     src = tmp_path / "big.png"
     cv2.imwrite(str(src), np.zeros((160, 200, 3), np.uint8))
