@@ -31,8 +31,7 @@ from skinseg.runtime import imageio as runtime_imageio
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.errors import SkinsegError
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import write_png
-from tests.test_infer_cli import outputs, smooth_image
+from tests.support import outputs, smooth_image, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}

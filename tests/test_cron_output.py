@@ -10,7 +10,7 @@ import re
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 runner = CliRunner()
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")

@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from skinseg.cli import app
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.gallery import flags
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 runner = CliRunner()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -23,47 +22,7 @@ from skinseg.runtime.imageio import (
     write_jpeg_atomic,
     write_png_atomic,
 )
-
-# Orientation n as numpy: the decoded image is what the EXIF tag says to display.
-ORIENT = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-    8: lambda a: np.rot90(a, 1),
-}
-
-
-def quadrants(h: int = 32, w: int = 48) -> np.ndarray:
-    """An RGB image with four flat, distinct quadrants (survives JPEG; any flip or turn is visible)."""
-    img = np.empty((h, w, 3), np.uint8)
-    img[: h // 2, : w // 2] = (220, 30, 30)
-    img[: h // 2, w // 2 :] = (30, 220, 30)
-    img[h // 2 :, : w // 2] = (30, 30, 220)
-    img[h // 2 :, w // 2 :] = (220, 220, 30)
-    return img
-
-
-def exif_block(orientation: int, endian: str = "MM") -> bytes:
-    e = ">" if endian == "MM" else "<"
-    ifd = struct.pack(e + "H", 1) + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(e + "I", 0)
-    return endian.encode() + struct.pack(e + "HI", 42, 8) + ifd
-
-
-def jpeg_bytes(rgb: np.ndarray, orientation: int | None = None, endian: str = "MM") -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    data = buf.tobytes()
-    if orientation is None:
-        return data
-    payload = b"Exif\x00\x00" + exif_block(orientation, endian)
-    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+from tests.support import ORIENT, exif_block, jpeg_bytes, png_chunk, quadrants
 
 
 def write(path: Path, data: bytes) -> Path:

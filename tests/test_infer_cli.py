@@ -14,24 +14,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
 from skinseg.runtime.batch import output_lock
-from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
-from tests.test_batch import lesion_image, png_bit_depth, read_rows, write_png
-from tests.test_imageio import jpeg_bytes
+from tests.onnx_standins import metadata_json, odd_input_model, save
+from tests.support import jpeg_bytes, lesion_image, outputs, png_bit_depth, read_rows, smooth_image, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
 
 
 def infer(*args: object):
@@ -195,23 +188,8 @@ def test_bars_on_a_terminal():
 # --------------------------------------------------------------------------------------------------- kill and rerun
 
 
-def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    cy, cx = h * (0.3 + 0.04 * seed), w * 0.5
-    red = 60 + 180 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.2 * h) ** 2))
-    return np.dstack([red, np.full_like(red, 80), 200 - 0.5 * red]).astype(np.uint8)
-
-
 def cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "skinseg", "infer", *map(str, args)]
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name.endswith(("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json"))
-    }
 
 
 def test_killed_run_resumes_to_identical_outputs(model, tmp_path):

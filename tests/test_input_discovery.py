@@ -10,7 +10,7 @@ import sys
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.inputs import discover
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 

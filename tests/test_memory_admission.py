@@ -15,7 +15,7 @@ from skinseg.runtime.batch import InferOptions, estimate_memory, run_batch
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 
@@ -73,11 +73,10 @@ def test_the_model_memory_leaves_less_room_for_images(standin_model, tmp_path, m
     one = estimate_memory(120, 90, OPTS, work=(120, 90))
     limit = 20 * one
     monkeypatch.setattr(batch, "model_memory", lambda backend, options: limit - one)  # room for one image
-    peak = images_in_flight
     monkeypatch.setattr(batch, "_SEGMENTERS", {})  # measured afresh, and forgotten after this test
     summary = run_batch([src], standin_model, tmp_path / "out", InferOptions(threads=1, memory_limit=limit,
                                                                               max_in_flight=3))  # fmt: skip
-    assert summary.ok == 6 and peak[0] == 1
+    assert summary.ok == 6 and images_in_flight.peak == 1
 
 
 def test_max_in_flight_is_capped_and_threads_start_as_needed(standin_model, tmp_path):

@@ -9,7 +9,7 @@ import hashlib
 from skinseg import __version__
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.outputs import read_record, with_record
-from tests.test_batch import lesion_image, read_rows, write_png
+from tests.support import lesion_image, read_rows, write_png
 
 
 def test_rows_and_mask_records_name_the_model_and_the_version(tmp_path, standin_model):

@@ -31,40 +31,14 @@ from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
-from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_imageio import ORIENT, jpeg_bytes
+from tests.support import ORIENT, block_image, jpeg_bytes, png_bytes, png_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
-
-
 def infer(*args: object):
     return runner.invoke(app, ["infer", *map(str, args), "--threads", "1", "--quiet"])
-
-
-def block_image(h: int = 48, w: int = 64) -> np.ndarray:
-    """Skin with a red block in the top-left corner: the identity model's mask is the block, so any wrong flip or
-    turn of the image shows in the mask."""
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = (60, 90, 80)
-    img[: h * 2 // 5, : w * 2 // 5] = (230, 60, 50)
-    return img
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG of an RGB(A) array or a 2-D gray one (any dtype OpenCV writes)."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    return cv2.imencode(".png", array)[1].tobytes()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:

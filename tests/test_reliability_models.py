@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from skinseg.cli import app
 from tests.onnx_standins import _finish, identity_model, metadata_json, odd_input_model, save
-from tests.test_reliability_images import block_image, png_bytes
+from tests.support import block_image, png_bytes
 
 runner = CliRunner()
 

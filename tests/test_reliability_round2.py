@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,37 +27,7 @@ from skinseg.runtime.errors import ImageError, UsageError
 from skinseg.runtime.imageio import image_size, load_image_file, read_image, read_mask
 from skinseg.runtime.outputs import LOCK_NAME, is_ours, output_lock
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
-from tests.test_imageio import jpeg_bytes, quadrants
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def tiff_bytes(width_tags: list[int], height: int, pixels: bytes, bits: int = 8, samples: int = 1) -> bytes:
-    """A little-endian, uncompressed, one-strip TIFF whose first directory holds ``width_tags`` ImageWidth tags."""
-    entries = [(256, 4, 1, w) for w in width_tags] + [
-        (257, 4, 1, height),
-        (258, 3, 1, bits),
-        (259, 3, 1, 1),
-        (262, 3, 1, 1),
-        (273, 4, 1, 0),  # strip offset, patched below
-        (277, 3, 1, samples),
-        (278, 4, 1, height),
-        (279, 4, 1, len(pixels)),
-    ]
-    ifd_size = 2 + 12 * len(entries) + 4
-    data_offset = 8 + ifd_size
-    out = b"II" + struct.pack("<HI", 42, 8) + struct.pack("<H", len(entries))
-    for tag, typ, count, value in entries:
-        value = data_offset if tag == 273 else value
-        packed = struct.pack("<HHI", tag, typ, count) + (
-            struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
-        )
-        out += packed
-    return out + struct.pack("<I", 0) + pixels
-
+from tests.support import ROOT, jpeg_bytes, lesion_image, png_chunk, quadrants, rows_of, run_cli, tiff_bytes, write_png
 
 # ------------------------------------------------------------------------------------------ 2. stalled reads
 
@@ -187,32 +155,8 @@ def test_12_bit_data_in_a_16_bit_tiff_uses_its_real_range(tmp_path):
 # ================================================================================== batch and command line
 # The stand-in model's mask is the red channel > 127; lesion_image has a red block.
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTS = InferOptions(threads=1)
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
-
-
-def rows_of(out: Path) -> dict[str, dict[str, str]]:
-    from skinseg.runtime.report import read_results
-
-    return read_results(out / "results.csv")
-
-
-def cli(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
-    """`python -m skinseg ARGS` in a subprocess from the repository root (``kwargs``: e.g. ``env``)."""
-    return subprocess.run(
-        [sys.executable, "-m", "skinseg", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 # ------------------------------------------------------------------------------------------ 1. non-UTF-8 names
@@ -277,7 +221,7 @@ def test_2_a_fifo_swapped_in_mid_run_fails_one_image_and_sigterm_ends_the_run(mo
     os.unlink(src / "i3.png")
     os.mkfifo(src / "i3.png")  # a reader that opens it blocking would hang forever
     out = tmp_path / "out"
-    done = cli("infer", src, "--model", model, "--output", out, "--quiet", "--threads", "1")
+    done = run_cli("infer", src, "--model", model, "--output", out, "--quiet", "--threads", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert rows_of(out)["i3.png"]["status"] == "failed" and "not a regular file" in rows_of(out)["i3.png"]["error"]
 
@@ -288,12 +232,14 @@ def test_2_sigterm_ends_a_run_within_seconds_even_with_a_stuck_worker(model, tmp
     for i in range(4):
         write_png(src / f"i{i}.png", lesion_image(seed=i))
     out = tmp_path / "out"
+    stuck = tmp_path / "stuck"  # made by the worker as it blocks
     code = (
         "import time, sys\n"
         "import skinseg.runtime.batch as b\n"
         "real = b.process_image\n"
         "def stuck(*a, **k):\n"
         "    if str(a[1]).endswith('i1.png'):\n"
+        f"        open({str(stuck)!r}, 'w').close()\n"
         "        time.sleep(3600)\n"
         "    return real(*a, **k)\n"
         "b.process_image = stuck\n"
@@ -304,9 +250,9 @@ def test_2_sigterm_ends_a_run_within_seconds_even_with_a_stuck_worker(model, tmp
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not (out / "i0_mask.png").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    while not ((out / "i0_mask.png").exists() and stuck.exists()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None and stuck.exists(), "the run should be under way with a worker stuck"
     proc.send_signal(signal.SIGTERM)
     start = time.monotonic()
     stdout, stderr = proc.communicate(timeout=60)
@@ -345,13 +291,12 @@ def test_5_images_in_flight_are_bounded_by_the_memory_limit(model, tmp_path, ima
     src = tmp_path / "src"
     for i in range(6):
         write_png(src / f"i{i}.png", lesion_image(seed=i))
-    peak = images_in_flight
     one = estimate_memory(120, 90, OPTS)
     run_batch([src], model, tmp_path / "o1", InferOptions(threads=1, memory_limit=one, max_in_flight=4))
-    assert peak[0] == 1
-    peak[0] = 0
+    assert images_in_flight.peak == 1
+    images_in_flight.reset(crowd=3)  # each image waits for three to be in flight: no race with their finishing
     run_batch([src], model, tmp_path / "o2", InferOptions(threads=1, memory_limit=10 * one, max_in_flight=3))
-    assert peak[0] == 3
+    assert images_in_flight.peak == 3
     assert estimate_memory(15000, 16000, OPTS) > 4 * 240_000_000  # a 240 MP photo counts for what it needs
 
 

@@ -16,16 +16,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.errors import ModelError, UsageError
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import IR_VERSION, OPSET, identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
+from tests.support import ROOT, lesion_image, rows_of, run_cli, write_png
 
-# The stand-in model, the options and the helpers of the numbered findings' tests.
-from tests.test_reliability_round2 import OPTS, ROOT, cli, model, rows_of, runner  # noqa: E402, F401
+OPTS = InferOptions(threads=1)
+runner = CliRunner()
 
 
 def invoke(*args: object):
@@ -101,7 +102,7 @@ def test_options_that_make_no_sense_are_refused_before_any_work(model, tmp_path,
 
 def test_more_threads_than_cores_are_capped_with_a_note(model, tmp_path):
     write_png(tmp_path / "src" / "a.png", lesion_image())
-    result = cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--threads", "1000")
+    result = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--threads", "1000")
     assert result.returncode == 0, result.stderr
     assert f"--threads 1000 is more than this machine's {os.cpu_count()} cores" in result.stderr
 
@@ -121,7 +122,7 @@ def test_an_out_of_memory_message_is_kept_whole():
 
 def test_an_empty_output_is_refused_not_the_current_folder(model, tmp_path):
     write_png(tmp_path / "src" / "a.png", lesion_image())
-    result = cli("infer", tmp_path / "src", "--model", model, "--output", "")
+    result = run_cli("infer", tmp_path / "src", "--model", model, "--output", "")
     assert result.returncode == 2 and "is empty" in result.stderr
     assert not (ROOT / "a_mask.png").exists() and not (ROOT / "results.csv").exists()
 
@@ -139,7 +140,7 @@ def test_a_newline_in_a_file_name_cannot_forge_a_log_line(model, tmp_path):
     name = "a.png\n2026-01-01T00:00:00 ok  forged.png"
     src = tmp_path / "src"
     write_png(src / (name + ".png"), lesion_image())
-    result = cli("infer", src, "--model", model, "--output", tmp_path / "out")
+    result = run_cli("infer", src, "--model", model, "--output", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines() + result.stderr.splitlines()
     assert not any(line.startswith("2026-01-01") for line in lines)
@@ -184,12 +185,12 @@ def test_nothing_is_written_outside_the_output_and_onnxruntime_stays_quiet(model
     home.mkdir()
     write_png(tmp_path / "src" / "a.png", lesion_image())
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    result = cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--quiet", env=env)
+    result = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     assert list(home.rglob("*")) == []
     home.chmod(0o500)  # an unwritable HOME: no warning from onnxruntime either
     try:
-        again = cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "o2", "--quiet", env=env)
+        again = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "o2", "--quiet", env=env)
     finally:
         home.chmod(0o700)
     assert again.returncode == 0 and again.stderr == ""  # the plain lines (stdout) only, no onnxruntime warning
@@ -265,11 +266,11 @@ def test_evaluate_output_inside_the_images_folder_is_not_read_back(model, tmp_pa
 
 def test_an_empty_folder_is_exit_0_with_one_line_and_a_missing_one_exit_2(model, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = cli("infer", tmp_path / "empty", "--model", model, "--output", tmp_path / "out")
+    result = run_cli("infer", tmp_path / "empty", "--model", model, "--output", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "no images in" in result.stdout + result.stderr
     assert len((result.stdout + result.stderr).strip().splitlines()) == 1
-    missing = cli("infer", tmp_path / "nowhere", "--model", model, "--output", tmp_path / "out")
+    missing = run_cli("infer", tmp_path / "nowhere", "--model", model, "--output", tmp_path / "out")
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
 
 
@@ -278,26 +279,26 @@ def test_a_failed_image_that_has_not_changed_is_not_retried_until_asked(model, t
     write_png(src / "good.png", lesion_image())
     (src / "bad.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert cli("infer", src, "--model", model, "--output", out).returncode == 1
-    again = cli("infer", src, "--model", model, "--output", out)
+    assert run_cli("infer", src, "--model", model, "--output", out).returncode == 1
+    again = run_cli("infer", src, "--model", model, "--output", out)
     assert again.returncode == 0, again.stdout + again.stderr  # cron does not mail the same failure every night
     assert "failed before" in again.stdout + again.stderr
     assert rows_of(out)["bad.png"]["status"] == "failed"
-    forced = cli("infer", src, "--model", model, "--output", out, "--retry-failed")
+    forced = run_cli("infer", src, "--model", model, "--output", out, "--retry-failed")
     assert forced.returncode == 1
     write_png(src / "bad.png", lesion_image(seed=3))  # fixed: retried without being asked
-    fixed = cli("infer", src, "--model", model, "--output", out)
+    fixed = run_cli("infer", src, "--model", model, "--output", out)
     assert fixed.returncode == 0 and rows_of(out)["bad.png"]["status"] == "ok"
 
 
 def test_log_lines_carry_timestamps_and_counts_read_right(model, tmp_path):
     write_png(tmp_path / "src" / "a.png", lesion_image())
-    first = cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out")
+    first = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out")
     text = first.stdout + first.stderr
     assert "1 image " in text and "1 images" not in text
     lines = [line for line in text.splitlines() if line.strip()]
     assert all(line[:4].isdigit() and line[10] == "T" for line in lines), lines
-    again = cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--log-format", "json")
+    again = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--log-format", "json")
     events = [json.loads(line) for line in again.stdout.splitlines() if line.strip()]
     assert events and all("T" in e["time"] for e in events)
     assert "MP/s" not in again.stdout + again.stderr  # nothing was processed: no speed to report

@@ -11,7 +11,7 @@ from pathlib import Path
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.outputs import read_record
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 HIGH = InferOptions(threads=1, threshold=0.95)  # above the lesion's red (230/255): empty masks

@@ -17,7 +17,7 @@ import skinseg.runtime.imageio as imageio
 from skinseg.runtime.batch import InferOptions, run_batch
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 

@@ -19,7 +19,7 @@ from skinseg.runtime.batch import InferOptions, estimate_memory, run_batch
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.outputs import output_lock
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 

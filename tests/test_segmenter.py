@@ -16,7 +16,7 @@ from skinseg.runtime.metadata import Scale
 from skinseg.runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
-from tests.test_imageio import jpeg_bytes
+from tests.support import jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = {"keep_largest": False, "fill_holes": False, "threads": 1}

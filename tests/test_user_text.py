@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 
 def infer(*args: object) -> subprocess.CompletedProcess:
