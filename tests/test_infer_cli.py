@@ -1,15 +1,10 @@
-"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths, and a run killed mid-way."""
+"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -21,7 +16,7 @@ from skinseg.cli import app
 from skinseg.progress import InferProgress
 from skinseg.runtime.batch import output_lock
 from tests.onnx_standins import metadata_json, odd_input_model, save
-from tests.support import jpeg_bytes, lesion_image, outputs, png_bit_depth, read_rows, smooth_image, write_png
+from tests.support import jpeg_bytes, lesion_image, read_rows, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -185,43 +180,7 @@ def test_bars_on_a_terminal():
     assert "a.png: broken" in buf.getvalue() and "tiles" in buf.getvalue()
 
 
-# --------------------------------------------------------------------------------------------------- kill and rerun
-
-
-def cli(*args: object) -> list[str]:
-    return [sys.executable, "-m", "skinseg", "infer", *map(str, args)]
-
-
-def test_killed_run_resumes_to_identical_outputs(model, tmp_path):
-    src = tmp_path / "src"
-    for i in range(12):
-        write_png(src / f"img{i:02d}.png", smooth_image(900, 1200, i))
-    args = ("--model", model, "--threads", "1", "--save-prob", "--contours", "--quiet")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    reference = tmp_path / "reference"
-    subprocess.run(cli(src, "--output", reference, *args), cwd=ROOT, env=env, check=True, capture_output=True)
-
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        cli(src, "--output", out, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*_mask.png")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(out.glob("*_mask.png")))
-    assert 1 <= done < 12, f"the run should be killed part-way, {done} masks were written"
-
-    rerun = subprocess.run(cli(src, "--output", out, *args), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{12 - done} ok, 0 failed, {done} skipped" in rerun.stdout.splitlines()[-1]
-    assert outputs(out) == outputs(reference) and len(outputs(out)) == 48
-    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".skinseg-probe")]
-    assert leftovers == []
-    assert png_bit_depth(out / "img00_mask.png") == 1
-    rows = read_rows(out)
-    assert len(rows) == 12 and all(r["status"] in ("ok", "skipped") and r["area_px"] for r in rows.values())
+# --------------------------------------------------------------------------------------------------- the bundled model
 
 
 def test_without_model_the_bundled_default_is_used(tmp_path):
