@@ -174,3 +174,12 @@ def run_cli(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
         cwd=ROOT,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def invoke(*args: object):
+    """``skinseg ARGS`` in this process through Typer's test runner (a ``click.testing.Result``)."""
+    from typer.testing import CliRunner
+
+    from skinseg.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])

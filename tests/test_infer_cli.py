@@ -1,4 +1,5 @@
-"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths."""
+"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths, options that cannot work refused before
+any work."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
-from skinseg.runtime.batch import output_lock
+from skinseg.runtime.batch import InferOptions, output_lock, run_batch
+from skinseg.runtime.errors import UsageError
 from tests.onnx_standins import metadata_json, odd_input_model, save
-from tests.support import jpeg_bytes, lesion_image, read_rows, write_png
+from tests.support import invoke, jpeg_bytes, lesion_image, read_rows, run_cli, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -191,3 +194,29 @@ def test_without_model_the_bundled_default_is_used(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert Path(summary["model"]) == default_model_path()
+
+
+# ------------------------------------------------------------------------------------------- options that cannot work
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [("--overlap", "0.999", "--overlap must be within"), ("--scale", "1e-9", "--scale"), ("--scale", "9", "--scale")],
+)
+def test_options_that_make_no_sense_are_refused_before_any_work(model, tmp_path, option, value, words):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    result = invoke("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", option, value)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and not (tmp_path / "out" / "a_mask.png").exists()
+
+
+def test_an_empty_output_is_refused_not_the_current_folder(model, tmp_path):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    result = run_cli("infer", tmp_path / "src", "--model", model, "--output", "")
+    assert result.returncode == 2 and "is empty" in result.stderr
+    assert not (ROOT / "a_mask.png").exists() and not (ROOT / "results.csv").exists()
+
+
+def test_wrong_options_never_reach_the_work(model, tmp_path):
+    with pytest.raises(UsageError):
+        run_batch([tmp_path], model, tmp_path / "o", InferOptions(threads=1, overlap=0.999))

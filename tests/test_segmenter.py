@@ -1,4 +1,5 @@
-"""Segmenter end to end with stand-in ONNX models (mask = red / 255), and its model checks."""
+"""Segmenter end to end with stand-in ONNX models (mask = red / 255), its model checks, its tile cap and its
+one-line messages."""
 
 from __future__ import annotations
 
@@ -305,3 +306,22 @@ def test_a_backend_other_than_onnx_runs_the_same_pipeline(models, image):
     seg = Segmenter(Green(), **PLAIN)
     assert seg.provider == "green" and seg.tile == (64, 64)
     np.testing.assert_array_equal(seg.segment(image).prob, image[..., 1])
+
+
+# ------------------------------------------------------------------------------------------------- tiles and messages
+
+
+def test_a_tile_larger_than_the_working_image_is_capped(model):
+    seg = Segmenter(model, tile=4000, scale="native")
+    assert seg._tile_for((100, 90)) == (128, 128)  # the working image rounded up to 64 px, never below the model's
+    assert seg._tile_for((5000, 5000)) == (4000, 4000)  # a large image keeps the tile asked for
+
+
+def test_an_out_of_memory_message_is_kept_whole():
+    from skinseg.runtime.segmenter import _first_line
+
+    raw = "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer of size 98765"
+    said = _first_line(RuntimeError(raw + " " + "x" * 400 + "\nstack"))
+    assert said == "out of memory: use a smaller --tile or --batch-size, or free memory"
+    long = " ".join(["word"] * 200)
+    assert _first_line(RuntimeError(long)).endswith("word …") and len(_first_line(RuntimeError(long))) <= 300

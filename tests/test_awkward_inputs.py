@@ -1,5 +1,7 @@
-"""Awkward images and paths in one `skinseg infer` batch: each is handled or fails with a one-line reason, the rest
-goes on, results.csv says which, and nothing is written outside --output.
+"""Awkward images and names in one `skinseg infer` batch: each is handled or fails with a one-line reason, the rest
+goes on, results.csv says which, and nothing is written outside --output. Names that are not UTF-8, at the file
+system's length limit, or that a spreadsheet would run round-trip through every report; a FIFO swapped in for a photo
+fails that photo alone.
 
 Already covered elsewhere (not repeated here): corrupt PNG data, 16-bit PNG/TIFF, text file named .PNG,
 --max-pixels and EXIF orientation 6 in one batch
@@ -8,13 +10,15 @@ EXIF orientations 1–8 decoded by ``read_image`` (``tests/test_imageio.py::test
 refused by ``read_image`` (``test_huge_png_header_refused_before_decoding``, ``test_huge_jpeg_header_refused``);
 spaces and non-ASCII paths through the CLI (``test_infer_cli.py::test_spaces_and_non_ascii_paths``); ``..`` and
 absolute relative paths (``test_batch.py::test_output_paths_refuse_to_leave_the_output``); symlink loops in discovery
-(``test_batch.py::test_discovery_mirrors_folders_and_survives_symlink_loops``).
+(``test_batch.py::test_discovery_mirrors_folders_and_survives_symlink_loops``); a newline in a name
+(``tests/test_user_text.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import struct
 import subprocess
@@ -31,10 +35,23 @@ from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
-from tests.support import ORIENT, block_image, jpeg_bytes, png_bytes, png_chunk
+from skinseg.runtime.batch import InferOptions, run_batch
+from skinseg.runtime.imageio import read_image
+from tests.support import (
+    ORIENT,
+    block_image,
+    jpeg_bytes,
+    lesion_image,
+    png_bytes,
+    png_chunk,
+    rows_of,
+    run_cli,
+    write_png,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+OPTS = InferOptions(threads=1)
 
 
 def infer(*args: object):
@@ -153,7 +170,6 @@ def test_every_awkward_image_in_one_batch(model, tmp_path):
 
 
 def test_cmyk_jpeg_colours_are_converted(tmp_path):
-    from skinseg.runtime.imageio import read_image
 
     rgb = block_image()
     data = pil_bytes(rgb, "CMYK", "JPEG")
@@ -288,3 +304,60 @@ def test_progress_bars_survive_markup_in_file_names():
         row = {"path": name, "status": "ok", "error": "", "area_fraction": 0.1, "seconds": 0.1}
         progress.handle({"event": "image_done", "index": 0, "done": 1, "total": 1, "row": row})
     assert name in buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- names that are not UTF-8
+
+
+def test_names_that_are_not_utf8_round_trip_through_every_report(model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [os.fsdecode(b"a\xe9.png"), "b.png", os.fsdecode(b"c\xff\xfe.png")]
+    for name in names:
+        write_png(src / name, lesion_image())
+    out = tmp_path / "out"
+    summary = run_batch([src], model, out, OPTS)
+    assert (summary.ok, summary.failed) == (3, 0)
+    rows = rows_of(out)
+    assert set(rows) == set(names)  # results.csv gives the bytes back
+    data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert data["ok"] == 3
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "a\\xe9.png" in page  # shown escaped, the page is valid UTF-8
+    assert run_batch([src], model, out, OPTS).skipped == 3  # and a rerun finds them up to date
+
+
+@pytest.mark.slow
+def test_a_fifo_swapped_in_mid_run_fails_one_image(model, tmp_path):
+    src = tmp_path / "src"
+    for i in range(6):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    os.unlink(src / "i3.png")
+    os.mkfifo(src / "i3.png")  # a reader that opens it blocking would hang forever
+    out = tmp_path / "out"
+    done = run_cli("infer", src, "--model", model, "--output", out, "--quiet", "--threads", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert rows_of(out)["i3.png"]["status"] == "failed" and "not a regular file" in rows_of(out)["i3.png"]["error"]
+
+
+# ------------------------------------------------------------------------------------------------ names at the limits
+
+
+def test_a_name_at_the_file_system_limit_is_segmented(model, tmp_path):
+    name = "n" * 240 + ".png"
+    write_png(tmp_path / "src" / name, lesion_image())
+    summary = run_batch([tmp_path / "src"], model, tmp_path / "out", OPTS)
+    assert summary.ok == 1, rows_of(tmp_path / "out")
+    assert (tmp_path / "out" / ("n" * 240 + "_mask.png")).is_file()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cells_that_a_spreadsheet_would_run_are_escaped_and_read_back(model, tmp_path):
+    names = ["=1+1.png", "+cmd.png", "-x.png", "@sum.png"]
+    for name in names:
+        write_png(tmp_path / "src" / name, lesion_image())
+    run_batch([tmp_path / "src"], model, tmp_path / "out", OPTS)
+    raw = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8")
+    for name in names:
+        assert f"'{name}" in raw and f",{name}" not in raw
+    assert set(rows_of(tmp_path / "out")) == set(names)
