@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -23,41 +22,11 @@ from skinseg.runtime.job import process_image
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock, output_paths
 from skinseg.runtime.report import CSV_FIELDS
-from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
+from tests.onnx_standins import metadata_json, odd_input_model, save
+from tests.support import lesion_image, png_bit_depth, read_rows, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = InferOptions(threads=1)
-
-
-def lesion_image(h: int = 90, w: int = 120, *, seed: int = 0) -> np.ndarray:
-    """Dark skin (red < 110) with one bright red disk: the identity model's mask is exactly the disk."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(40, 110, (h, w, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[:h, :w]
-    disk = (yy - h * 0.45) ** 2 + (xx - w * 0.55) ** 2 < (min(h, w) * 0.3) ** 2
-    img[disk] = (230, 60, 50)
-    return img
-
-
-def write_png(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    path.write_bytes(buf.tobytes())
-    return path
-
-
-def read_rows(output: Path) -> dict[str, dict[str, str]]:
-    with open(output / "results.csv", newline="", encoding="utf-8") as f:
-        return {r["path"]: r for r in csv.DictReader(f)}
-
-
-def png_bit_depth(path: Path) -> int:
-    return path.read_bytes()[24]  # IHDR: signature 8, length 4, type 4, width 4, height 4, then bit depth
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
 
 
 # --------------------------------------------------------------------------------------------------- one image
@@ -274,22 +243,26 @@ def test_lock_refuses_a_second_run_and_wait_waits(model, tmp_path):
         run_batch([src], model, out, OPTS)
 
     events: list[dict] = []
-    release = threading.Event()
+    held, release, released_at = threading.Event(), threading.Event(), []
 
     def hold() -> None:
         with output_lock(out):
             held.set()
-            release.wait(10)
+            release.wait(60)
+        released_at.append(time.perf_counter())
 
-    held = threading.Event()
+    def on_event(event: dict) -> None:
+        events.append(event)
+        if event["event"] == "waiting":  # the run is waiting for the lock: only now let it go
+            release.set()
+
     holder = threading.Thread(target=hold)
     holder.start()
-    held.wait(5)
-    threading.Timer(0.5, release.set).start()
-    start = time.perf_counter()
-    summary = run_batch([src], model, out, OPTS, wait=True, on_event=events.append)
+    assert held.wait(60)
+    summary = run_batch([src], model, out, OPTS, wait=True, on_event=on_event)
+    finished = time.perf_counter()
     holder.join()
-    assert summary.ok == 1 and time.perf_counter() - start >= 0.4
+    assert summary.ok == 1 and released_at and finished >= released_at[0]  # it waited for the lock to go
     assert events[0]["event"] == "waiting"
 
 

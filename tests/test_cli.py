@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from skinseg import __version__
 from skinseg.cli import app
+from tests.support import ROOT
 
 runner = CliRunner()
 
@@ -88,3 +89,19 @@ def test_export_check_without_onnx_says_what_to_install(monkeypatch, tmp_path):
     model.write_bytes(b"whatever")
     result = runner.invoke(app, ["export", "--check", str(model)])
     assert result.exit_code == 2 and "pip install onnx" in result.output
+
+
+# ------------------------------------------------------------------------------------------------- unwritable outputs
+
+
+@pytest.mark.parametrize("command", ["synth", "augment-preview"])
+def test_unwritable_outputs_are_one_line_errors(tmp_path, command):
+    target = tmp_path / "file"
+    target.write_text("x")
+    if command == "synth":
+        result = runner.invoke(app, ["synth", str(target / "out"), "--count", "2"])
+    else:
+        cfg = ROOT / "configs" / "demo.config"
+        result = runner.invoke(app, ["augment-preview", str(cfg), "--count", "2", "--output", str(target / "g.png")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

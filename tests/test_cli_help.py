@@ -1,4 +1,5 @@
-"""Every command's help reads as click writes it: flags without a type, arguments as PATH / [PATH] / SOURCE...."""
+"""Every command's help reads as click writes it: flags without a type, arguments as PATH / [PATH] / SOURCE....;
+the examples name config files that exist, and -q means --quiet everywhere."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from skinseg.cli import app
+from tests.support import ROOT, invoke
 
 runner = CliRunner()
 
@@ -44,3 +46,26 @@ def test_help_shows_no_type_after_flags_and_plain_argument_names(command):
 def test_a_missing_argument_is_named_as_the_usage_line_names_it():
     result = runner.invoke(app, ["config", "init"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "Missing argument 'PATH'" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "export", "infer", "evaluate", "config"])
+def test_help_keeps_section_names_and_examples_name_files_that_exist(command):
+    result = invoke(command, "--help") if command != "config" else invoke("config", "show", "--help")
+    assert result.exit_code == 0
+    text = result.output
+    if command == "train":
+        assert "[train]" in text
+    for word in text.split():
+        if word.startswith("configs/") and word.endswith(".config"):
+            assert (ROOT / word).is_file(), word
+
+
+def test_q_means_quiet_everywhere():
+    import re
+
+    for command in ("infer", "evaluate", "export", "train"):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", invoke(command, "--help").output)
+        for line in text.splitlines():
+            if re.search(r"(^|[\s,│])-q\b", line):
+                assert "--quiet" in line, (command, line)
+    assert "-q" not in re.sub(r"\x1b\[[0-9;]*m", "", invoke("export", "--help").output).split("--quantize")[1][:30]

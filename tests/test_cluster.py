@@ -27,16 +27,10 @@ from skinseg.runtime.errors import UsageError  # noqa: E402
 from skinseg.runtime.options import InferOptions  # noqa: E402
 from skinseg.runtime.outputs import output_lock  # noqa: E402
 from skinseg.runtime.report import read_results  # noqa: E402
-from tests.onnx_standins import identity_model, metadata_json, save  # noqa: E402
-from tests.test_batch import lesion_image, write_png  # noqa: E402
+from tests.support import lesion_image, write_png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = InferOptions(threads=1)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
 
 
 @pytest.fixture(scope="module")

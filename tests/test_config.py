@@ -1,4 +1,5 @@
-"""Config loading: the seed file loads as is, errors name file/line/key and a fix, nothing is evaluated."""
+"""Config loading: the seed file loads as is, errors name file/line/key and a fix (values train would reject too),
+nothing is evaluated. Arbitrary input: ``tests/test_config_hostile_input.py``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from skinseg.data.config import (
     render_config,
 )
 from skinseg.runtime.errors import ConfigError
+from tests.support import invoke
 
 SEED = Path(__file__).parent / "data" / "seed_train_eval_infer.config"
 
@@ -214,3 +216,28 @@ def test_every_shipped_config_loads(path):
     """The recipe, the fine-tuning template, the demo and every lever screen stay valid as the schema moves."""
     cfg = load_config(path)
     assert cfg.model.image_width > 0 and cfg.train.epochs > 0
+
+
+# ------------------------------------------------------------------------------------------ values train would reject
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('optimizer = "SGD"', "optimizer"),
+        ('model = "Foo"', "model"),
+    ],
+)
+def test_config_values_train_would_reject_are_errors_at_load_with_file_and_line(tmp_path, line, words):
+    cfg = tmp_path / "c.config"
+    cfg.write_text(f"[model]\nimage_width = 64\nimage_height = 64\n{line}\n")
+    result = invoke("config", "show", cfg)
+    assert result.exit_code == 2, result.output
+    assert f"{cfg}:4" in result.output.replace("\n", "") and words in result.output
+
+
+def test_lowercase_true_suggests_true(tmp_path):
+    cfg = tmp_path / "c.config"
+    cfg.write_text("[augmentor]\nhflip = true\n")
+    result = invoke("config", "show", cfg)
+    assert result.exit_code == 2 and "True" in result.output

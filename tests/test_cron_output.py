@@ -1,6 +1,7 @@
 """`skinseg infer` under cron: --quiet prints only this run's new and failed images, warnings and the summary;
 --log-file appends the full timestamped log; summary.json, the summary line and the gallery's header say both this
-run's counts and the folder's totals."""
+run's counts and the folder's totals. Every log line starts with its time, counts read right ("1 image"), and an
+empty folder (a quiet night) is exit 0 with one line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, run_cli, write_png
 
 runner = CliRunner()
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
@@ -83,3 +84,26 @@ def test_json_logs_follow_quiet_too(tmp_path, standin_model):
     again = _infer(src, out, standin_model, "-q", "--log-format", "json")
     events = [json.loads(line)["event"] for line in again.output.strip().splitlines()]
     assert events == ["summary"]
+
+
+def test_an_empty_folder_is_exit_0_with_one_line_and_a_missing_one_exit_2(model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("infer", tmp_path / "empty", "--model", model, "--output", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "no images in" in result.stdout + result.stderr
+    assert len((result.stdout + result.stderr).strip().splitlines()) == 1
+    missing = run_cli("infer", tmp_path / "nowhere", "--model", model, "--output", tmp_path / "out")
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def test_log_lines_carry_timestamps_and_counts_read_right(model, tmp_path):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    first = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out")
+    text = first.stdout + first.stderr
+    assert "1 image " in text and "1 images" not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert all(line[:4].isdigit() and line[10] == "T" for line in lines), lines
+    again = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--log-format", "json")
+    events = [json.loads(line) for line in again.stdout.splitlines() if line.strip()]
+    assert events and all("T" in e["time"] for e in events)
+    assert "MP/s" not in again.stdout + again.stderr  # nothing was processed: no speed to report

@@ -1,16 +1,21 @@
 """`skinseg evaluate` says what is wrong with the folders it was given: an image with two masks is one row saying so
-(not masks "without an image" beside it), and a folder that does not exist is named by its option."""
+(not masks "without an image" beside it), and a folder that does not exist is named by its option. Names that are not
+UTF-8 are reported, an output folder inside the images folder is not read back as images, and a device that is not
+there leaves no empty output folder."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 
 import cv2
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from tests.test_batch import lesion_image, write_png
+from tests.support import invoke, lesion_image, write_png
 
 runner = CliRunner()
 
@@ -51,4 +56,75 @@ def test_a_missing_folder_is_named_by_its_option_not_a_config(standin_model, tmp
     assert "--images" in text and "nowhere" in text and "config" not in text, text
     result = evaluate(standin_model, masks, tmp_path / "no-masks", tmp_path / "ev")
     assert result.exit_code == 2 and "--masks" in result.output and "config" not in result.output
+    assert not (tmp_path / "ev").exists()
+
+
+# -------------------------------------------------------------------------------------------------- names and folders
+
+
+def test_evaluate_reports_names_that_are_not_utf8(model, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    masks.mkdir(parents=True)
+    name = os.fsdecode(b"lesion\xe9")
+    write_png(images / f"{name}.png", lesion_image())
+    cv2.imwrite(
+        os.fsencode(masks / f"{name}_mask.png").decode("utf-8", "surrogateescape"),
+        (lesion_image()[..., 0] > 127).astype(np.uint8) * 255,
+    ) if False else (masks / f"{name}_mask.png").write_bytes(
+        cv2.imencode(".png", (lesion_image()[..., 0] > 127).astype(np.uint8) * 255)[1].tobytes()
+    )
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(model),
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--output",
+            str(tmp_path / "ev"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 1
+
+
+def test_evaluate_output_inside_the_images_folder_is_not_read_back(model, tmp_path):
+    images, masks = tmp_path / "data" / "images", tmp_path / "data" / "masks"
+    write_png(images / "a.png", lesion_image())
+    truth = (lesion_image()[..., 0] > 127).astype(np.uint8) * 255
+    masks.mkdir(parents=True)
+    cv2.imwrite(str(masks / "a.png"), truth)
+    for out in (images / "ev", images / "ev", images, images):  # a folder inside the images folder, and itself
+        result = invoke("evaluate", "--model", model, "--images", images, "--masks", masks, "--output", out, "--quiet")
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_images"] == 1 and summary["jaccard"]["mean"] == pytest.approx(1.0)
+
+
+def test_evaluate_on_a_missing_device_leaves_no_empty_folder(model, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_png(images / "a.png", lesion_image())
+    write_png(masks / "a.png", lesion_image())
+    result = invoke(
+        "evaluate",
+        "--model",
+        model,
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--output",
+        tmp_path / "ev",
+        "--device",
+        "cuda",
+    )
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    assert result.exit_code == 2 and "cuda" in result.output.lower()
     assert not (tmp_path / "ev").exists()

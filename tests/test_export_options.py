@@ -15,7 +15,7 @@ import skinseg.exporters.keras_to_onnx as keras_to_onnx  # noqa: E402
 import skinseg.exporters.quantize as quantize  # noqa: E402
 from skinseg.runtime.errors import UsageError  # noqa: E402
 from skinseg.runtime.metadata import ModelMetadata, Scale  # noqa: E402
-from tests.test_batch import lesion_image, write_png  # noqa: E402
+from tests.support import lesion_image, write_png  # noqa: E402
 
 
 def files(folder: Path) -> set[str]:

@@ -8,7 +8,7 @@ from urllib.parse import unquote
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.options import InferOptions
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 
 def test_gallery_links_every_image_and_escapes_names(tmp_path):

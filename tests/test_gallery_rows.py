@@ -15,7 +15,7 @@ from skinseg.cli import app
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.gallery import flags
 from skinseg.runtime.options import InferOptions
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 runner = CliRunner()
 

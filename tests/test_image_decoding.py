@@ -14,7 +14,7 @@ import pytest
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.imageio import image_size, load_image_file, read_image, read_mask
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -1,10 +1,14 @@
-"""Image reading and writing: orientation, bit depths, bad files, headers, atomic writes."""
+"""Image reading and writing: orientation, bit depths, bad files, headers, atomic writes; files that are not what they
+seem (a FIFO, a TIFF with two widths, content unlike its name, gigabytes behind a small header) are refused before
+decoding, and masks of every common encoding are read."""
 
 from __future__ import annotations
 
 import os
 import struct
-import zlib
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -17,53 +21,21 @@ from skinseg.runtime.imageio import (
     image_info,
     image_size,
     is_supported,
+    load_image_file,
     read_image,
     read_mask,
     write_bytes_atomic,
     write_jpeg_atomic,
     write_png_atomic,
 )
-
-# Orientation n as numpy: the decoded image is what the EXIF tag says to display.
-ORIENT = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-    8: lambda a: np.rot90(a, 1),
-}
-
-
-def quadrants(h: int = 32, w: int = 48) -> np.ndarray:
-    """An RGB image with four flat, distinct quadrants (survives JPEG; any flip or turn is visible)."""
-    img = np.empty((h, w, 3), np.uint8)
-    img[: h // 2, : w // 2] = (220, 30, 30)
-    img[: h // 2, w // 2 :] = (30, 220, 30)
-    img[h // 2 :, : w // 2] = (30, 30, 220)
-    img[h // 2 :, w // 2 :] = (220, 220, 30)
-    return img
-
-
-def exif_block(orientation: int, endian: str = "MM") -> bytes:
-    e = ">" if endian == "MM" else "<"
-    ifd = struct.pack(e + "H", 1) + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(e + "I", 0)
-    return endian.encode() + struct.pack(e + "HI", 42, 8) + ifd
-
-
-def jpeg_bytes(rgb: np.ndarray, orientation: int | None = None, endian: str = "MM") -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    data = buf.tobytes()
-    if orientation is None:
-        return data
-    payload = b"Exif\x00\x00" + exif_block(orientation, endian)
-    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+from tests.support import (
+    ORIENT,
+    exif_block,
+    jpeg_bytes,
+    png_chunk,
+    quadrants,
+    tiff_bytes,
+)
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -268,3 +240,115 @@ def test_tiff_orientation_tag(tmp_path):
     img = read_image(path)
     assert image_size(path) == (img.shape[1], img.shape[0]) == (32, 48)
     np.testing.assert_array_equal(img, ORIENT[6](src))
+
+
+# ---------------------------------------------------------------------------------- files that are not what they seem
+
+
+def test_a_fifo_in_place_of_an_image_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def read():
+        try:
+            read_image(fifo)
+        except ImageError as e:
+            outcome["error"] = str(e)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "reading a FIFO blocked"
+    assert "not a regular file" in outcome["error"] and "photo.jpg" in outcome["error"]
+
+
+def test_a_tiff_with_two_image_widths_is_refused(tmp_path):
+    """The header check once read 10×18000 while libtiff decoded 18000×18000 (324 MP, reported ok)."""
+    path = tmp_path / "dup.tif"
+    path.write_bytes(tiff_bytes([10, 18000], 18000, b"\x00" * 180_000))
+    with pytest.raises(ImageError, match="appears twice"):
+        read_image(path)
+
+
+def test_the_decoder_refuses_more_pixels_than_allowed(tmp_path):
+    """Whatever our header parser thinks, OpenCV's own size check runs before it allocates (its limit is ours)."""
+
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), np.zeros((300, 400), np.uint8))
+    code = (
+        "from skinseg.runtime import imageio\n"
+        f"f = imageio.load_image_file({str(path)!r}, max_pixels=10**9)\n"
+        "imageio.decoder_limit = lambda: 10**9\n"  # as if the header had been within the limit: it lied
+        "try:\n    imageio.decode_image(f)\nexcept imageio.ImageError as e:\n    print('REFUSED', e)\n"
+    )
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "1000"}  # read by OpenCV once, when it loads
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert "REFUSED" in out.stdout and "malformed" in out.stdout, out.stdout + out.stderr
+
+
+def test_content_that_is_not_what_the_name_says_is_refused_before_decoding(tmp_path):
+    gif = tmp_path / "big.png"
+    gif.write_bytes(b"GIF89a" + struct.pack("<HH", 16000, 16000) + b"\x00" * 64)
+    with pytest.raises(ImageError, match="not an image.*GIF file"):
+        read_image(gif)
+    jpeg = tmp_path / "photo.png"
+    jpeg.write_bytes(jpeg_bytes(quadrants()))
+    with pytest.raises(ImageError, match="is a JPEG image but its name ends in .png"):
+        read_image(jpeg)
+    with pytest.raises(ImageError, match="is a JPEG image"):
+        image_size(jpeg)
+
+
+def test_a_huge_file_is_refused_unread(tmp_path):
+    """3 GB of zeros named .png, and a 10×10 PNG followed by 200 MB: neither is read into memory."""
+    zeros = tmp_path / "zeros.png"
+    with open(zeros, "wb") as f:
+        f.truncate(3 << 30)  # sparse: no disk used
+    with pytest.raises(ImageError, match="not an image"):
+        read_image(zeros)
+    ihdr = struct.pack(">IIBBBBB", 10, 10, 8, 2, 0, 0, 0)
+    padded = tmp_path / "padded.png"
+    with open(padded, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr))
+        f.truncate(200 << 20)
+    with pytest.raises(ImageError, match="more than a 10×10 image can need"):
+        load_image_file(padded)
+
+
+def test_masks_of_every_common_encoding_are_read_and_others_refused(tmp_path):
+    truth = np.zeros((64, 80), np.uint8)
+    truth[10:40, 20:60] = 255
+    expected = truth > 0
+    zero_one = tmp_path / "a01.png"
+    cv2.imwrite(str(zero_one), (truth > 0).astype(np.uint8))
+    red = tmp_path / "red.png"
+    cv2.imwrite(str(red), np.dstack([np.zeros_like(truth), np.zeros_like(truth), truth]))  # BGR: red lesion
+    rgb_white = tmp_path / "white3.png"
+    cv2.imwrite(str(rgb_white), np.dstack([truth] * 3))
+    for path in (zero_one, red, rgb_white):
+        np.testing.assert_array_equal(read_mask(path) > 0, expected, err_msg=path.name)
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None
+    if Image is not None:
+        palette = Image.fromarray((truth > 0).astype(np.uint8), mode="P")
+        palette.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+        palette.save(tmp_path / "palette.png")
+        np.testing.assert_array_equal(read_mask(tmp_path / "palette.png") > 0, expected)
+    photo = tmp_path / "photo.png"
+    ramp = np.tile(np.linspace(0, 255, 80).astype(np.uint8), (64, 1))
+    cv2.imwrite(str(photo), ramp)
+    with pytest.raises(ImageError, match="not a binary mask"):
+        read_mask(photo)
+
+
+def test_12_bit_data_in_a_16_bit_tiff_uses_its_real_range(tmp_path):
+    """A 16-bit TIFF holding 12-bit values (0–4095) once decoded as nearly black: 0% lesion, reported ok."""
+    values = np.zeros((8, 8), np.uint16)
+    values[:, 4:] = 4095
+    path = tmp_path / "raw12.tif"
+    path.write_bytes(tiff_bytes([8], 8, values.astype("<u2").tobytes(), bits=16))
+    image = read_image(path)
+    assert image[0, 0, 0] == 0 and image[0, 7, 0] == 255

@@ -1,15 +1,11 @@
-"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths, and a run killed mid-way."""
+"""`skinseg infer` end to end: exit codes, bad inputs, logs, lock, odd paths, options that cannot work refused before
+any work."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -20,18 +16,15 @@ from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
+from skinseg.runtime.batch import run_batch
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock
-from tests.onnx_standins import identity_model, metadata_json, odd_input_model, save
-from tests.test_batch import lesion_image, png_bit_depth, read_rows, write_png
-from tests.test_imageio import jpeg_bytes
+from tests.onnx_standins import metadata_json, odd_input_model, save
+from tests.support import invoke, jpeg_bytes, lesion_image, read_rows, run_cli, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
 
 
 def infer(*args: object):
@@ -192,58 +185,7 @@ def test_bars_on_a_terminal():
     assert "a.png: broken" in buf.getvalue() and "tiles" in buf.getvalue()
 
 
-# --------------------------------------------------------------------------------------------------- kill and rerun
-
-
-def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    cy, cx = h * (0.3 + 0.04 * seed), w * 0.5
-    red = 60 + 180 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.2 * h) ** 2))
-    return np.dstack([red, np.full_like(red, 80), 200 - 0.5 * red]).astype(np.uint8)
-
-
-def cli(*args: object) -> list[str]:
-    return [sys.executable, "-m", "skinseg", "infer", *map(str, args)]
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name.endswith(("_mask.png", "_overlay.jpg", "_prob.png", "_contours.json"))
-    }
-
-
-def test_killed_run_resumes_to_identical_outputs(model, tmp_path):
-    src = tmp_path / "src"
-    for i in range(12):
-        write_png(src / f"img{i:02d}.png", smooth_image(900, 1200, i))
-    args = ("--model", model, "--threads", "1", "--save-prob", "--contours", "--quiet")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    reference = tmp_path / "reference"
-    subprocess.run(cli(src, "--output", reference, *args), cwd=ROOT, env=env, check=True, capture_output=True)
-
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        cli(src, "--output", out, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*_mask.png")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(out.glob("*_mask.png")))
-    assert 1 <= done < 12, f"the run should be killed part-way, {done} masks were written"
-
-    rerun = subprocess.run(cli(src, "--output", out, *args), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{12 - done} ok, 0 failed, {done} skipped" in rerun.stdout.splitlines()[-1]
-    assert outputs(out) == outputs(reference) and len(outputs(out)) == 48
-    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".skinseg-probe")]
-    assert leftovers == []
-    assert png_bit_depth(out / "img00_mask.png") == 1
-    rows = read_rows(out)
-    assert len(rows) == 12 and all(r["status"] in ("ok", "skipped") and r["area_px"] for r in rows.values())
+# --------------------------------------------------------------------------------------------------- the bundled model
 
 
 def test_without_model_the_bundled_default_is_used(tmp_path):
@@ -254,3 +196,29 @@ def test_without_model_the_bundled_default_is_used(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert Path(summary["model"]) == default_model_path()
+
+
+# ------------------------------------------------------------------------------------------- options that cannot work
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [("--overlap", "0.999", "--overlap must be within"), ("--scale", "1e-9", "--scale"), ("--scale", "9", "--scale")],
+)
+def test_options_that_make_no_sense_are_refused_before_any_work(model, tmp_path, option, value, words):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    result = invoke("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", option, value)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and not (tmp_path / "out" / "a_mask.png").exists()
+
+
+def test_an_empty_output_is_refused_not_the_current_folder(model, tmp_path):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    result = run_cli("infer", tmp_path / "src", "--model", model, "--output", "")
+    assert result.returncode == 2 and "is empty" in result.stderr
+    assert not (ROOT / "a_mask.png").exists() and not (ROOT / "results.csv").exists()
+
+
+def test_wrong_options_never_reach_the_work(model, tmp_path):
+    with pytest.raises(UsageError):
+        run_batch([tmp_path], model, tmp_path / "o", InferOptions(threads=1, overlap=0.999))

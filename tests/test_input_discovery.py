@@ -1,17 +1,21 @@
 """Which files a recursive `skinseg infer` takes: photos in folders that also hold outputs are found, outputs never
-are, and hidden image files are mentioned once instead of vanishing."""
+are, hidden image files are mentioned once instead of vanishing, and a sub-folder that cannot be read is a failed row
+instead of a silence."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.inputs import discover
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, rows_of, write_png
 
 OPTS = InferOptions(threads=1)
 
@@ -31,7 +35,7 @@ def test_outputs_of_earlier_runs_are_never_inputs_at_any_depth(standin_model, tm
     src = tmp_path / "src"
     write_png(src / "a.png", lesion_image(seed=1))
     write_png(src / "sub" / "b.png", lesion_image(seed=2))
-    for day in (1, 2):
+    for day in (1, 2, 3):
         summary = run_batch([src], standin_model, src / f"out-day{day}", OPTS, recursive=True, on_event=None)
         assert summary.total == 2, (day, summary)
     assert (src / "out-day1" / "sub" / "b_mask.png").is_file()  # a sub-folder of an output folder: no stamp there
@@ -67,3 +71,42 @@ def test_hidden_image_files_are_said_once(standin_model, tmp_path):
     )  # fmt: skip
     events = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [e["count"] for e in events if e["event"] == "hidden"] == [2]
+
+
+# ------------------------------------------------------------------------------------------------- unreadable folders
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a folder whatever its mode")
+def test_an_unreadable_sub_folder_is_a_failed_row_not_a_silence(model, tmp_path):
+    src = tmp_path / "src"
+    write_png(src / "a.png", lesion_image())
+    write_png(src / "locked" / "b.png", lesion_image())
+    (src / "locked").chmod(0)
+    try:
+        summary = run_batch([src], model, tmp_path / "out", OPTS, recursive=True)
+    finally:
+        (src / "locked").chmod(0o700)
+    rows = rows_of(tmp_path / "out")
+    assert summary.ok == 1 and summary.failed == 1
+    assert rows["locked/"]["status"] == "failed" and "ermission" in rows["locked/"]["error"]
+
+
+def test_an_unreadable_sub_folder_row_from_discovery(model, tmp_path, monkeypatch):
+    """The same finding where the test runs as root: the folder's listing fails as it would for a user."""
+    import skinseg.runtime.inputs as inputs
+
+    src = tmp_path / "src"
+    write_png(src / "a.png", lesion_image())
+    write_png(src / "locked" / "b.png", lesion_image())
+    real = os.scandir
+
+    def scandir(path):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(inputs.os, "scandir", scandir)
+    summary = run_batch([src], model, tmp_path / "out", OPTS, recursive=True)
+    rows = rows_of(tmp_path / "out")
+    assert (summary.ok, summary.failed) == (1, 1)
+    assert rows["locked/"]["status"] == "failed" and "Permission denied" in rows["locked/"]["error"]

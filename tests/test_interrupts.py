@@ -1,8 +1,12 @@
-"""Ctrl-C and SIGTERM end `skinseg infer` cleanly at any moment: exit 130 with the report written (never an abort
-from onnxruntime or a traceback from Dask's exit handlers), and a run that has finished keeps its exit code."""
+"""Ctrl-C, SIGTERM and closed pipes end `skinseg infer` cleanly at any moment: exit 130 with the report written
+(never an abort from onnxruntime or a traceback from Dask's exit handlers), within seconds even with a worker stuck
+for good, and a run that has finished keeps its exit code; `skinseg infer | head -1` still does every image.
+
+A run killed outright (SIGKILL) and resumed: ``tests/test_crash_safety.py``."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_batch import lesion_image, write_png
+from skinseg.runtime.outputs import output_lock
+from tests.support import lesion_image, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,9 +47,11 @@ def test_an_interrupt_during_an_image_longer_than_the_grace_exits_130(tmp_path):
     write_png(tmp_path / "src" / "big.png", image)
     out = tmp_path / "out"
     proc = start(tmp_path / "src", "-o", out, "--scale", "native", "--threads", "1")
-    assert wait_for(lambda: (out / ".skinseg.lock").is_file())
-    time.sleep(3)  # in the model now
-    proc.send_signal(signal.SIGTERM)
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if "segmenting 1 image" in line:  # the model is loaded and the image starts: minutes in the model from now
+            break
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # the grace (8 s) ends with the worker inside onnxruntime
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "terminate called" not in stderr and "Traceback" not in stderr, stderr
@@ -102,3 +109,64 @@ def test_sigterm_while_a_finished_cluster_run_closes_keeps_its_exit_code(standin
     assert "Traceback" not in stderr
     assert not (out / ".skinseg-dask").exists()
     assert os.path.isfile(out / "results.csv")
+
+
+# ---------------------------------------------------------------------------------------- a worker that never returns
+
+
+def test_sigterm_ends_a_run_within_seconds_even_with_a_stuck_worker(model, tmp_path):
+    """A worker blocked for good (a dead network mount) cannot keep the process, or its lock, alive."""
+    src = tmp_path / "src"
+    for i in range(4):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    out = tmp_path / "out"
+    stuck = tmp_path / "stuck"  # made by the worker as it blocks
+    code = (
+        "import time, sys\n"
+        "import skinseg.runtime.job as b\n"
+        "real = b.process_image\n"
+        "def stuck(*a, **k):\n"
+        "    if str(a[1]).endswith('i1.png'):\n"
+        f"        open({str(stuck)!r}, 'w').close()\n"
+        "        time.sleep(3600)\n"
+        "    return real(*a, **k)\n"
+        "b.process_image = stuck\n"
+        "from skinseg.cli import main\n"
+        f"sys.argv = ['skinseg', 'infer', {str(src)!r}, '--model', {str(model)!r}, '--output', {str(out)!r},"
+        " '--quiet', '--threads', '1', '--max-in-flight', '2']\n"
+        "main()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not ((out / "i0_mask.png").exists() and stuck.exists()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None and stuck.exists(), "the run should be under way with a worker stuck"
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 20, "the run did not end after SIGTERM"
+    assert proc.returncode == 130, stderr
+    text = stdout.decode() + stderr.decode()
+    assert "interrupted after" in text and "stopping" in text
+    assert (out / "results.csv").is_file()
+    with output_lock(out):  # released: the next cron run gets it
+        pass
+
+
+# -------------------------------------------------------------------------------------------------------------- pipes
+
+
+def test_a_closed_stdout_does_not_stop_the_work(model, tmp_path):
+    """`skinseg infer ... | head -1`: head exits after one line; every image is still done, exit 0."""
+    src = tmp_path / "src"
+    for i in range(6):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    out = tmp_path / "out"
+    command = f"{sys.executable} -m skinseg infer {src} --model {model} --output {out} --threads 1 | head -1"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=180, cwd=ROOT
+    )
+    assert len(done.stdout.splitlines()) == 1
+    assert len(list(out.glob("*_mask.png"))) == 6
+    assert json.loads((out / "summary.json").read_text())["ok"] == 6
+    assert done.returncode == 0, done.stderr

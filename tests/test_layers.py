@@ -144,6 +144,27 @@ def test_tests_and_benchmarks_use_the_installed_names():
     assert wrong == [], "\n".join(wrong)
 
 
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/support.py and fixtures in tests/conftest.py: a test module that imports another
+    runs that module's tests' imports and fixtures by accident and ties the two modules' names together."""
+    wrong = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [("." * node.level) + (node.module or "")]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                last = name.lstrip(".").split(".")[-1] if name.lstrip(".") else ""
+                if last.startswith("test_") or name.startswith(".test_") or "conftest" in name:
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert wrong == [], "\n".join(wrong)
+
+
 def test_the_wheel_installs_one_top_level_name(tmp_path):
     """Built from a copy of the sources (setuptools writes build/ next to them), offline."""
     import shutil

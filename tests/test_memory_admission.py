@@ -1,8 +1,10 @@
-"""Memory and threads a run may take: the model's working memory counts (a tile too large for --memory-limit is
-refused in one line before any work), the working scale counts, and --max-in-flight is capped."""
+"""Memory and threads a run may take: images in flight are bounded by --memory-limit, the model's working memory
+counts (a tile too large for --memory-limit is refused in one line before any work), the working scale counts, and
+--max-in-flight and --threads are capped (with a note)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +20,7 @@ from skinseg.runtime.job import estimate_memory
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, run_cli, write_png
 
 OPTS = InferOptions(threads=1)
 
@@ -76,11 +78,10 @@ def test_the_model_memory_leaves_less_room_for_images(standin_model, tmp_path, m
     one = estimate_memory(120, 90, OPTS, work=(120, 90))
     limit = 20 * one
     monkeypatch.setattr(model_cache, "model_memory", lambda backend, options: limit - one)  # room for one image
-    peak = images_in_flight
     monkeypatch.setattr(model_cache.MODELS, "_entries", {})  # measured afresh, and forgotten after this test
     summary = run_batch([src], standin_model, tmp_path / "out", InferOptions(threads=1, memory_limit=limit,
                                                                               max_in_flight=3))  # fmt: skip
-    assert summary.ok == 6 and peak[0] == 1
+    assert summary.ok == 6 and images_in_flight.peak == 1
 
 
 def test_max_in_flight_is_capped_and_threads_start_as_needed(standin_model, tmp_path):
@@ -107,3 +108,27 @@ def test_the_command_line_caps_max_in_flight_with_a_note(standin_model, tmp_path
     assert done.returncode == 0, done.stderr
     assert f"--max-in-flight 100000 is more than {runners.MAX_IN_FLIGHT}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------------------------------- images in flight
+
+
+def test_images_in_flight_are_bounded_by_the_memory_limit(model, tmp_path, images_in_flight):
+    """With room for one image at a time, no two are ever worked on together; with room for several, they are."""
+    src = tmp_path / "src"
+    for i in range(6):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    one = estimate_memory(120, 90, OPTS)
+    run_batch([src], model, tmp_path / "o1", InferOptions(threads=1, memory_limit=one, max_in_flight=4))
+    assert images_in_flight.peak == 1
+    images_in_flight.reset(crowd=3)  # each image waits for three to be in flight: no race with their finishing
+    run_batch([src], model, tmp_path / "o2", InferOptions(threads=1, memory_limit=10 * one, max_in_flight=3))
+    assert images_in_flight.peak == 3
+    assert estimate_memory(15000, 16000, OPTS) > 4 * 240_000_000  # a 240 MP photo counts for what it needs
+
+
+def test_more_threads_than_cores_are_capped_with_a_note(model, tmp_path):
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    result = run_cli("infer", tmp_path / "src", "--model", model, "--output", tmp_path / "out", "--threads", "1000")
+    assert result.returncode == 0, result.stderr
+    assert f"--threads 1000 is more than this machine's {os.cpu_count()} cores" in result.stderr

@@ -12,7 +12,7 @@ import pytest
 from skinseg.runtime.errors import ModelError
 from skinseg.runtime.metadata import parse_metadata
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 BAD_FIELDS = [
     ({"validation_metrics": [0.8, 0.7]}, "validation_metrics must be an object"),

@@ -1,5 +1,6 @@
-"""The probe files skinseg creates in an output folder are its own: never opened through a link someone put there
-(issue 20, item 17: the settings stamp's clock probe was touched without O_EXCL or no-follow)."""
+"""The files skinseg creates in an output folder are its own: the probe files are never opened through a link someone
+put there (issue 20, item 17: the settings stamp's clock probe was touched without O_EXCL or no-follow), and a lock
+file that is a symbolic link or a FIFO is refused with nothing written."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 import pytest
 
 import skinseg.runtime.outputs as outputs
-from skinseg.runtime.outputs import prepare_output, stamp_settings
+from skinseg.runtime.errors import UsageError
+from skinseg.runtime.outputs import LOCK_NAME, output_lock, prepare_output, stamp_settings
 
 
 @pytest.fixture
@@ -47,3 +49,21 @@ def test_the_output_folder_probe_does_not_follow_a_link_either(tmp_path, predict
     (out / predictable_probe).symlink_to(victim)
     prepare_output(out)  # refuses or probes under another name, but never through the link
     assert not victim.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------- the lock
+
+
+def test_a_lock_that_is_a_symlink_or_a_fifo_is_refused_and_nothing_is_written(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(UsageError, match="symbolic link"), output_lock(out):
+        pass
+    assert victim.read_text() == "precious"
+    (out / LOCK_NAME).unlink()
+    os.mkfifo(out / LOCK_NAME)
+    with pytest.raises(UsageError, match="not a regular file"), output_lock(out):
+        pass

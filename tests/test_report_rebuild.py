@@ -12,7 +12,7 @@ from skinseg.runtime.batch import run_batch
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import read_record
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 HIGH = InferOptions(threads=1, threshold=0.95)  # above the lesion's red (230/255): empty masks

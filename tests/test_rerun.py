@@ -9,23 +9,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.imageio import file_sha256
 from skinseg.runtime.job import process_image
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import SETTINGS_NAME, remove_stale_temps, stamp_settings
-from tests.onnx_standins import affine_model, identity_model, metadata_json, save
-from tests.test_batch import lesion_image, read_rows, write_png
+from tests.onnx_standins import affine_model, metadata_json, save
+from tests.support import lesion_image, read_rows, write_png
 
 OPTS = InferOptions(threads=1)
 HIGH = InferOptions(threads=1, threshold=0.95)  # above the lesion's red (230/255): empty masks
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
 
 
 def sources(folder: Path, n: int = 3) -> Path:

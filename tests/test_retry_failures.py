@@ -1,5 +1,6 @@
 """Which failed images a rerun retries: those whose cause may have gone (other options, a foreign file moved away,
-memory that was short, another decoder), not those that would fail the same way again, which it says."""
+memory that was short, another decoder), not those that would fail the same way again, which it says (and exits 0:
+cron does not mail the same failure every night) until --retry-failed."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, rows_of, run_cli, write_png
 
 OPTS = InferOptions(threads=1)
 
@@ -110,3 +111,20 @@ def test_the_log_says_why_an_image_is_not_retried(standin_model, tmp_path):
     line = next(line for line in again.stdout.splitlines() if "bad.png" in line)
     assert "same file, model, options and output folder" in line and "--retry-failed" in line, line
     assert os.path.isfile(out / "results.csv")
+
+
+def test_a_failed_image_that_has_not_changed_is_not_retried_until_asked(model, tmp_path):
+    src = tmp_path / "src"
+    write_png(src / "good.png", lesion_image())
+    (src / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert run_cli("infer", src, "--model", model, "--output", out).returncode == 1
+    again = run_cli("infer", src, "--model", model, "--output", out)
+    assert again.returncode == 0, again.stdout + again.stderr  # cron does not mail the same failure every night
+    assert "failed before" in again.stdout + again.stderr
+    assert rows_of(out)["bad.png"]["status"] == "failed"
+    forced = run_cli("infer", src, "--model", model, "--output", out, "--retry-failed")
+    assert forced.returncode == 1
+    write_png(src / "bad.png", lesion_image(seed=3))  # fixed: retried without being asked
+    fixed = run_cli("infer", src, "--model", model, "--output", out)
+    assert fixed.returncode == 0 and rows_of(out)["bad.png"]["status"] == "ok"

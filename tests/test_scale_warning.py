@@ -49,7 +49,7 @@ def test_infer_warns_once_per_run(tmp_path):
     from typer.testing import CliRunner
 
     from skinseg.cli import app
-    from tests.test_batch import lesion_image, write_png
+    from tests.support import lesion_image, write_png
 
     src = tmp_path / "in"
     for i in range(2):

@@ -21,7 +21,7 @@ from skinseg.runtime.job import estimate_memory
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 

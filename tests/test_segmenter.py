@@ -1,4 +1,5 @@
-"""Segmenter end to end with stand-in ONNX models (mask = red / 255), and its model checks."""
+"""Segmenter end to end with stand-in ONNX models (mask = red / 255), its model checks, its tile cap and its
+one-line messages."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from skinseg.runtime.metadata import Scale
 from skinseg.runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
-from tests.test_imageio import jpeg_bytes
+from tests.support import jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = {"keep_largest": False, "fill_holes": False, "threads": 1}
@@ -305,3 +306,22 @@ def test_a_backend_other_than_onnx_runs_the_same_pipeline(models, image):
     seg = Segmenter(Green(), **PLAIN)
     assert seg.provider == "green" and seg.tile == (64, 64)
     np.testing.assert_array_equal(seg.segment(image).prob, image[..., 1])
+
+
+# ------------------------------------------------------------------------------------------------- tiles and messages
+
+
+def test_a_tile_larger_than_the_working_image_is_capped(model):
+    seg = Segmenter(model, tile=4000, scale="native")
+    assert seg._tile_for((100, 90)) == (128, 128)  # the working image rounded up to 64 px, never below the model's
+    assert seg._tile_for((5000, 5000)) == (4000, 4000)  # a large image keeps the tile asked for
+
+
+def test_an_out_of_memory_message_is_kept_whole():
+    from skinseg.runtime.errors import one_line
+
+    raw = "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer of size 98765"
+    said = one_line(RuntimeError(raw + " " + "x" * 400 + "\nstack"))
+    assert said == "out of memory: use a smaller tile or batch_size, or free memory"
+    long = " ".join(["word"] * 200)
+    assert one_line(RuntimeError(long)).endswith("word …") and len(one_line(RuntimeError(long))) <= 300

@@ -13,7 +13,7 @@ import numpy as np
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.options import InferOptions
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 N_IMAGES = 500
 EARLY = 50

@@ -1,12 +1,12 @@
 """Names and values the user gave are printed as they are: rich's markup and emoji codes never rewrite them, in log
-lines, notes or error messages."""
+lines, notes or error messages, and a newline in a file name cannot forge a log line."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, run_cli, write_png
 
 
 def infer(*args: object) -> subprocess.CompletedProcess:
@@ -34,3 +34,14 @@ def test_an_error_about_a_name_shows_it_as_written(standin_model, tmp_path):
     done = infer(missing, "--model", standin_model, "-o", tmp_path / "out")
     assert done.returncode == 2
     assert ":thumbs_up:photos" in done.stderr and "👍" not in done.stderr, done.stderr
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_log_line(model, tmp_path):
+    name = "a.png\n2026-01-01T00:00:00 ok  forged.png"
+    src = tmp_path / "src"
+    write_png(src / (name + ".png"), lesion_image())
+    result = run_cli("infer", src, "--model", model, "--output", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    assert any("a.png\\n2026-01-01" in line for line in lines)

@@ -1,5 +1,7 @@
-"""Awkward images and paths in one `skinseg infer` batch: each is handled or fails with a one-line reason, the rest
-goes on, results.csv says which, and nothing is written outside --output.
+"""Awkward images and names in one `skinseg infer` batch: each is handled or fails with a one-line reason, the rest
+goes on, results.csv says which, and nothing is written outside --output. Names that are not UTF-8, at the file
+system's length limit, or that a spreadsheet would run round-trip through every report; a FIFO swapped in for a photo
+fails that photo alone.
 
 Already covered elsewhere (not repeated here): corrupt PNG data, 16-bit PNG/TIFF, text file named .PNG,
 --max-pixels and EXIF orientation 6 in one batch
@@ -8,13 +10,15 @@ EXIF orientations 1–8 decoded by ``read_image`` (``tests/test_imageio.py::test
 refused by ``read_image`` (``test_huge_png_header_refused_before_decoding``, ``test_huge_jpeg_header_refused``);
 spaces and non-ASCII paths through the CLI (``test_infer_cli.py::test_spaces_and_non_ascii_paths``); ``..`` and
 absolute relative paths (``test_batch.py::test_output_paths_refuse_to_leave_the_output``); symlink loops in discovery
-(``test_batch.py::test_discovery_mirrors_folders_and_survives_symlink_loops``).
+(``test_batch.py::test_discovery_mirrors_folders_and_survives_symlink_loops``); a newline in a name
+(``tests/test_user_text.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import struct
 import subprocess
@@ -31,40 +35,28 @@ from typer.testing import CliRunner
 
 from skinseg.cli import app
 from skinseg.progress import InferProgress
-from tests.onnx_standins import identity_model, metadata_json, save
-from tests.test_imageio import ORIENT, jpeg_bytes
+from skinseg.runtime.batch import run_batch
+from skinseg.runtime.imageio import read_image
+from skinseg.runtime.options import InferOptions
+from tests.support import (
+    ORIENT,
+    block_image,
+    jpeg_bytes,
+    lesion_image,
+    png_bytes,
+    png_chunk,
+    rows_of,
+    run_cli,
+    write_png,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save(identity_model(metadata=metadata_json((64, 64))), tmp_path_factory.mktemp("model") / "m.onnx")
+OPTS = InferOptions(threads=1)
 
 
 def infer(*args: object):
     return runner.invoke(app, ["infer", *map(str, args), "--threads", "1", "--quiet"])
-
-
-def block_image(h: int = 48, w: int = 64) -> np.ndarray:
-    """Skin with a red block in the top-left corner: the identity model's mask is the block, so any wrong flip or
-    turn of the image shows in the mask."""
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = (60, 90, 80)
-    img[: h * 2 // 5, : w * 2 // 5] = (230, 60, 50)
-    return img
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG of an RGB(A) array or a 2-D gray one (any dtype OpenCV writes)."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    return cv2.imencode(".png", array)[1].tobytes()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
@@ -179,7 +171,6 @@ def test_every_awkward_image_in_one_batch(model, tmp_path):
 
 
 def test_cmyk_jpeg_colours_are_converted(tmp_path):
-    from skinseg.runtime.imageio import read_image
 
     rgb = block_image()
     data = pil_bytes(rgb, "CMYK", "JPEG")
@@ -315,3 +306,60 @@ def test_progress_bars_survive_markup_in_file_names():
         row = {"path": name, "status": "ok", "error": "", "area_fraction": 0.1, "seconds": 0.1}
         progress.handle({"event": "image_done", "index": 0, "done": 1, "total": 1, "row": row})
     assert name in buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- names that are not UTF-8
+
+
+def test_names_that_are_not_utf8_round_trip_through_every_report(model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [os.fsdecode(b"a\xe9.png"), "b.png", os.fsdecode(b"c\xff\xfe.png")]
+    for name in names:
+        write_png(src / name, lesion_image())
+    out = tmp_path / "out"
+    summary = run_batch([src], model, out, OPTS)
+    assert (summary.ok, summary.failed) == (3, 0)
+    rows = rows_of(out)
+    assert set(rows) == set(names)  # results.csv gives the bytes back
+    data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert data["ok"] == 3
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "a\\xe9.png" in page  # shown escaped, the page is valid UTF-8
+    assert run_batch([src], model, out, OPTS).skipped == 3  # and a rerun finds them up to date
+
+
+@pytest.mark.slow
+def test_a_fifo_swapped_in_mid_run_fails_one_image(model, tmp_path):
+    src = tmp_path / "src"
+    for i in range(6):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    os.unlink(src / "i3.png")
+    os.mkfifo(src / "i3.png")  # a reader that opens it blocking would hang forever
+    out = tmp_path / "out"
+    done = run_cli("infer", src, "--model", model, "--output", out, "--quiet", "--threads", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert rows_of(out)["i3.png"]["status"] == "failed" and "not a regular file" in rows_of(out)["i3.png"]["error"]
+
+
+# ------------------------------------------------------------------------------------------------ names at the limits
+
+
+def test_a_name_at_the_file_system_limit_is_segmented(model, tmp_path):
+    name = "n" * 240 + ".png"
+    write_png(tmp_path / "src" / name, lesion_image())
+    summary = run_batch([tmp_path / "src"], model, tmp_path / "out", OPTS)
+    assert summary.ok == 1, rows_of(tmp_path / "out")
+    assert (tmp_path / "out" / ("n" * 240 + "_mask.png")).is_file()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cells_that_a_spreadsheet_would_run_are_escaped_and_read_back(model, tmp_path):
+    names = ["=1+1.png", "+cmd.png", "-x.png", "@sum.png"]
+    for name in names:
+        write_png(tmp_path / "src" / name, lesion_image())
+    run_batch([tmp_path / "src"], model, tmp_path / "out", OPTS)
+    raw = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8")
+    for name in names:
+        assert f"'{name}" in raw and f",{name}" not in raw
+    assert set(rows_of(tmp_path / "out")) == set(names)

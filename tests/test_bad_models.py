@@ -1,5 +1,7 @@
 """Bad model files: one clear error each, from `skinseg infer` (exit 2, one line, no traceback, nothing written)
-and from `skinseg export --check` (exit 1, an ERROR line naming the problem, no traceback). No TensorFlow needed.
+and from `skinseg export --check` (exit 1, an ERROR line naming the problem, no traceback); metadata out of range
+and a model whose output swaps height and width are refused when the model loads; a `.keras` file given to infer
+says to export it. No TensorFlow needed.
 
 Already covered elsewhere: a text file and a [1, 10] input via `skinseg infer`
 (``tests/test_infer_cli.py::test_usage_errors_exit_2``); the same problems at the Segmenter level
@@ -15,13 +17,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from tests.onnx_standins import _finish, identity_model, metadata_json, odd_input_model, save
-from tests.test_reliability_images import block_image, png_bytes
+from skinseg.runtime.errors import ModelError
+from skinseg.runtime.segmenter import Segmenter
+from tests.onnx_standins import IR_VERSION, OPSET, _finish, identity_model, metadata_json, odd_input_model, save
+from tests.support import block_image, invoke, lesion_image, png_bytes, write_png
 
 runner = CliRunner()
 
@@ -151,3 +156,59 @@ def test_a_good_model_passes_both(tmp_path, image):
     result = runner.invoke(app, ["infer", str(image), "--model", str(model), "--output", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["ok"] == 1
+
+
+# ------------------------------------------------------------------------------- metadata and outputs checked at load
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"tile_size": [12000, 12000]}, "tile_size must be two integers from 1 to 4096"),
+        ({"tile_size": ["64", "64"]}, "tile_size must be two integers"),
+        ({"train_scale": {"mode": "long_side", "value": 1e300}}, "from 32 to 100000 px"),
+        ({"train_scale": {"mode": "factor", "value": 1e-9}}, "scale"),
+        ({"value_range": [0, 0]}, "value_range"),
+        ({"value_range": [0, float("nan")]}, "value_range"),
+        ({"color_order": "bgrx"}, "color_order"),
+    ],
+)
+def test_metadata_is_checked_once_at_load_with_the_rules_of_the_options(tmp_path, change, words):
+    text = json.dumps({**json.loads(metadata_json((64, 64))), **change})
+    path = save(identity_model(metadata=text), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=words) as caught:
+        Segmenter(path)
+    assert "re-export" in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_model_whose_output_has_height_and_width_swapped_is_refused(tmp_path):
+    """Invisible on square tiles (every pixel lands somewhere), found by one wide probe tile at load."""
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["t"], perm=[0, 2, 1, 3]),
+        helper.make_node("ReduceMax", ["t"], ["r"], axes=[3], keepdims=1),
+        helper.make_node("Mul", ["r", "k"], ["mask"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "swapped",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "W", "H", 1])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [], [1 / 255])],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = IR_VERSION
+    helper.set_model_props(m, {"skinseg": metadata_json((64, 64))})
+    path = tmp_path / "swapped.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelError, match="height and width swapped"):
+        Segmenter(path)
+    assert OPSET >= 13
+
+
+def test_a_keras_model_given_to_infer_says_to_export_it(tmp_path):
+    keras_file = tmp_path / "best_model.keras"
+    keras_file.write_bytes(b"PK\x03\x04 not really")
+    write_png(tmp_path / "src" / "a.png", lesion_image())
+    result = invoke("infer", tmp_path / "src", "--model", keras_file, "--output", tmp_path / "out")
+    assert result.exit_code == 2 and "skinseg export" in result.output
+    assert not (tmp_path / "out").exists()
