@@ -8,7 +8,7 @@ import json
 from skinseg import ImageRow, InferOptions, segment_folder
 from skinseg.runtime.batch import iter_batch
 from skinseg.runtime.report import read_results
-from tests.test_batch import lesion_image, write_png
+from tests.support import lesion_image, write_png
 
 OPTS = InferOptions(threads=1)
 
