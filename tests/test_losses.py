@@ -220,9 +220,27 @@ def test_lovasz_loss_is_the_jaccard_loss_on_binary_predictions() -> None:
     assert soft[0] < soft[1] < soft[2]
 
 
+def test_tversky_loss_costs_a_missed_lesion_pixel_more_than_a_spare_one() -> None:
+    """β > α: the same number of pixels wrong costs more as false negatives than as false positives (what pushes
+    an under-segmenting model outwards); a right prediction costs nothing; α = β = 1 would be the Jaccard loss."""
+    y = np.zeros((1, 16, 16, 1), "float32")
+    y[0, 4:12, 4:12] = 1.0  # 64 lesion pixels
+    under = y.copy()
+    under[0, 4:6, 4:12] = 0.0  # 16 lesion pixels missed
+    over = y.copy()
+    over[0, 12:14, 4:12] = 1.0  # 16 skin pixels added
+    assert value(losses.tversky_loss(y, y)) == pytest.approx(0.0, abs=1e-6)
+    assert value(losses.tversky_loss(y, under)) > value(losses.tversky_loss(y, over)) > 0.0
+    assert value(losses.jaccard_loss(y, under)) > value(losses.jaccard_loss(y, over))  # Jaccard: the union differs
+    expected_under = 1 - (48 + losses.SMOOTH) / (48 + losses.TVERSKY_BETA * 16 + losses.SMOOTH)
+    assert value(losses.tversky_loss(y, under)) == pytest.approx(expected_under, abs=1e-5)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
+        ("tversky", losses.tversky_loss),
+        ("bce_tversky_loss", losses.bce_tversky_loss),
         ("jaccard", losses.jaccard_loss),
         ("jaccard_loss", losses.jaccard_loss),
         ("lovasz", losses.lovasz_loss),
@@ -243,7 +261,13 @@ def test_new_losses_train_a_model() -> None:
     y = np.zeros((2, 32, 32, 1), "float32")
     y[:, 8:24, 8:24] = 1.0
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    for fn in (losses.jaccard_loss, losses.lovasz_loss, losses.bce_jaccard_loss, losses.bce_lovasz_loss):
+    for fn in (
+        losses.jaccard_loss,
+        losses.lovasz_loss,
+        losses.bce_jaccard_loss,
+        losses.bce_lovasz_loss,
+        losses.bce_tversky_loss,
+    ):
         with tf.GradientTape() as tape:
             loss = fn(y, model(x, training=True))
         grads = tape.gradient(loss, model.trainable_weights)

@@ -30,6 +30,7 @@ __all__ = [
     "bce_jaccard_loss",
     "bce_loss",
     "bce_lovasz_loss",
+    "bce_tversky_loss",
     "compile_model",
     "custom_objects",
     "dice_coef",
@@ -42,6 +43,7 @@ __all__ = [
     "lovasz_loss",
     "sensitivity",
     "specificity",
+    "tversky_loss",
     "unknown_name_message",
 ]
 
@@ -170,6 +172,28 @@ def lovasz_loss(y_true: Any, y_pred: Any) -> Any:
     return ops.mean(ops.sum(errors_sorted * ops.stop_gradient(grad), axis=1))
 
 
+TVERSKY_ALPHA = 0.3  # weight of false positives in the Tversky index
+TVERSKY_BETA = 0.7  # weight of false negatives: above alpha, a missed lesion pixel costs more than a spare one
+
+
+@_register
+def tversky_loss(y_true: Any, y_pred: Any) -> Any:
+    """``1 - mean over images of the soft Tversky index`` ``TP / (TP + α·FP + β·FN)`` (Salehi et al., 2017), with
+    ``β > α``: false negatives cost more than false positives, against a model's bias to under-segment (the
+    Jaccard index is ``α = β = 1``)."""
+    y_true, y_pred = _per_image(y_true, y_pred)
+    tp = ops.sum(y_true * y_pred, axis=1)
+    fp = ops.sum((1.0 - y_true) * y_pred, axis=1)
+    fn = ops.sum(y_true * (1.0 - y_pred), axis=1)
+    return 1.0 - ops.mean((tp + SMOOTH) / (tp + TVERSKY_ALPHA * fp + TVERSKY_BETA * fn + SMOOTH))
+
+
+@_register
+def bce_tversky_loss(y_true: Any, y_pred: Any) -> Any:
+    """``(bce + tversky_loss) / 2``."""
+    return (bce_loss(y_true, y_pred) + tversky_loss(y_true, y_pred)) / 2.0
+
+
 @_register
 def bce_jaccard_loss(y_true: Any, y_pred: Any) -> Any:
     """``(bce + jaccard_loss) / 2``: pixel-wise calibration plus the per-image Jaccard the score measures."""
@@ -206,6 +230,8 @@ _LOSSES: dict[str, LossFn] = {
     "lovasz": lovasz_loss,
     "bce_jaccard": bce_jaccard_loss,
     "bce_lovasz": bce_lovasz_loss,
+    "tversky": tversky_loss,
+    "bce_tversky": bce_tversky_loss,
 }
 
 LOSS_ALIASES: dict[str, str] = {
@@ -221,6 +247,8 @@ LOSS_ALIASES: dict[str, str] = {
     "bce_lovasz_loss": "bce_lovasz",
     "bce_dice_loss": "bce_dice",
     "bce_iou_loss": "bce_iou",
+    "tversky_loss": "tversky",
+    "bce_tversky_loss": "bce_tversky",
 }
 """Other spellings accepted by :func:`get_loss` (the seed project's config names) → canonical name."""
 

@@ -118,6 +118,8 @@ LOSS_NAMES = (
     "lovasz",
     "bce_jaccard",
     "bce_lovasz",
+    "tversky",
+    "bce_tversky",
     "binary_crossentropy",
     "bce_loss",
     "dice_loss",
@@ -130,6 +132,8 @@ LOSS_NAMES = (
     "bce_iou_loss",
     "bce_jaccard_loss",
     "bce_lovasz_loss",
+    "tversky_loss",
+    "bce_tversky_loss",
 )
 METRIC_NAMES = (
     "binary_accuracy",
