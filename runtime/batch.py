@@ -140,9 +140,20 @@ class BatchRun:
     once the iteration has ended. Leaving the loop early (``break``, an exception) stops the batch as an interrupt
     does: images in flight get a few seconds to finish, and the reports are written."""
 
-    def __init__(self, rows: Generator[ImageRow, None, BatchSummary]) -> None:
-        self._rows = rows
+    def __init__(
+        self,
+        start: Callable[[Callable[[Event], None]], Generator[ImageRow, None, BatchSummary]],
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
         self.summary: BatchSummary | None = None
+
+        def listen(event: Event) -> None:  # a batch left early returns nothing: its summary comes as an event
+            if isinstance(event, SummaryEvent):
+                self.summary = event.summary
+            if on_event is not None:
+                on_event(event)
+
+        self._rows = start(listen)
 
     def __iter__(self) -> Iterator[ImageRow]:
         try:
@@ -184,8 +195,9 @@ def iter_batch(
     ``stopping`` (an interrupt or a full disk: images in flight are finishing), ``summary``.
     """
     return BatchRun(
-        _batch(sources, model_path, output, options, recursive=recursive, wait=wait, on_event=on_event,
-               scheduler=scheduler, security=security)
+        lambda listen: _batch(sources, model_path, output, options, recursive=recursive, wait=wait,
+                              on_event=listen, scheduler=scheduler, security=security),
+        on_event,
     )  # fmt: skip
 
 

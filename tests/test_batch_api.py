@@ -41,10 +41,10 @@ def test_leaving_the_loop_early_stops_the_batch_and_writes_its_reports(standin_m
         write_png(src / f"i{i}.png", lesion_image(seed=i))
     run = iter_batch([src], standin_model, out, InferOptions(threads=1, max_in_flight=1))
     for _row in run:
-        break
-    run.close()
+        break  # nothing else: the loop's end closes the batch
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "interrupted" and summary["interrupted"] is True
+    assert run.summary is not None and (run.summary.stopped, run.summary.ok) == ("interrupted", summary["ok"])
     assert 1 <= summary["ok"] < 6 and summary["not_done"] == 6 - summary["ok"]
     rest = iter_batch([src], standin_model, out, OPTS)  # the lock was released: a rerun does the rest
     assert sorted(row.status for row in rest).count("ok") == 6 - summary["ok"]
