@@ -35,6 +35,7 @@ from skinseg.runtime import postprocess as pp
 from skinseg.runtime.defaults import (
     DEFAULT_FILL_HOLES,
     DEFAULT_KEEP_LARGEST,
+    DEFAULT_OVERLAP,
     DEFAULT_TTA,
 )
 from skinseg.runtime.errors import ImageError, ModelError, ParameterError, UsageError, one_line, param, render
@@ -92,7 +93,8 @@ def check_options(*, threads: int | None, overlap: float, batch_size: int, thres
         raise ParameterError(f"{param('threads')} must be a positive integer, got {threads!r}")
     if not 0.0 <= overlap <= MAX_OVERLAP:
         raise ParameterError(
-            f"{param('overlap')} must be within [0, {MAX_OVERLAP:g}], got {overlap!r}; 0.25 is a good default",
+            f"{param('overlap')} must be within [0, {MAX_OVERLAP:g}], got {overlap!r}; {DEFAULT_OVERLAP:g} is a good "
+            "default",
         )
     if int(batch_size) != batch_size or batch_size < 1:
         raise ParameterError(f"{param('batch_size')} must be a positive integer, got {batch_size!r}")

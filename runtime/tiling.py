@@ -20,7 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
-from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE, MAX_TILE
+from skinseg.runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, MAX_TILE
 from skinseg.runtime.errors import ParameterError, param
 
 __all__ = [
@@ -81,7 +81,8 @@ def parse_tile(tile: int | Sequence[int], name: str = "tile") -> tuple[int, int]
 def _check_overlap(overlap: float) -> float:
     if not 0.0 <= overlap < 1.0:
         raise ValueError(
-            f"overlap must be a fraction of the tile within [0, 1), got {overlap!r}; 0.25 is a good default"
+            f"overlap must be a fraction of the tile within [0, 1), got {overlap!r}; {DEFAULT_OVERLAP:g} is a good "
+            "default"
         )
     return float(overlap)
 
@@ -94,7 +95,7 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def plan_tiles(height: int, width: int, tile: int | Sequence[int], overlap: float = 0.25) -> list[TileSpec]:
+def plan_tiles(height: int, width: int, tile: int | Sequence[int], overlap: float = DEFAULT_OVERLAP) -> list[TileSpec]:
     """Tile positions covering an ``height×width`` image, row by row.
 
     Neighbouring tiles overlap by ``overlap`` of the tile (stride = ``tile·(1−overlap)``, at least one pixel);
@@ -213,7 +214,7 @@ def tiled_predict(
     predict_fn: PredictFn,
     *,
     tile: int | Sequence[int],
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     weights: np.ndarray | None = None,
     on_tile: Callable[[int, int], None] | None = None,
