@@ -1,16 +1,20 @@
 """Batch segmentation: many image files in, masks, overlays and a report out (the core of `skinseg infer`).
 
-This module is the orchestration; the pieces it puts together are named for what they do:
-:mod:`~skinseg.runtime.options` (what to do), :mod:`~skinseg.runtime.model_cache` (the loaded models),
-:mod:`~skinseg.runtime.job` (one image: :func:`~skinseg.runtime.job.process_image`), :mod:`~skinseg.runtime.runners`
-(where images are worked on: this process's threads, or a Dask cluster, :mod:`skinseg.runtime.cluster`),
-:mod:`~skinseg.runtime.inputs`, :mod:`~skinseg.runtime.outputs` and :mod:`~skinseg.runtime.report`.
+This module is the orchestration: one class, :class:`BatchRun`, whose steps are its methods, in order:
+``_prepare`` (check the options, find the inputs, pin the model, reach a remote Dask scheduler); then, the output
+folder's lock held, ``_start`` (the previous report, the settings stamp, the ``start`` event), ``_run`` (admit the
+images to a runner and yield each row as ``_record`` records it) and ``_finish`` (the reports and
+:attr:`BatchRun.summary`).
 
-:func:`run_batch` finds the inputs, loads the model once (from one read of the file, whose hash it records) and
-checks the output folder before touching an image, takes the folder's lock, and runs the image jobs on a
-few worker threads that share one inference lock: while one image is being segmented the next is decoded and the
-previous one written. Images are admitted by their estimated working memory against ``memory_limit`` and at most
-``max_in_flight`` at once, so three 240 MP photos do not need 9 GB together.
+The pieces it puts together are named for what they do: :mod:`~skinseg.runtime.options` (what to do),
+:mod:`~skinseg.runtime.model_cache` (the loaded models, each read once, hashed and pinned, with its inference lock:
+one image is segmented at a time), :mod:`~skinseg.runtime.job` (one image:
+:func:`~skinseg.runtime.job.process_image`), :mod:`~skinseg.runtime.runners` (where images are worked on: a few
+daemon threads of this process, so that while one image is being segmented the next is decoded and the previous one
+written; or a Dask cluster, :mod:`skinseg.runtime.cluster`), :mod:`~skinseg.runtime.inputs`,
+:mod:`~skinseg.runtime.outputs` and :mod:`~skinseg.runtime.report`. Images are admitted by their estimated working
+memory against ``memory_limit`` and at most ``max_in_flight`` at once, so three 240 MP photos do not need 9 GB
+together.
 
 Guarantees:
 
@@ -31,7 +35,8 @@ Guarantees:
   re-raises: a worker stuck on a dead mount cannot keep the process alive (workers are daemon threads). A full
   output disk stops the batch at the first image that cannot be written.
 
-Progress is reported through ``on_event(dict)`` callbacks, always from the calling thread; nothing here prints.
+Progress is reported through ``on_event`` callbacks, always from the calling thread, as typed records
+(:mod:`skinseg.runtime.records`); nothing here prints.
 """
 
 from __future__ import annotations
@@ -41,17 +46,18 @@ import os
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from skinseg.runtime.errors import ImageError, ParameterError, param
-from skinseg.runtime.imageio import image_size
-from skinseg.runtime.inputs import InputItem, Unreadable, discover, output_key
+from skinseg.runtime.imageheaders import image_size
+from skinseg.runtime.inputs import InputItem, discover, output_key
 from skinseg.runtime.model_cache import MODELS
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import (
+    DASK_SCRATCH_NAME,
     RESULTS_NAME,
     output_lock,
     prepare_output,
@@ -74,40 +80,18 @@ from skinseg.runtime.report import (
     BatchSummary,
     Row,
     drop_deleted_inputs,
-    empty_row,
     merge_rows,
     read_results,
     versions,
     write_reports,
     write_results,
 )
-from skinseg.runtime.runners import LocalRunner, RunnerFactory, StopBatch
+from skinseg.runtime.runners import LocalRunner, Runner, StopBatch
 
 __all__ = ["BatchRun", "iter_batch", "run_batch", "segment_folder"]
 
 CHECKPOINT_SECONDS = 2.0  # results.csv is rewritten at most this often during a run
 INTERRUPT_GRACE_SECONDS = 8.0  # after an interrupt, images in flight get this long to finish
-
-
-def _collision_row(item: InputItem, first: InputItem, n: int) -> Row:
-    """The failed row of an input whose outputs would be ``first``'s; keyed apart when the two share a path."""
-    row = empty_row(item.rel if item.rel != first.rel else f"{item.rel} [{n}]", item.path)
-    row.update(
-        status="failed",
-        error=(
-            f"{item.path}: its outputs would overwrite those of {first.path} (same folder and name stem "
-            f"'{item.rel.stem}'); rename one of the two files"
-        ),
-    )
-    return row
-
-
-def _unreadable_row(folder: Unreadable) -> Row:
-    row = empty_row(f"{folder.rel}/" if folder.rel.parts else "./", folder.path)
-    row.update(
-        status="failed", error=f"{folder.path}: the folder cannot be read ({folder.reason}); its images were not found"
-    )
-    return row
 
 
 def run_batch(
@@ -132,38 +116,6 @@ def run_batch(
         pass
     assert run.summary is not None
     return run.summary
-
-
-class BatchRun:
-    """A batch under way: iterate over it for each image's :class:`~skinseg.runtime.records.ImageRow` as the image
-    completes (in completion order); :attr:`summary` is the run's :class:`~skinseg.runtime.report.BatchSummary`
-    once the iteration has ended. Leaving the loop early (``break``, an exception) stops the batch as an interrupt
-    does: images in flight get a few seconds to finish, and the reports are written."""
-
-    def __init__(
-        self,
-        start: Callable[[Callable[[Event], None]], Generator[ImageRow, None, BatchSummary]],
-        on_event: Callable[[Event], None] | None = None,
-    ) -> None:
-        self.summary: BatchSummary | None = None
-
-        def listen(event: Event) -> None:  # a batch left early returns nothing: its summary comes as an event
-            if isinstance(event, SummaryEvent):
-                self.summary = event.summary
-            if on_event is not None:
-                on_event(event)
-
-        self._rows = start(listen)
-
-    def __iter__(self) -> Iterator[ImageRow]:
-        try:
-            self.summary = yield from self._rows
-        finally:  # an interrupt that lands here, between two rows, stops the batch too (its reports written)
-            self._rows.close()
-
-    def close(self) -> None:
-        """Stop the batch now (as leaving the loop early does)."""
-        self._rows.close()
 
 
 def iter_batch(
@@ -195,9 +147,8 @@ def iter_batch(
     ``stopping`` (an interrupt or a full disk: images in flight are finishing), ``summary``.
     """
     return BatchRun(
-        lambda listen: _batch(sources, model_path, output, options, recursive=recursive, wait=wait,
-                              on_event=listen, scheduler=scheduler, security=security),
-        on_event,
+        sources, model_path, output, options, recursive=recursive, wait=wait, on_event=on_event,
+        scheduler=scheduler, security=security,
     )  # fmt: skip
 
 
@@ -223,242 +174,303 @@ def segment_folder(
     )  # fmt: skip
 
 
-def _batch(
-    sources: Sequence[str | os.PathLike[str]],
-    model_path: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    options: InferOptions,
-    *,
-    recursive: bool = False,
-    wait: bool = False,
-    on_event: Callable[[Event], None] | None = None,
-    scheduler: str | None = None,
-    security: Any = None,
-) -> Generator[ImageRow, None, BatchSummary]:
-    """The batch of :func:`iter_batch`: yields the rows, returns the summary."""
-    emit = on_event or (lambda event: None)
-    if not os.fspath(output).strip():  # before Path(): Path("") is the current folder
-        raise ParameterError(f"{param('output')} is empty; give the folder the results go to")
-    output = Path(output)
-    options.check()  # a wrong option is said on a night with no new images too
-    local_cluster = False
-    if scheduler is not None:  # so is a scheduler value that cannot work (no connection tried yet)
-        from skinseg.runtime.cluster import check_scheduler, is_local
+class BatchRun:
+    """A batch under way (:func:`iter_batch`): iterate over it for each image's
+    :class:`~skinseg.runtime.records.ImageRow` as the image completes (in completion order); :attr:`summary` is the
+    run's :class:`~skinseg.runtime.report.BatchSummary` once the iteration has ended. Leaving the loop early
+    (``break``, an exception) stops the batch as an interrupt does: images in flight get a few seconds to finish,
+    and the reports are written. The batch runs once: iterating again after it ended yields nothing and keeps
+    :attr:`summary`.
 
-        check_scheduler(scheduler, security=security)
-        local_cluster = is_local(scheduler)
-    found = discover(sources, recursive=recursive, output=output)
-    if found.hidden:  # said once, not one line each: a Mac's ._ files can be many
-        emit(HiddenFiles(count=len(found.hidden), examples=[str(p) for p in found.hidden[:3]]))
-    if not found.items and not found.unreadable:
-        return BatchSummary(0, 0, 0, 0.0, 0.0, "", str(model_path), "", str(output))
-    segmenter, options = MODELS.pin(model_path, options)  # a bad model stops us before any image or output
-    if found.items:  # once per run: a --scale far from the model's, judged on the first photo's size
-        with contextlib.suppress(ImageError, OSError, ValueError):
-            if note := segmenter.scale_warning(*image_size(found.items[0].path)):
-                emit(RunWarning(kind="scale", message=note))
-    cluster, completed = None, []  # completed: the summary, once the batch ended and its reports are written
-    if scheduler is not None and not local_cluster:  # an unreachable scheduler stops us before any output
-        from skinseg.runtime.cluster import connect
+    The steps, in order: :meth:`_prepare`; the output folder locked, :meth:`_start`, :meth:`_run` (which hands
+    each row to :meth:`_record`) and :meth:`_finish`; :meth:`_disconnect` (a Dask cluster's connection)."""
 
-        cluster = connect(scheduler, security=security)
-    try:
-        prepare_output(output)
+    def __init__(
+        self,
+        sources: Sequence[str | os.PathLike[str]],
+        model_path: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        options: InferOptions,
+        *,
+        recursive: bool = False,
+        wait: bool = False,
+        on_event: Callable[[Event], None] | None = None,
+        scheduler: str | None = None,
+        security: Any = None,
+    ) -> None:
+        self.summary: BatchSummary | None = None  # set by _finish once the reports are written (or empty: no input)
+        self._sources, self._model_path, self._options = sources, model_path, options
+        self._output_arg = output
+        self._recursive, self._wait, self._scheduler, self._security = recursive, wait, scheduler, security
+        self._emit: Callable[[Event], None] = on_event or (lambda event: None)
+        self._cluster: Any = None  # a DaskCluster, connected by _prepare (a remote one) or _start (local:N)
+        self._rows = self._batch()  # nothing runs before the first row is asked for
 
-        def on_wait() -> None:
-            emit(Waiting(output=str(output)))
+    def __iter__(self) -> Iterator[ImageRow]:
+        # The loop holds this generator alone: a loop left with ``break`` drops it, which closes the batch.
+        try:
+            yield from self._rows
+        finally:  # an interrupt that lands here, between two rows, stops the batch too (its reports written)
+            self._rows.close()
 
-        with output_lock(output, wait=wait, on_wait=on_wait):
-            provider, make_runner = segmenter.provider, None
-            remove_stale_temps(output)  # a killed run's temporary files and local cluster's scratch space
-            if scheduler is not None and local_cluster:  # started once the lock is ours, its scratch inside
-                from skinseg.runtime.cluster import SCRATCH_NAME, connect
+    def close(self) -> None:
+        """Stop the batch now (as leaving the loop early does)."""
+        self._rows.close()
 
-                cluster = connect(scheduler, scratch=output / SCRATCH_NAME)
-            if cluster is not None:
-                cluster.check_workers(model_path, output)
-                provider, make_runner = f"{segmenter.provider} on {cluster.describe()}", cluster.runner
-            yield from _run_locked(
-                found.items, found.unreadable, Path(model_path), output, options, provider, emit, make_runner,
-                completed=completed,
-            )  # fmt: skip
-    except KeyboardInterrupt:
-        if not completed:  # interrupted before the batch ended: an interrupt, as it was
-            raise
-    finally:
-        if cluster is not None:
-            try:
-                cluster.close()
-            except KeyboardInterrupt:
-                if not completed:
+    # ----------------------------------------------------------------------------------------------- the steps
+
+    def _batch(self) -> Generator[ImageRow, None, None]:
+        """The whole batch, yielding each image's row once it is recorded."""
+        if not self._prepare():
+            return
+        try:
+            prepare_output(self._output)
+
+            def on_wait() -> None:
+                self._emit(Waiting(output=str(self._output)))
+
+            with output_lock(self._output, wait=self._wait, on_wait=on_wait):
+                self._start()
+                try:
+                    self._tally.stopped = yield from self._run()
+                except BaseException:
+                    self._tally.stopped = "interrupted"
+                    self._finish()
                     raise
-    return completed[0]  # the batch ended and its reports are written: an interrupt after that changes nothing
+                self._finish()
+        except KeyboardInterrupt:
+            if not self._ended:  # interrupted before the batch ended: an interrupt, as it was
+                raise
+        finally:
+            self._disconnect()
 
+    @property
+    def _ended(self) -> bool:
+        """Whether the batch ended, not interrupted, and its reports are written: an interrupt after that changes
+        nothing."""
+        return self.summary is not None and self.summary.stopped != "interrupted"
 
-def _run_locked(
-    items: list[InputItem],
-    unreadable: list[Unreadable],
-    model_path: Path,
-    output: Path,
-    options: InferOptions,
-    provider: str,
-    emit: Callable[[Event], None],
-    make_runner: RunnerFactory | None = None,
-    *,
-    completed: list[BatchSummary] | None = None,
-) -> Generator[ImageRow, None, BatchSummary]:
-    """The batch, the output folder's lock held, yielding each image's row once it is recorded; ``completed`` gets
-    the summary as soon as a batch that was not interrupted has its reports written."""
-    results_path = output / RESULTS_NAME
-    # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
-    previous = drop_deleted_inputs(read_results(results_path), {str(item.rel) for item in items})
-    model_sha256 = options.model_sha256 or ""
-    had_outputs = results_path.is_file()  # a new folder's first stamp is no news
-    stamp = stamp_settings(output, model_sha256, options.output_settings())
-    summary = BatchSummary(
-        ok=0,
-        failed=0,
-        skipped=0,
-        seconds=0.0,
-        megapixels=0.0,
-        provider=provider,
-        model=str(model_path),
-        model_sha256=model_sha256,
-        output=str(output),
-        versions=versions(),
-    )
-    rows: list[Row] = []
-    outbox: list[ImageRow] = []  # recorded, not yet yielded
-    start = time.perf_counter()
-    last_checkpoint = start
-    total = len(items) + len(unreadable)
-    emit(Start(total=total, provider=provider, model=str(model_path), output=str(output)))
-    if stamp.changed and (had_outputs or stamp.previous is not None):
-        current = {"model_sha256": model_sha256, "options": options.output_settings()}
-        emit(SettingsChanged(output=str(output), previous=stamp.previous, current=current))
+    def _prepare(self) -> bool:
+        """Everything that can be refused before the output folder is touched: the output and the options, the
+        scheduler value, the inputs (``hidden`` event), the model (pinned: read once and hashed; the options
+        become the pinned ones), a remote scheduler's connection; ``warning`` for a scale far from the model's.
+        False when the sources hold no input (:attr:`summary` is then the empty one)."""
+        if not os.fspath(self._output_arg).strip():  # before Path(): Path("") is the current folder
+            raise ParameterError(f"{param('output')} is empty; give the folder the results go to")
+        self._output = Path(self._output_arg)
+        self._options.check()  # a wrong option is said on a night with no new images too
+        local_cluster = False
+        if self._scheduler is not None:  # so is a scheduler value that cannot work (no connection tried yet)
+            from skinseg.runtime.cluster import check_scheduler, is_local
 
-    def record(index: int, result: ImageRow) -> None:
-        nonlocal last_checkpoint
-        row = result.to_dict()
-        if row["status"] == "skipped":  # report what the outputs on disk say
-            row = merge_rows(previous, [row])[row["path"]]
-            result = ImageRow.from_dict(row)
-        rows.append(row)
-        outbox.append(result)
-        summary.count(row)
-        emit(ImageDone(index=index, done=len(rows), total=total, row=result))
-        if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
-            with contextlib.suppress(OSError):  # a full disk shows up in the final write, with a message
-                write_results(results_path, merge_rows(previous, rows).values())
-            last_checkpoint = time.perf_counter()
+            check_scheduler(self._scheduler, security=self._security)
+            local_cluster = is_local(self._scheduler)
+        found = discover(self._sources, recursive=self._recursive, output=self._output)
+        if found.hidden:  # said once, not one line each: a Mac's ._ files can be many
+            self._emit(HiddenFiles(count=len(found.hidden), examples=[str(p) for p in found.hidden[:3]]))
+        if not found.items and not found.unreadable:
+            self.summary = BatchSummary(0, 0, 0, 0.0, 0.0, "", str(self._model_path), "", str(self._output))
+            return False
+        self._items, self._unreadable = found.items, found.unreadable
+        # a bad model stops us before any image or output
+        self._segmenter, self._options = MODELS.pin(self._model_path, self._options)
+        if self._items:  # once per run: a scale far from the model's, judged on the first photo's size
+            with contextlib.suppress(ImageError, OSError, ValueError):
+                if note := self._segmenter.scale_warning(*image_size(self._items[0].path)):
+                    self._emit(RunWarning(kind="scale", message=note))
+        if self._scheduler is not None and not local_cluster:  # an unreachable scheduler stops us before any output
+            from skinseg.runtime.cluster import connect
 
-    for k, folder in enumerate(unreadable):
-        record(len(items) + k, ImageRow.from_dict(_unreadable_row(folder)))
+            self._cluster = connect(self._scheduler, security=self._security)
+        return True
 
-    def finish() -> None:
-        summary.seconds = time.perf_counter() - start
-        summary.not_done = total - len(rows)
-        write_reports(output, merge_rows(previous, rows).values(), summary, options, fresh=rows)
-        if completed is not None and not summary.interrupted:
-            completed.append(summary)
-        emit(SummaryEvent(summary=summary))
+    def _start(self) -> None:
+        """The lock held: remove a killed run's temporary files, start a local Dask cluster (its scratch space
+        inside the output folder), read the previous report, stamp the settings; ``start`` (and
+        ``settings_changed``) events; the unreadable folders' rows."""
+        output, options = self._output, self._options
+        provider = self._segmenter.provider
+        remove_stale_temps(output)  # a killed run's temporary files and local cluster's scratch space
+        if self._scheduler is not None and self._cluster is None:  # local:N, started once the lock is ours
+            from skinseg.runtime.cluster import connect
 
-    try:
-        summary.stopped = yield from _pipeline(
-            items, model_path, output, options, emit, record, previous, outbox, make_runner
+            self._cluster = connect(self._scheduler, scratch=output / DASK_SCRATCH_NAME)
+        if self._cluster is not None:
+            self._cluster.check_workers(self._model_path, output)
+            provider = f"{self._segmenter.provider} on {self._cluster.describe()}"
+        self._results_path = output / RESULTS_NAME
+        # Rows of inputs deleted since the previous run go; those of inputs not given this time stay.
+        self._previous = drop_deleted_inputs(read_results(self._results_path), {str(i.rel) for i in self._items})
+        model_sha256 = options.model_sha256 or ""
+        had_outputs = self._results_path.is_file()  # a new folder's first stamp is no news
+        stamp = stamp_settings(output, model_sha256, options.output_settings())
+        self._tally = BatchSummary(  # this run's counts; the summary once _finish has written the reports
+            ok=0,
+            failed=0,
+            skipped=0,
+            seconds=0.0,
+            megapixels=0.0,
+            provider=provider,
+            model=str(Path(self._model_path)),
+            model_sha256=model_sha256,
+            output=str(output),
+            versions=versions(),
         )
-    except BaseException:
-        summary.stopped = "interrupted"
-        finish()
-        raise
-    finish()
-    return summary
+        self._done: list[ImageRow] = []  # the rows recorded
+        self._outbox: list[ImageRow] = []  # recorded, not yet yielded
+        self._started = self._last_checkpoint = time.perf_counter()
+        self._total = len(self._items) + len(self._unreadable)
+        self._emit(Start(total=self._total, provider=provider, model=str(Path(self._model_path)), output=str(output)))
+        if stamp.changed and (had_outputs or stamp.previous is not None):
+            current = {"model_sha256": model_sha256, "options": options.output_settings()}
+            self._emit(SettingsChanged(output=str(output), previous=stamp.previous, current=current))
+        for k, folder in enumerate(self._unreadable):
+            where = f"{folder.rel}/" if folder.rel.parts else "./"
+            error = f"{folder.path}: the folder cannot be read ({folder.reason}); its images were not found"
+            self._record(len(self._items) + k, _failed_row(where, folder.path, error))
 
+    def _run(self) -> Generator[ImageRow, None, str]:
+        """Run the images on a runner (:class:`~skinseg.runtime.runners.LocalRunner`, or the Dask cluster's),
+        admitting them by estimated memory (``options.memory_limit``) and count (``options.max_in_flight``); its
+        events and rows are handed to ``on_event`` and :meth:`_record` on this thread, and the rows recorded are
+        yielded as they come. Two inputs whose outputs would share names: the second fails.
 
-def _pipeline(
-    items: list[InputItem],
-    model_path: Path,
-    output: Path,
-    options: InferOptions,
-    emit: Callable[[Event], None],
-    record: Callable[[int, ImageRow], None],
-    previous: dict[str, Row],
-    outbox: list[ImageRow],
-    make_runner: RunnerFactory | None = None,
-) -> Generator[ImageRow, None, str]:
-    """Run :func:`~skinseg.runtime.job.process_image` on ``items``, admitting images by estimated memory
-    (``options.memory_limit``) and count (``options.max_in_flight``); events and rows are handed to ``emit``/``record``
-    on this thread, and the rows recorded (``outbox``) are yielded as they come.
+        Returns why it stopped early ("" when it did not): a full output disk, or a runner whose images raise
+        :class:`StopBatch` (a Dask scheduler that is gone). An interrupt (KeyboardInterrupt, or the loop left)
+        stops admitting images, gives those in flight :data:`INTERRUPT_GRACE_SECONDS` (a second interrupt ends the
+        wait), records what finished and re-raises.
+        """
+        seen: dict[tuple[str, str], InputItem] = {}
+        clashes: dict[tuple[str, str], int] = {}
+        jobs: deque[tuple[int, InputItem]] = deque()
+        for index, item in enumerate(self._items):
+            key = output_key(item.rel)
+            first = seen.setdefault(key, item)
+            if first is item:
+                jobs.append((index, item))
+            else:
+                clashes[key] = clashes.get(key, 1) + 1
+                rel = item.rel if item.rel != first.rel else f"{item.rel} [{clashes[key]}]"
+                error = (
+                    f"{item.path}: its outputs would overwrite those of {first.path} (same folder and name stem "
+                    f"'{item.rel.stem}'); rename one of the two files"
+                )
+                self._record(index, _failed_row(rel, item.path, error))
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        make_runner = self._cluster.runner if self._cluster is not None else LocalRunner
+        runner: Runner = make_runner(Path(self._model_path), self._output, self._options, self._previous, self._events)
+        pending: deque[tuple[int, Future, int]] = deque()  # (index, the image's future, its cost)
+        stopped = ""
+        try:
+            while (jobs and not stopped) or pending:
+                while jobs and not stopped and len(pending) < runner.slots:
+                    index, item = jobs[0]
+                    need = runner.cost(item)
+                    if pending and sum(n for _, _, n in pending) + need > runner.budget:
+                        break  # wait for memory; an image over the whole budget still runs, alone
+                    jobs.popleft()
+                    pending.append((index, runner.start(index, item), need))
+                _wait_any([f for _, f, _ in pending], timeout=0.1)
+                self._drain()
+                for entry in [e for e in pending if e[1].done()]:
+                    pending.remove(entry)
+                    row: ImageRow | None = None
+                    try:
+                        row = entry[1].result()
+                        stop = row.stop
+                    except StopBatch as e:  # the image was not done, and none after it can be: stop, no row
+                        stop = e.reason
+                    if stop and not stopped:
+                        stopped = stop
+                        self._emit(Stopping(reason=stopped, in_flight=len(pending)))
+                    if row is not None:
+                        self._record(entry[0], row)
+                yield from self._take()
+            self._drain()
+            yield from self._take()
+        except BaseException:
+            self._emit(Stopping(reason="interrupted", in_flight=len(pending)))
+            self._finish_in_flight(pending)
+            raise
+        finally:
+            runner.close()
+        return stopped
 
-    Returns why it stopped early ("" when it did not): a full output disk, or a runner whose images raise
-    :class:`StopBatch` (a Dask scheduler that is gone). An interrupt (KeyboardInterrupt)
-    stops admitting images, gives those in flight :data:`INTERRUPT_GRACE_SECONDS` (a second interrupt ends the
-    wait), records what finished and re-raises.
-    """
-    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-    seen: dict[tuple[str, str], InputItem] = {}
-    clashes: dict[tuple[str, str], int] = {}
-    jobs: deque[tuple[int, InputItem]] = deque()
-    for index, item in enumerate(items):
-        key = output_key(item.rel)
-        first = seen.setdefault(key, item)
-        if first is item:
-            jobs.append((index, item))
-        else:
-            clashes[key] = clashes.get(key, 1) + 1
-            record(index, ImageRow.from_dict(_collision_row(item, first, clashes[key])))
-    runner = (make_runner or LocalRunner)(model_path, output, options, previous, events)
+    def _record(self, index: int, row: ImageRow) -> None:
+        """Count an image's row, say it (``image_done``), keep it to yield; ``results.csv`` is checkpointed every
+        :data:`CHECKPOINT_SECONDS`. A skipped image's row is what the outputs on disk say (the previous report's
+        data where it describes them)."""
+        if row.status == "skipped":
+            row = ImageRow.from_dict(self._report_rows([row])[row.path])
+        self._done.append(row)
+        self._outbox.append(row)
+        self._tally.count(row)
+        self._emit(ImageDone(index=index, done=len(self._done), total=self._total, row=row))
+        if time.perf_counter() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            with contextlib.suppress(OSError):  # a full disk shows up in the final write, with a message
+                write_results(self._results_path, self._report_rows(self._done).values())
+            self._last_checkpoint = time.perf_counter()
 
-    def drain() -> None:
+    def _finish(self) -> None:
+        """Write the reports (this run's rows merged into the previous ones); :attr:`summary`; ``summary``."""
+        self._tally.seconds = time.perf_counter() - self._started
+        self._tally.not_done = self._total - len(self._done)
+        write_reports(
+            self._output, self._report_rows(self._done).values(), self._tally, self._options, fresh=self._done
+        )
+        self.summary = self._tally
+        self._emit(SummaryEvent(summary=self.summary))
+
+    def _disconnect(self) -> None:
+        """Close the Dask cluster's connection (and a local cluster); an interrupt meanwhile is one only while
+        the batch has not ended."""
+        if self._cluster is not None:
+            try:
+                self._cluster.close()
+            except KeyboardInterrupt:
+                if not self._ended:
+                    raise
+
+    # ------------------------------------------------------------------------------------------- the helpers
+
+    def _report_rows(self, rows: Iterable[ImageRow]) -> dict[str, Row]:
+        """``rows`` over the previous run's, by path, as the report module's dicts (the one place rows become
+        dicts)."""
+        return merge_rows(self._previous, [row.to_dict() for row in rows])
+
+    def _take(self) -> list[ImageRow]:
+        """The rows recorded since the last call."""
+        taken = self._outbox[:]
+        self._outbox.clear()
+        return taken
+
+    def _drain(self) -> None:
+        """Hand the runner's progress events to ``on_event``, on this thread."""
         while True:
             try:
-                emit(events.get_nowait())
+                self._emit(self._events.get_nowait())
             except queue.Empty:
                 return
 
-    pending: deque[tuple[int, Future, int]] = deque()
-    stopped = ""
-    try:
-        while (jobs and not stopped) or pending:
-            while jobs and not stopped and len(pending) < runner.slots:
-                index, item = jobs[0]
-                need = runner.cost(item)
-                if pending and sum(n for _, _, n in pending) + need > runner.budget:
-                    break  # wait for memory; an image over the whole budget still runs, alone
-                jobs.popleft()
-                pending.append((index, runner.start(index, item), need))
-            _wait_any([f for _, f, _ in pending], timeout=0.1)
-            drain()
-            for entry in [e for e in pending if e[1].done()]:
-                pending.remove(entry)
-                row: ImageRow | None = None
-                try:
-                    row = entry[1].result()
-                    stop = row.stop
-                except StopBatch as e:  # the image was not done, and none after it can be: stop, no row
-                    stop = e.reason
-                if stop and not stopped:
-                    stopped = stop
-                    emit(Stopping(reason=stopped, in_flight=len(pending)))
-                if row is not None:
-                    record(entry[0], row)
-            yield from _take(outbox)
-        drain()
-        yield from _take(outbox)
-    except BaseException:
-        emit(Stopping(reason="interrupted", in_flight=len(pending)))
-        _finish_in_flight(pending, record, drain)
-        raise
-    finally:
-        runner.close()
-    return stopped
+    def _finish_in_flight(self, pending: deque[tuple[int, Future, int]]) -> None:
+        """After an interrupt: let images in flight finish (their outputs are whole either way) for a few seconds,
+        and record those that did; a second interrupt, or a worker stuck past the grace, ends the wait."""
+        deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+        with contextlib.suppress(KeyboardInterrupt):
+            while pending and time.monotonic() < deadline:
+                _wait_any([f for _, f, _ in pending], timeout=0.1)
+                for entry in [e for e in pending if e[1].done()]:
+                    pending.remove(entry)
+                    if not entry[1].cancelled() and entry[1].exception() is None:
+                        self._record(entry[0], entry[1].result())
+        with contextlib.suppress(Exception):
+            self._drain()
 
 
-def _take(outbox: list[ImageRow]) -> list[ImageRow]:
-    """The rows in ``outbox``, which is emptied."""
-    taken = outbox[:]
-    outbox.clear()
-    return taken
+def _failed_row(rel: object, path: str | os.PathLike[str], error: str) -> ImageRow:
+    """The row of an input that failed before any work (an unreadable folder, a name clash): ``input`` absolute,
+    as :func:`~skinseg.runtime.report.empty_row` has it."""
+    return ImageRow(path=str(rel), input=os.path.abspath(path), status="failed", error=error)
 
 
 def _wait_any(futures: list[Future], timeout: float) -> None:
@@ -468,20 +480,3 @@ def _wait_any(futures: list[Future], timeout: float) -> None:
         cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
     else:
         time.sleep(timeout)
-
-
-def _finish_in_flight(
-    pending: deque[tuple[int, Future, int]], record: Callable[[int, ImageRow], None], drain: Callable[[], None]
-) -> None:
-    """After an interrupt: let images in flight finish (their outputs are whole either way) for a few seconds, and
-    record those that did; a second interrupt, or a worker stuck past the grace, ends the wait."""
-    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
-    with contextlib.suppress(KeyboardInterrupt):
-        while pending and time.monotonic() < deadline:
-            _wait_any([f for _, f, _ in pending], timeout=0.1)
-            for entry in [e for e in pending if e[1].done()]:
-                pending.remove(entry)
-                if not entry[1].cancelled() and entry[1].exception() is None:
-                    record(entry[0], entry[1].result())
-    with contextlib.suppress(Exception):
-        drain()

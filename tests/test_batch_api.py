@@ -48,3 +48,21 @@ def test_leaving_the_loop_early_stops_the_batch_and_writes_its_reports(standin_m
     assert 1 <= summary["ok"] < 6 and summary["not_done"] == 6 - summary["ok"]
     rest = iter_batch([src], standin_model, out, OPTS)  # the lock was released: a rerun does the rest
     assert sorted(row.status for row in rest).count("ok") == 6 - summary["ok"]
+
+
+def test_a_batch_runs_once_iterating_again_yields_nothing_and_keeps_its_summary(standin_model, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(2):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    run = iter_batch([src], standin_model, out, OPTS)
+    assert len(list(run)) == 2
+    summary, written = run.summary, (out / "summary.json").read_bytes()
+    assert summary is not None and summary.ok == 2
+    assert list(run) == [] and run.summary is summary  # was None: the second loop's empty return replaced it
+    assert (out / "summary.json").read_bytes() == written  # nothing ran again
+    left = iter_batch([src], standin_model, tmp_path / "left", InferOptions(threads=1, max_in_flight=1))
+    for _row in left:
+        break
+    stopped = left.summary
+    assert stopped is not None and stopped.stopped == "interrupted"
+    assert list(left) == [] and left.summary is stopped
