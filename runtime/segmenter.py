@@ -36,6 +36,8 @@ from skinseg.runtime.defaults import (
     DEFAULT_FILL_HOLES,
     DEFAULT_KEEP_LARGEST,
     DEFAULT_OVERLAP,
+    DEFAULT_OVERLAY_SIZE,
+    DEFAULT_THRESHOLD,
     DEFAULT_TTA,
 )
 from skinseg.runtime.errors import ImageError, ModelError, ParameterError, UsageError, one_line, param, render
@@ -59,8 +61,6 @@ __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options"]
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 MAX_OVERLAP = 0.9  # beyond it the tiles multiply without limit (0.999: 1,000,000 tiles where 25% needs 2)
 FAR_SCALE = 2.0  # a working scale this many times finer or coarser (on a side) than the model's own is warned of
-PREVIEW_SIDE = 2048
-"""Long side in px that a decode keeps for the overlay (``--overlay-size`` default): see :meth:`decode_factor`."""
 PHASES = ("decode", "resize", "preprocess", "model", "blend", "postprocess")
 """The phases :attr:`Result.timings` reports, in pipeline order (``blend``: tiling and stitching around the model;
 ``resize`` covers both the resize to the working scale and the one back to full size)."""
@@ -299,7 +299,7 @@ class Segmenter:
             to the model's scale from the metadata. Required without metadata.
         overlap: fraction of a tile shared with its neighbours (0 ≤ overlap < 1).
         batch_size: tiles per model call.
-        threshold: probability cut-off; defaults to the metadata's (0.5 without metadata).
+        threshold: probability cut-off; defaults to the metadata's (DEFAULT_THRESHOLD, 0.5, without metadata).
         keep_largest: keep only the largest connected component; ``None``: the model's recommendation, else off.
         fill_holes: fill holes inside the mask; ``None``: the model's recommendation, else on.
         tta: average the predictions of each tile and its three flips (4× the model work); ``None``: the model's
@@ -346,7 +346,7 @@ class Segmenter:
             )
         except ValueError as e:
             raise ParameterError(f"{param('scale')}: {e}") from None
-        self.threshold = float(threshold if threshold is not None else meta.threshold if meta else 0.5)
+        self.threshold = float(threshold if threshold is not None else meta.threshold if meta else DEFAULT_THRESHOLD)
         self.overlap = float(overlap)
         self.keep_largest = _choose(keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
         self.fill_holes = _choose(fill_holes, meta and meta.fill_holes, DEFAULT_FILL_HOLES)
@@ -515,9 +515,10 @@ class Segmenter:
         image = _as_rgb(image)
         return self._segment(image, on_tile, start, _Clock(), full_size=full_size, keep_prob=keep_prob)
 
-    def decode_factor(self, width: int, height: int, *, preview: int = PREVIEW_SIDE) -> int:
+    def decode_factor(self, width: int, height: int, *, preview: int = DEFAULT_OVERLAY_SIZE) -> int:
         """The JPEG reduced-decode factor (8, 4, 2 or 1) for a ``width × height`` photo: the largest that still
-        gives the working scale and ``preview`` px on the long side (what the overlay shows by default).
+        gives the working scale and ``preview`` px on the long side (by default the overlay's default size,
+        :data:`~skinseg.runtime.defaults.DEFAULT_OVERLAY_SIZE`).
 
         A decode at 1/2 or 1/4 is several times faster than a full one and the model never sees finer detail
         than its working scale; keeping ``preview`` px means a default overlay needs no second decode.
