@@ -260,7 +260,6 @@ def write_outputs(
     result: Any,
     *,
     record: dict[str, Any] | None = None,
-    overlay: Any = None,
     color: tuple[int, int, int] = DEFAULT_OVERLAY_COLOR,
     opacity: float = DEFAULT_OVERLAY_OPACITY,
 ) -> None:
@@ -272,7 +271,7 @@ def write_outputs(
     record = record or {}
     marker = {k: v for k, v in record.items() if k in ("input", "settings")}
     small = result.mask if result.mask.shape == image.shape[:2] else _fit_mask(result.mask, image.shape[:2])
-    picture = pp.overlay(image, small, color, opacity) if overlay is None else overlay
+    picture = pp.overlay(image, small, color, opacity)
     write_bytes_atomic(paths.overlay, with_record(encode_jpeg(picture, quality=90), marker))
     if paths.prob is not None:
         write_bytes_atomic(paths.prob, with_record(encode_png(result.prob, bits=8), marker))

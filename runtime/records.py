@@ -106,11 +106,6 @@ class ImageRow(Record):
                 d[name] = getattr(self, name)
         return d
 
-    @property
-    def done(self) -> bool:
-        """Whether the image has its outputs (segmented now, or up to date)."""
-        return self.status in ("ok", "skipped")
-
 
 # --------------------------------------------------------------------------------------------------- events
 
