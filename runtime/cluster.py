@@ -72,7 +72,7 @@ def _distributed() -> Any:
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):([0-9]{1,5})$")
 SCHEMES = ("tcp", "tls")  # the transports a skinseg client connects over
-SCRATCH_NAME = DASK_SCRATCH_NAME  # a local cluster's scratch space, inside --output while it runs
+SCRATCH_NAME = DASK_SCRATCH_NAME  # only for runtime/batch.py until it imports DASK_SCRATCH_NAME from outputs
 _SCHEDULER_HINT = "give local:N, a scheduler file, or an address such as tcp://host:8786"
 
 

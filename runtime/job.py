@@ -22,7 +22,8 @@ from typing import Any
 from skinseg import __version__
 from skinseg.runtime.defaults import DEFAULT_OVERLAY_SIZE
 from skinseg.runtime.errors import ImageError, ResourceError, one_line, param
-from skinseg.runtime.imageio import decode_image, file_fingerprint, image_size, load_image_file
+from skinseg.runtime.imageheaders import image_size
+from skinseg.runtime.imageio import decode_image, file_fingerprint, load_image_file
 from skinseg.runtime.model_cache import MODELS
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import (

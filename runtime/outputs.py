@@ -33,9 +33,10 @@ import numpy as np
 
 from skinseg.runtime import atomic
 from skinseg.runtime import postprocess as pp
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.defaults import DEFAULT_OVERLAY_COLOR, DEFAULT_OVERLAY_OPACITY
 from skinseg.runtime.errors import ImageError, SkinsegError, UsageError, param
-from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint, write_bytes_atomic
+from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint
 
 __all__ = [
     "LOCK_NAME",

@@ -11,9 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from skinseg.runtime.defaults import (  # noqa: F401  (DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST re-exported)
-    DEFAULT_FILL_HOLES,
-    DEFAULT_KEEP_LARGEST,
+from skinseg.runtime.defaults import (
     DEFAULT_OVERLAY_COLOR,
     DEFAULT_OVERLAY_OPACITY,
     DEFAULT_THRESHOLD,

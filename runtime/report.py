@@ -20,9 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import ImageError, SkinsegError
 from skinseg.runtime.gallery import folder_totals, write_gallery
-from skinseg.runtime.imageio import write_bytes_atomic
 from skinseg.runtime.names import csv_cell, from_csv_cell, json_text
 from skinseg.runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
 from skinseg.runtime.metadata import Scale
-from skinseg.runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
 from tests.support import jpeg_bytes
