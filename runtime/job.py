@@ -260,9 +260,9 @@ class ImageJob:
                 picture = decode_image(file, reduce=max(f for f in (1, 2, 4, 8) if width / f >= overlay_wh[0]))
             stat_now = quick_stat(file.stat)
             del file
-            before = time.perf_counter()
+            asked = time.perf_counter()
             with self.lock:
-                waited = time.perf_counter() - before
+                waited = time.perf_counter() - asked
                 result = segmenter.segment(
                     image, on_tile=on_tile, full_size=(width, height), keep_prob=options.save_prob
                 )
