@@ -88,7 +88,8 @@ def _static(dim: Any) -> int | None:
 
 
 def check_options(*, threads: int | None, overlap: float, batch_size: int, threshold: float | None) -> None:
-    """The option rules every segmenter shares, with the CLI's option names in the messages."""
+    """The option rules every segmenter shares; the messages name the parameters (:func:`~skinseg.runtime.errors.
+    param`: the caller's names, the command line's flags when the CLI runs)."""
     if threads is not None and (int(threads) != threads or threads < 1):
         raise ParameterError(f"{param('threads')} must be a positive integer, got {threads!r}")
     if not 0.0 <= overlap <= MAX_OVERLAP:
@@ -297,7 +298,7 @@ class Segmenter:
         tile: ``(height, width)`` of the tiles; defaults to the metadata's. Required without metadata.
         scale: a :class:`Scale` or its CLI form (``native``, ``tile``, ``0.25``, ``1024``, ``short:256``); defaults
             to the model's scale from the metadata. Required without metadata.
-        overlap: fraction of a tile shared with its neighbours (0 ≤ overlap < 1).
+        overlap: fraction of a tile shared with its neighbours (0 ≤ overlap ≤ MAX_OVERLAP, 0.9).
         batch_size: tiles per model call.
         threshold: probability cut-off; defaults to the metadata's (DEFAULT_THRESHOLD, 0.5, without metadata).
         keep_largest: keep only the largest connected component; ``None``: the model's recommendation, else off.
