@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from skinseg.data.run_folder import BEST_MODEL, RunFolder, Split
+from skinseg.data.run_folder import BEST_MODEL, EXPORTED_MODEL, RunFolder, Split
 from skinseg.runtime.defaults import DEFAULT_THRESHOLD
 from skinseg.runtime.errors import UsageError, param, render
 from skinseg.runtime.imageio import file_sha256
@@ -226,7 +226,7 @@ def export_run(
     if output is not None and len(quantize or []) == 1:
         # A user asking for `--output q.onnx --quantize int8` wants the int8 model at q.onnx.
         variant_output, output = output, output.with_name(f"{output.stem}.fp32{output.suffix}")
-    output = output or (run_dir or model_path.parent) / "model.onnx"
+    output = output or (run_dir or model_path.parent) / EXPORTED_MODEL
     for target in (output, variant_output):
         if target is not None:
             check_writable(target)
