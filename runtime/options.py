@@ -3,7 +3,7 @@
 :class:`SegmentOptions` shapes a :class:`~skinseg.runtime.segmenter.Segmenter` (``skinseg infer`` and ``skinseg
 evaluate`` both take them); :class:`InferOptions` is those options plus what a batch does with each image (which
 outputs, the overlay's look, memory and reruns). ``None`` means the model's own setting (from its metadata). The CLI
-builds them from its flags (``skinseg.options``); ``tests/test_options.py`` checks that the flags and these fields
+builds them from its flags (``skinseg.flags``); ``tests/test_options.py`` checks that the flags and these fields
 agree, names and defaults.
 """
 

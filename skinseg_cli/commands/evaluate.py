@@ -12,7 +12,7 @@ from rich.table import Table
 
 from skinseg import install_hint
 from skinseg.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
-from skinseg.options import (
+from skinseg.flags import (
     BatchSizeOpt,
     Device,
     DeviceOpt,

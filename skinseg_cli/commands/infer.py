@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from skinseg.app import app, cli_errors, err, out
-from skinseg.options import (
+from skinseg.flags import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
