@@ -309,6 +309,7 @@ class Segmenter:
     """
 
     model_sha256: str | None = None  # the model file's SHA-256 (set by a batch run, else computed when needed)
+    options: SegmentOptions  # as given (None: the model's); the settings in effect are attributes (tile, scale…)
 
     def __init__(
         self,
@@ -316,43 +317,42 @@ class Segmenter:
         options: SegmentOptions | None = None,
         **changes: Any,
     ) -> None:
-        opts = SegmentOptions.of(options, **changes)  # the options, each by name (a misspelt one is a TypeError)
-        device, threads, tile, scale = opts.device, opts.threads, opts.tile, opts.scale
-        overlap, batch_size, threshold = opts.overlap, opts.batch_size, opts.threshold
-        keep_largest, fill_holes, tta, max_pixels = opts.keep_largest, opts.fill_holes, opts.tta, opts.max_pixels
-        check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
-        if tile is not None:
-            tile = parse_tile(tile)
+        # the options as given, each by name (a misspelt one is a TypeError); None: the model's, resolved below
+        opts = self.options = SegmentOptions.of(options, **changes)
+        check_options(threads=opts.threads, overlap=opts.overlap, batch_size=opts.batch_size, threshold=opts.threshold)
+        tile = parse_tile(opts.tile) if opts.tile is not None else None
         if model is None:
             from skinseg.runtime.model_cache import default_model_path
 
             model = default_model_path()
         if isinstance(model, (str, os.PathLike)):
-            model = OnnxBackend(model, device=device, threads=threads)
+            model = OnnxBackend(model, device=opts.device, threads=opts.threads)
         self.backend: Backend = model
         self.model_path = Path(model.model_path)
-        self.device = device
-        self.threads = threads
+        self.device = opts.device
+        self.threads = opts.threads
         meta = self.metadata = model.metadata
         name = str(self.model_path)
-        if meta is None and (tile is None or scale is None):
+        if meta is None and (tile is None or opts.scale is None):
             raise ModelError(
                 f"{name}: the model has no skinseg metadata, so its tile size and scale are unknown; "
                 f"give both tile and scale ({param('tile', 256)} {param('scale', 0.25)}), or export it with "
                 "`skinseg export`"
             )
+        scale = opts.scale
         try:
-            self.scale = (
-                meta.train_scale if scale is None else scale if isinstance(scale, Scale) else Scale.parse(scale)
-            )
+            parsed = scale if scale is None or isinstance(scale, Scale) else Scale.parse(scale)
+            self.scale = meta.train_scale if parsed is None else parsed
         except ValueError as e:
             raise ParameterError(f"{param('scale')}: {e}") from None
-        self.threshold = float(threshold if threshold is not None else meta.threshold if meta else DEFAULT_THRESHOLD)
-        self.overlap = float(overlap)
-        self.keep_largest = _choose(keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
-        self.fill_holes = _choose(fill_holes, meta and meta.fill_holes, DEFAULT_FILL_HOLES)
-        self.tta = _choose(tta, meta and meta.tta, DEFAULT_TTA)
-        self.max_pixels = int(max_pixels)
+        self.threshold = float(
+            opts.threshold if opts.threshold is not None else meta.threshold if meta else DEFAULT_THRESHOLD
+        )
+        self.overlap = float(opts.overlap)
+        self.keep_largest = _choose(opts.keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
+        self.fill_holes = _choose(opts.fill_holes, meta and meta.fill_holes, DEFAULT_FILL_HOLES)
+        self.tta = _choose(opts.tta, meta and meta.tta, DEFAULT_TTA)
+        self.max_pixels = int(opts.max_pixels)
         self.color_constancy = dict(meta.color_constancy) if meta else {"method": "none"}
         self.quality = (meta.quality if meta is not None else None) or GENERIC  # estimates Result.stats["quality"]
         self.tile: tuple[int, int] = tile or tuple(meta.tile_size)  # type: ignore[assignment,union-attr]
@@ -364,7 +364,7 @@ class Segmenter:
                     "with "
                     "dynamic height and width"
                 )
-        self.batch_size = model.fixed_batch or int(batch_size)
+        self.batch_size = model.fixed_batch or int(opts.batch_size)
         self._probe(name)
 
     def _probe(self, name: str) -> None:
@@ -405,8 +405,9 @@ class Segmenter:
     def layout(self) -> str:
         return getattr(self.backend, "layout", "nhwc")
 
-    def options(self) -> dict[str, Any]:
-        """The settings in effect, the model's defaults filled in: what a report records."""
+    def settings(self) -> dict[str, Any]:
+        """The settings in effect, the model's defaults filled in for :attr:`options` left to them (None): what a
+        report records."""
         return {
             "tile": list(self.tile),
             "scale": self.scale.to_dict(),
