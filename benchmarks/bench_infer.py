@@ -431,7 +431,7 @@ def worker_prepare(task: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import numpy as np
 
-    from skinseg.runtime.imageio import image_size
+    from skinseg.runtime.imageheaders import image_size
 
     work = Path(task["work"])
     arch = TINY_ARCH if task.get("tiny") else SEED_ARCH

@@ -132,7 +132,7 @@ def evaluate_folders(
         **result.summary(),
         "model": {"path": str(model_path), "sha256": file_sha256(model_path), "provider": segmenter.provider},
         "data": {"images": str(images), "masks": str(masks), "stems": None if stems is None else str(stems)},
-        "options": {**segmenter.options(), "worst": worst, "review_below": review_below},
+        "options": {**segmenter.settings(), "worst": worst, "review_below": review_below},
         "versions": versions(loaded=("tensorflow", "keras")),
     }
     write_results_csv(output / RESULTS, result.rows)

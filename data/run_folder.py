@@ -32,6 +32,7 @@ __all__ = [
     "CONFIG_GIVEN",
     "CONFIG_RESOLVED",
     "CURVES",
+    "EXPORTED_MODEL",
     "HISTORY",
     "LAST_MODEL",
     "SPLIT",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 BEST_MODEL = "best_model.keras"
+EXPORTED_MODEL = "model.onnx"  # what `skinseg export` writes from the run by default (skinseg.exporters.from_run)
 LAST_MODEL = "last.keras"
 STATE = "state.json"
 CONFIG_GIVEN = "config.given.ini"
@@ -93,6 +95,10 @@ class RunFolder:
     @property
     def best_model(self) -> Path:
         return self.path / BEST_MODEL
+
+    @property
+    def exported_model(self) -> Path:
+        return self.path / EXPORTED_MODEL
 
     @property
     def last_model(self) -> Path:

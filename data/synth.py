@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from skinseg.data import artefacts
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import UsageError, param
-from skinseg.runtime.imageio import write_bytes_atomic
 
 __all__ = ["JPEG_QUALITY", "MAX_SIZE", "MIN_SIZE", "parse_size", "synthesize", "write_dataset"]
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from skinseg.data.run_folder import BEST_MODEL, RunFolder, Split
+from skinseg.data.run_folder import BEST_MODEL, EXPORTED_MODEL, RunFolder, Split
+from skinseg.runtime.defaults import DEFAULT_THRESHOLD
 from skinseg.runtime.errors import UsageError, param, render
 from skinseg.runtime.imageio import file_sha256
 from skinseg.runtime.metadata import ModelMetadata, Scale
@@ -90,7 +91,7 @@ def whole_image_scale(tile: tuple[int, int]) -> Scale:
     return Scale("short_side", float(min(tile)))
 
 
-def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = 0.5) -> ModelMetadata:
+def build_metadata(model: Any, run_dir: Path | None, *, threshold: float = DEFAULT_THRESHOLD) -> ModelMetadata:
     """Metadata for the exported file from the run directory (or, without one, from the model's input shape)."""
     from skinseg import __version__
 
@@ -225,7 +226,7 @@ def export_run(
     if output is not None and len(quantize or []) == 1:
         # A user asking for `--output q.onnx --quantize int8` wants the int8 model at q.onnx.
         variant_output, output = output, output.with_name(f"{output.stem}.fp32{output.suffix}")
-    output = output or (run_dir or model_path.parent) / "model.onnx"
+    output = output or (run_dir or model_path.parent) / EXPORTED_MODEL
     for target in (output, variant_output):
         if target is not None:
             check_writable(target)

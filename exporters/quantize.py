@@ -31,6 +31,7 @@ from skinseg.exporters.keras_to_onnx import (
     onnx_session,
     save_model,
 )
+from skinseg.runtime.defaults import DEFAULT_THRESHOLD
 from skinseg.runtime.errors import ModelError, UsageError
 from skinseg.runtime.metadata import METADATA_KEY, ModelMetadata, parse_metadata
 from skinseg.runtime.metrics import mask_iou
@@ -181,7 +182,7 @@ def compare_models(
     ref_path: str | os.PathLike[str],
     cand_path: str | os.PathLike[str],
     images: np.ndarray | Sequence[np.ndarray],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> dict[str, float]:
     """Compare a candidate (int8/fp16) with its reference (fp32) on the same NHWC RGB 0–255 images.
 

@@ -72,7 +72,7 @@ def _distributed() -> Any:
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):([0-9]{1,5})$")
 SCHEMES = ("tcp", "tls")  # the transports a skinseg client connects over
-SCRATCH_NAME = DASK_SCRATCH_NAME  # a local cluster's scratch space, inside --output while it runs
+SCRATCH_NAME = DASK_SCRATCH_NAME  # only for runtime/batch.py until it imports DASK_SCRATCH_NAME from outputs
 _SCHEDULER_HINT = "give local:N, a scheduler file, or an address such as tcp://host:8786"
 
 
@@ -296,19 +296,13 @@ def _worker_check(model_path: str, output: str) -> str:
 
 
 class DaskCluster:
-    """A connected client (and the local cluster it started, if any, with its scratch folder); a context manager
-    that closes them."""
+    """A connected client (and the local cluster it started, if any, with its scratch folder); :meth:`close`
+    closes them."""
 
     def __init__(
         self, client: Any, cluster: Any = None, scratch: Path | None = None, log_levels: dict[str, int] | None = None
     ) -> None:
         self.client, self.cluster, self.scratch, self.log_levels = client, cluster, scratch, log_levels
-
-    def __enter__(self) -> DaskCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the client, then the local cluster, then remove its scratch folder; never raises for a scheduler

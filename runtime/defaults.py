@@ -19,6 +19,8 @@ MAX_TILE = 4096
 # batch 4 costs about 700 MB more memory with the 31 M-parameter seed model. On a GPU, raise it with --batch-size.
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_OVERLAP = 0.25  # fraction of a tile shared with its neighbours
+# Probability cut-off of a mask where neither the caller nor the model's metadata gives one.
+DEFAULT_THRESHOLD = 0.5
 
 # Colour-constancy methods a model can be trained with (skinseg.runtime.preprocess); the model's metadata says which.
 COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")

@@ -26,9 +26,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.imageheaders import image_size
-from skinseg.runtime.imageio import read_image, read_mask, write_bytes_atomic, write_png_atomic
+from skinseg.runtime.imageio import read_image, read_mask, write_png_atomic
 from skinseg.runtime.metrics import METRICS, Counts, confusion_counts, scores
 from skinseg.runtime.names import csv_cell, json_text
 

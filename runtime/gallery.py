@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from skinseg.runtime.imageio import write_bytes_atomic
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.names import shown
 
 __all__ = ["GALLERY_NAME", "MAX_ROWS", "flags", "folder_totals", "thumbnail_uri", "write_gallery"]

@@ -37,35 +37,27 @@ import numpy as np
 from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, DEFAULT_MAX_PIXELS
 from skinseg.runtime.errors import ImageError, ResourceError, param
-from skinseg.runtime.imageheaders import (
-    EXTENSION_FORMATS,
+from skinseg.runtime.imageheaders import (  # image_size: runtime/batch.py still imports it from here
     Header,
     ImageInfo,
-    image_info,
-    image_size,
+    image_size,  # noqa: F401
     open_image_file,
     oriented_size,
     read_header,
 )
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "EXTENSION_FORMATS",
     "SUPPORTED_EXTENSIONS",
     "ImageFile",
-    "ImageInfo",
     "content_fingerprint",
     "decode_image",
     "encode_jpeg",
     "encode_png",
     "file_fingerprint",
-    "image_info",
-    "image_size",
     "is_supported",
     "load_image_file",
     "read_image",
     "read_mask",
-    "write_bytes_atomic",
     "write_jpeg_atomic",
     "write_png_atomic",
 ]

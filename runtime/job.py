@@ -22,7 +22,8 @@ from typing import Any
 from skinseg import __version__
 from skinseg.runtime.defaults import DEFAULT_OVERLAY_SIZE
 from skinseg.runtime.errors import ImageError, ResourceError, one_line, param
-from skinseg.runtime.imageio import decode_image, file_fingerprint, image_size, load_image_file
+from skinseg.runtime.imageheaders import image_size
+from skinseg.runtime.imageio import decode_image, file_fingerprint, load_image_file
 from skinseg.runtime.model_cache import MODELS
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import (
@@ -259,9 +260,9 @@ class ImageJob:
                 picture = decode_image(file, reduce=max(f for f in (1, 2, 4, 8) if width / f >= overlay_wh[0]))
             stat_now = quick_stat(file.stat)
             del file
-            before = time.perf_counter()
+            asked = time.perf_counter()
             with self.lock:
-                waited = time.perf_counter() - before
+                waited = time.perf_counter() - asked
                 result = segmenter.segment(
                     image, on_tile=on_tile, full_size=(width, height), keep_prob=options.save_prob
                 )

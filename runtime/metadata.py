@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from skinseg.runtime.defaults import MAX_TILE
+from skinseg.runtime.defaults import DEFAULT_THRESHOLD, MAX_TILE
 from skinseg.runtime.errors import ModelError
 from skinseg.runtime.quality import QualityModel, parse_quality
 
@@ -125,7 +125,7 @@ class ModelMetadata:
 
     tile_size: tuple[int, int]  # (height, width) the model was trained at
     train_scale: Scale
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     input_name: str = "image"
     output_name: str = "mask"
     layout: str = "nhwc"
@@ -187,7 +187,7 @@ def parse_metadata(text: str, *, source: str = "model") -> ModelMetadata:
         layout = str(d.get("layout", "nhwc")).lower()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        threshold = d.get("threshold", 0.5)
+        threshold = d.get("threshold", DEFAULT_THRESHOLD)
         if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number within [0, 1], got {threshold!r}")
         color_order = str(d.get("color_order", "rgb")).lower()

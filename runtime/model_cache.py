@@ -96,10 +96,6 @@ class ModelCache:
             self._add(self.key(model_path, pinned, pinned.model_sha256), found)
         return found[0], pinned
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
     def _add(self, key: tuple[Any, ...], entry: tuple[Any, threading.Lock]) -> None:
         if key not in self._entries:
             while len(self._entries) >= self.size:

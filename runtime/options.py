@@ -3,7 +3,7 @@
 :class:`SegmentOptions` shapes a :class:`~skinseg.runtime.segmenter.Segmenter` (``skinseg infer`` and ``skinseg
 evaluate`` both take them); :class:`InferOptions` is those options plus what a batch does with each image (which
 outputs, the overlay's look, memory and reruns). ``None`` means the model's own setting (from its metadata). The CLI
-builds them from its flags (``skinseg.options``); ``tests/test_options.py`` checks that the flags and these fields
+builds them from its flags (``skinseg.flags``); ``tests/test_options.py`` checks that the flags and these fields
 agree, names and defaults.
 """
 
@@ -86,9 +86,9 @@ class InferOptions(SegmentOptions):
     """What `skinseg infer` does to each image: the :class:`SegmentOptions`, then the batch's own options.
 
     ``overlay_size``: the overlay's long side in px (``None``: the photo's full size); ``memory_limit`` (bytes)
-    and ``max_in_flight`` bound the images worked on at once; ``model_sha256`` is set by
-    :func:`~skinseg.runtime.batch.run_batch` to the model it loaded, so every image of a run, on any machine, is
-    segmented by that model or fails.
+    and ``max_in_flight`` bound the images worked on at once; ``model_sha256`` is set when the batch
+    pins its model (:meth:`~skinseg.runtime.model_cache.ModelCache.pin`) to the model it loaded, so every image of
+    a run, on any machine, is segmented by that model or fails.
     """
 
     save_prob: bool = False

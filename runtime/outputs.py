@@ -33,9 +33,10 @@ import numpy as np
 
 from skinseg.runtime import atomic
 from skinseg.runtime import postprocess as pp
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.defaults import DEFAULT_OVERLAY_COLOR, DEFAULT_OVERLAY_OPACITY
 from skinseg.runtime.errors import ImageError, SkinsegError, UsageError, param
-from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint, write_bytes_atomic
+from skinseg.runtime.imageio import encode_jpeg, encode_png, file_fingerprint
 
 __all__ = [
     "LOCK_NAME",
@@ -260,7 +261,6 @@ def write_outputs(
     result: Any,
     *,
     record: dict[str, Any] | None = None,
-    overlay: Any = None,
     color: tuple[int, int, int] = DEFAULT_OVERLAY_COLOR,
     opacity: float = DEFAULT_OVERLAY_OPACITY,
 ) -> None:
@@ -272,7 +272,7 @@ def write_outputs(
     record = record or {}
     marker = {k: v for k, v in record.items() if k in ("input", "settings")}
     small = result.mask if result.mask.shape == image.shape[:2] else _fit_mask(result.mask, image.shape[:2])
-    picture = pp.overlay(image, small, color, opacity) if overlay is None else overlay
+    picture = pp.overlay(image, small, color, opacity)
     write_bytes_atomic(paths.overlay, with_record(encode_jpeg(picture, quality=90), marker))
     if paths.prob is not None:
         write_bytes_atomic(paths.prob, with_record(encode_png(result.prob, bits=8), marker))

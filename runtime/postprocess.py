@@ -11,7 +11,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST  # noqa: F401  (re-exported)
+from skinseg.runtime.defaults import (
+    DEFAULT_OVERLAY_COLOR,
+    DEFAULT_OVERLAY_OPACITY,
+    DEFAULT_THRESHOLD,
+)
 
 __all__ = [
     "COMPONENT_RULES",
@@ -37,7 +41,7 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def threshold(prob: np.ndarray, t: float = 0.5) -> np.ndarray:
+def threshold(prob: np.ndarray, t: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Mask of the pixels whose probability is strictly above ``t`` (``prob`` float 0–1 or uint8 0–255)."""
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], got {t!r}")
@@ -175,8 +179,8 @@ def mask_stats(mask: np.ndarray, prob: np.ndarray | None = None) -> dict[str, An
 def overlay(
     rgb: np.ndarray,
     mask: np.ndarray,
-    color: tuple[int, int, int] = (0, 255, 0),
-    alpha: float = 0.4,
+    color: tuple[int, int, int] = DEFAULT_OVERLAY_COLOR,
+    alpha: float = DEFAULT_OVERLAY_OPACITY,
     *,
     thickness: int | None = None,
 ) -> np.ndarray:

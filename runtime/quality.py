@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST, DEFAULT_THRESHOLD
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -66,9 +68,9 @@ FAILURE_BELOW = 0.65
 def quality_features(
     prob: np.ndarray,
     *,
-    threshold: float = 0.5,
-    keep_largest: bool = False,
-    fill_holes: bool = True,
+    threshold: float = DEFAULT_THRESHOLD,
+    keep_largest: bool = DEFAULT_KEEP_LARGEST,
+    fill_holes: bool = DEFAULT_FILL_HOLES,
     mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The :data:`FEATURES` of one probability map (``H×W``, float 0–1 or uint8 0–255) and its mask.

@@ -36,11 +36,7 @@ class Record(Mapping):
     """Read access by name, as for the dicts these records replace (a read-only mapping of :meth:`to_dict`)."""
 
     def __getitem__(self, key: str) -> Any:
-        if key == "event" and hasattr(self, "EVENT"):
-            return self.EVENT
-        if key in self._names():
-            return getattr(self, key)
-        raise KeyError(key)
+        return self.to_dict()[key]  # the keys the dict has: an unset extra (ImageRow's retried, stop) is none
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())
@@ -80,18 +76,23 @@ class ImageRow(Record):
     n_components: int | None = None
     mean_prob: float | None = None
     quality: float | None = None  # the estimated Jaccard of the mask, 0-1 (skinseg.runtime.quality)
-    review: int | None = None  # 1: a person should check the mask
+    review: int | None = None  # 1: the estimate is below the review threshold, a person should check the mask
     seconds: float | None = None
     status: str = ""  # ok, skipped or failed
     error: str = ""  # why it failed, one line
     fingerprint: str | None = None  # the input's content: size and hash
     settings: str | None = None  # the digest of the model and the options (a failure's: what it depended on)
-    model_sha256: str | None = None
+    model_sha256: str | None = None  # the model that made the mask (its file's SHA-256), as its record says
     skinseg_version: str | None = None
     retried: bool | None = None
     stop: str | None = None
 
     _EXTRA: ClassVar[tuple[str, ...]] = ("retried", "stop")
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The columns of ``results.csv``, in order: the fields but ``retried`` and ``stop``."""
+        return tuple(name for name in cls._names() if name not in cls._EXTRA)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> ImageRow:
@@ -105,11 +106,6 @@ class ImageRow(Record):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         return d
-
-    @property
-    def done(self) -> bool:
-        """Whether the image has its outputs (segmented now, or up to date)."""
-        return self.status in ("ok", "skipped")
 
 
 # --------------------------------------------------------------------------------------------------- events

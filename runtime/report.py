@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import typing
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -20,11 +21,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import ImageError, SkinsegError
 from skinseg.runtime.gallery import folder_totals, write_gallery
-from skinseg.runtime.imageio import write_bytes_atomic
 from skinseg.runtime.names import csv_cell, from_csv_cell, json_text
 from skinseg.runtime.outputs import RESULTS_NAME, SUMMARY_NAME, OutputOptions, OutputPaths, output_paths
+from skinseg.runtime.records import ImageRow
 
 __all__ = [
     "CSV_FIELDS",
@@ -42,29 +44,7 @@ __all__ = [
     "write_results",
 ]
 
-CSV_FIELDS = (
-    "path",
-    "input",
-    "width",
-    "height",
-    "area_px",
-    "area_fraction",
-    "bbox_x",
-    "bbox_y",
-    "bbox_w",
-    "bbox_h",
-    "n_components",
-    "mean_prob",
-    "quality",  # the estimated Jaccard of the mask, 0-1 (skinseg.runtime.quality)
-    "review",  # 1: the estimate is below the review threshold, a person should check the mask
-    "seconds",
-    "status",
-    "error",
-    "fingerprint",
-    "settings",
-    "model_sha256",  # the model that made the mask (its file's SHA-256), as its record says
-    "skinseg_version",
-)
+CSV_FIELDS = ImageRow.columns()  # the columns of results.csv, in order; each documented on ImageRow
 
 Row = dict[str, Any]
 
@@ -111,10 +91,9 @@ def _csv_value(key: str, value: Any) -> str:
     return csv_cell(str(value)) if key in _TEXT_FIELDS else str(value)
 
 
-_INT_FIELDS = frozenset(
-    {"width", "height", "area_px", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "n_components", "review"}
-)
-_FLOAT_FIELDS = frozenset({"area_fraction", "mean_prob", "quality", "seconds"})
+_COLUMN_TYPES = typing.get_type_hints(ImageRow)
+_INT_FIELDS = frozenset(name for name in CSV_FIELDS if _COLUMN_TYPES[name] == int | None)
+_FLOAT_FIELDS = frozenset(name for name in CSV_FIELDS if _COLUMN_TYPES[name] == float | None)
 
 
 def _parse_csv_row(raw: dict[str, str]) -> Row:

@@ -36,6 +36,8 @@ from skinseg.runtime.defaults import (
     DEFAULT_FILL_HOLES,
     DEFAULT_KEEP_LARGEST,
     DEFAULT_OVERLAP,
+    DEFAULT_OVERLAY_SIZE,
+    DEFAULT_THRESHOLD,
     DEFAULT_TTA,
 )
 from skinseg.runtime.errors import ImageError, ModelError, ParameterError, UsageError, one_line, param, render
@@ -59,8 +61,6 @@ __all__ = ["Backend", "OnnxBackend", "Result", "Segmenter", "check_options"]
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 MAX_OVERLAP = 0.9  # beyond it the tiles multiply without limit (0.999: 1,000,000 tiles where 25% needs 2)
 FAR_SCALE = 2.0  # a working scale this many times finer or coarser (on a side) than the model's own is warned of
-PREVIEW_SIDE = 2048
-"""Long side in px that a decode keeps for the overlay (``--overlay-size`` default): see :meth:`decode_factor`."""
 PHASES = ("decode", "resize", "preprocess", "model", "blend", "postprocess")
 """The phases :attr:`Result.timings` reports, in pipeline order (``blend``: tiling and stitching around the model;
 ``resize`` covers both the resize to the working scale and the one back to full size)."""
@@ -88,7 +88,8 @@ def _static(dim: Any) -> int | None:
 
 
 def check_options(*, threads: int | None, overlap: float, batch_size: int, threshold: float | None) -> None:
-    """The option rules every segmenter shares, with the CLI's option names in the messages."""
+    """The option rules every segmenter shares; the messages name the parameters (:func:`~skinseg.runtime.errors.
+    param`: the caller's names, the command line's flags when the CLI runs)."""
     if threads is not None and (int(threads) != threads or threads < 1):
         raise ParameterError(f"{param('threads')} must be a positive integer, got {threads!r}")
     if not 0.0 <= overlap <= MAX_OVERLAP:
@@ -297,9 +298,9 @@ class Segmenter:
         tile: ``(height, width)`` of the tiles; defaults to the metadata's. Required without metadata.
         scale: a :class:`Scale` or its CLI form (``native``, ``tile``, ``0.25``, ``1024``, ``short:256``); defaults
             to the model's scale from the metadata. Required without metadata.
-        overlap: fraction of a tile shared with its neighbours (0 ≤ overlap < 1).
+        overlap: fraction of a tile shared with its neighbours (0 ≤ overlap ≤ MAX_OVERLAP, 0.9).
         batch_size: tiles per model call.
-        threshold: probability cut-off; defaults to the metadata's (0.5 without metadata).
+        threshold: probability cut-off; defaults to the metadata's (DEFAULT_THRESHOLD, 0.5, without metadata).
         keep_largest: keep only the largest connected component; ``None``: the model's recommendation, else off.
         fill_holes: fill holes inside the mask; ``None``: the model's recommendation, else on.
         tta: average the predictions of each tile and its three flips (4× the model work); ``None``: the model's
@@ -308,6 +309,7 @@ class Segmenter:
     """
 
     model_sha256: str | None = None  # the model file's SHA-256 (set by a batch run, else computed when needed)
+    options: SegmentOptions  # as given (None: the model's); the settings in effect are attributes (tile, scale…)
 
     def __init__(
         self,
@@ -315,43 +317,42 @@ class Segmenter:
         options: SegmentOptions | None = None,
         **changes: Any,
     ) -> None:
-        opts = SegmentOptions.of(options, **changes)  # the options, each by name (a misspelt one is a TypeError)
-        device, threads, tile, scale = opts.device, opts.threads, opts.tile, opts.scale
-        overlap, batch_size, threshold = opts.overlap, opts.batch_size, opts.threshold
-        keep_largest, fill_holes, tta, max_pixels = opts.keep_largest, opts.fill_holes, opts.tta, opts.max_pixels
-        check_options(threads=threads, overlap=overlap, batch_size=batch_size, threshold=threshold)
-        if tile is not None:
-            tile = parse_tile(tile)
+        # the options as given, each by name (a misspelt one is a TypeError); None: the model's, resolved below
+        opts = self.options = SegmentOptions.of(options, **changes)
+        check_options(threads=opts.threads, overlap=opts.overlap, batch_size=opts.batch_size, threshold=opts.threshold)
+        tile = parse_tile(opts.tile) if opts.tile is not None else None
         if model is None:
             from skinseg.runtime.model_cache import default_model_path
 
             model = default_model_path()
         if isinstance(model, (str, os.PathLike)):
-            model = OnnxBackend(model, device=device, threads=threads)
+            model = OnnxBackend(model, device=opts.device, threads=opts.threads)
         self.backend: Backend = model
         self.model_path = Path(model.model_path)
-        self.device = device
-        self.threads = threads
+        self.device = opts.device
+        self.threads = opts.threads
         meta = self.metadata = model.metadata
         name = str(self.model_path)
-        if meta is None and (tile is None or scale is None):
+        if meta is None and (tile is None or opts.scale is None):
             raise ModelError(
                 f"{name}: the model has no skinseg metadata, so its tile size and scale are unknown; "
                 f"give both tile and scale ({param('tile', 256)} {param('scale', 0.25)}), or export it with "
                 "`skinseg export`"
             )
+        scale = opts.scale
         try:
-            self.scale = (
-                meta.train_scale if scale is None else scale if isinstance(scale, Scale) else Scale.parse(scale)
-            )
+            parsed = scale if scale is None or isinstance(scale, Scale) else Scale.parse(scale)
+            self.scale = meta.train_scale if parsed is None else parsed
         except ValueError as e:
             raise ParameterError(f"{param('scale')}: {e}") from None
-        self.threshold = float(threshold if threshold is not None else meta.threshold if meta else 0.5)
-        self.overlap = float(overlap)
-        self.keep_largest = _choose(keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
-        self.fill_holes = _choose(fill_holes, meta and meta.fill_holes, DEFAULT_FILL_HOLES)
-        self.tta = _choose(tta, meta and meta.tta, DEFAULT_TTA)
-        self.max_pixels = int(max_pixels)
+        self.threshold = float(
+            opts.threshold if opts.threshold is not None else meta.threshold if meta else DEFAULT_THRESHOLD
+        )
+        self.overlap = float(opts.overlap)
+        self.keep_largest = _choose(opts.keep_largest, meta and meta.keep_largest, DEFAULT_KEEP_LARGEST)
+        self.fill_holes = _choose(opts.fill_holes, meta and meta.fill_holes, DEFAULT_FILL_HOLES)
+        self.tta = _choose(opts.tta, meta and meta.tta, DEFAULT_TTA)
+        self.max_pixels = int(opts.max_pixels)
         self.color_constancy = dict(meta.color_constancy) if meta else {"method": "none"}
         self.quality = (meta.quality if meta is not None else None) or GENERIC  # estimates Result.stats["quality"]
         self.tile: tuple[int, int] = tile or tuple(meta.tile_size)  # type: ignore[assignment,union-attr]
@@ -363,7 +364,7 @@ class Segmenter:
                     "with "
                     "dynamic height and width"
                 )
-        self.batch_size = model.fixed_batch or int(batch_size)
+        self.batch_size = model.fixed_batch or int(opts.batch_size)
         self._probe(name)
 
     def _probe(self, name: str) -> None:
@@ -404,8 +405,9 @@ class Segmenter:
     def layout(self) -> str:
         return getattr(self.backend, "layout", "nhwc")
 
-    def options(self) -> dict[str, Any]:
-        """The settings in effect, the model's defaults filled in: what a report records."""
+    def settings(self) -> dict[str, Any]:
+        """The settings in effect, the model's defaults filled in for :attr:`options` left to them (None): what a
+        report records."""
         return {
             "tile": list(self.tile),
             "scale": self.scale.to_dict(),
@@ -515,9 +517,10 @@ class Segmenter:
         image = _as_rgb(image)
         return self._segment(image, on_tile, start, _Clock(), full_size=full_size, keep_prob=keep_prob)
 
-    def decode_factor(self, width: int, height: int, *, preview: int = PREVIEW_SIDE) -> int:
+    def decode_factor(self, width: int, height: int, *, preview: int = DEFAULT_OVERLAY_SIZE) -> int:
         """The JPEG reduced-decode factor (8, 4, 2 or 1) for a ``width × height`` photo: the largest that still
-        gives the working scale and ``preview`` px on the long side (what the overlay shows by default).
+        gives the working scale and ``preview`` px on the long side (by default the overlay's default size,
+        :data:`~skinseg.runtime.defaults.DEFAULT_OVERLAY_SIZE`).
 
         A decode at 1/2 or 1/4 is several times faster than a full one and the model never sees finer detail
         than its working scale; keeping ``preview`` px means a default overlay needs no second decode.

@@ -1,6 +1,8 @@
 """skinseg: skin-lesion segmentation at the edge (train, export, infer, evaluate).
 
-One import name over five layers, each importing only the ones below it (``tests/test_layers.py`` checks):
+One import name over five layers, each importing only the ones below it (``tests/test_layers.py`` checks), and
+this root package (layer 0: ``__version__``, ``DISTRIBUTION`` and ``install_hint``, which every layer may import,
+and the lazy embedding API below):
 
 1. :mod:`skinseg.runtime` (folder ``runtime/``): onnxruntime inference: reading images, tiling, blending,
    pre- and post-processing, batch runs, reports. numpy, OpenCV and onnxruntime only; never TensorFlow.

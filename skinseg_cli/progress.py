@@ -1,6 +1,7 @@
 """Progress display for the CLI: rich bars on a terminal, one plain line per unit otherwise (cron, pipes).
 
-The core reports progress through callbacks and event dicts; only this module knows about rich.
+The core reports progress through callbacks and typed event records (skinseg.runtime.records); only this module
+knows about rich.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ import csv
 import struct
 import subprocess
 import sys
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -71,6 +73,13 @@ ORIENT = {
 }
 
 # ------------------------------------------------------------------------------------------------ encoded files
+
+
+def photos(folder: Path, count: int = 3, size: tuple[int, int] = (90, 120)) -> Path:
+    """``folder`` with ``count`` lesion photos ``p000.png``, ``p001.png``… of ``size`` (h, w), each its own seed."""
+    for i in range(count):
+        write_png(folder / f"p{i:03d}.png", lesion_image(*size, seed=i))
+    return folder
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
@@ -164,14 +173,15 @@ def outputs(folder: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------ the command
 
 
-def run_cli(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
-    """`python -m skinseg ARGS` in a subprocess from the repository root (``kwargs``: e.g. ``env``)."""
+def run_cli(*args: object, timeout: float = 180, **kwargs: object) -> subprocess.CompletedProcess:
+    """`python -m skinseg ARGS` in a subprocess, from the repository root unless ``kwargs`` give a ``cwd`` (or
+    e.g. an ``env``)."""
+    kwargs.setdefault("cwd", ROOT)
     return subprocess.run(
         [sys.executable, "-m", "skinseg", *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=180,
-        cwd=ROOT,
+        timeout=timeout,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -183,3 +193,23 @@ def invoke(*args: object):
     from skinseg.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def infer(*args: object, quiet: bool = False):
+    """``skinseg infer ARGS --threads 1`` (``--quiet`` too with ``quiet``) in this process, as :func:`invoke`."""
+    return invoke("infer", *args, "--threads", "1", *(["--quiet"] if quiet else []))
+
+
+def wait_for(
+    condition: Callable[[], bool], proc: subprocess.Popen | None = None, timeout: float = 120, poll: float = 0.002
+) -> bool:
+    """Poll ``condition`` until it holds; False if ``proc`` ended first (and it still does not hold) or time ran
+    out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return condition()
+        time.sleep(poll)
+    return False

@@ -31,9 +31,7 @@ import cv2
 import numpy as np
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
-from skinseg.cli import app
 from skinseg.progress import InferProgress
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.imageio import read_image
@@ -41,6 +39,7 @@ from skinseg.runtime.options import InferOptions
 from tests.support import (
     ORIENT,
     block_image,
+    infer,
     jpeg_bytes,
     lesion_image,
     png_bytes,
@@ -51,12 +50,7 @@ from tests.support import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 OPTS = InferOptions(threads=1)
-
-
-def infer(*args: object):
-    return runner.invoke(app, ["infer", *map(str, args), "--threads", "1", "--quiet"])
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
@@ -148,7 +142,7 @@ def awkward_inputs(src: Path) -> dict[str, tuple[str | None, np.ndarray | None]]
 def test_every_awkward_image_in_one_batch(model, tmp_path):
     expected = awkward_inputs(tmp_path / "src")
     out = tmp_path / "out"
-    result = infer(tmp_path / "src", "--model", model, "--output", out)
+    result = infer(tmp_path / "src", "--model", model, "--output", out, quiet=True)
     assert result.exit_code == 1, result.output  # some failed, the others are done
     assert "Traceback" not in result.output
     rows = read_rows(out)
@@ -235,7 +229,7 @@ def test_symlink_loops_under_recursive_end_and_each_image_runs_once(model, tmp_p
     (src / "a" / "self").symlink_to(src / "a", target_is_directory=True)  # loop to itself
     (src / "a" / "b" / "alias.png").symlink_to(src / "top.png")  # one file under two names
     out = tmp_path / "out"
-    result = infer(src, "--recursive", "--model", model, "--output", out)
+    result = infer(src, "--recursive", "--model", model, "--output", out, quiet=True)
     assert result.exit_code == 0, result.output
     rows = read_rows(out)
     assert len(rows) == 2 and {"top.png", "a/b/deep.png"} == set(rows)
@@ -261,7 +255,9 @@ def test_outputs_stay_inside_output_whatever_the_input_names(model, tmp_path):
 
     # A glob whose matches climb out of its fixed leading folder: their outputs would land in ../../
     climbing = f"{base}/src/x/*/../../../../outside/glob*.png"
-    result = infer(climbing, f"{base}/src/x/../near.png", base / "src", "-r", "--model", model, "--output", out)
+    result = infer(
+        climbing, f"{base}/src/x/../near.png", base / "src", "-r", "--model", model, "--output", out, quiet=True
+    )
     assert result.exit_code == 1, result.output
     rows = read_rows(out)
     assert rows["near.png"]["status"] == "ok"
@@ -288,7 +284,7 @@ def test_file_names_with_csv_and_markup_characters(model, tmp_path):
     for name in names:
         (src / name).write_bytes(png_bytes(block_image()))
     out = tmp_path / "out ä"
-    result = infer(src, "--model", model, "--output", out)
+    result = infer(src, "--model", model, "--output", out, quiet=True)
     assert result.exit_code == 0, result.output
     rows = read_rows(out)
     assert set(rows) == set(names) and all(r["status"] == "ok" for r in rows.values())

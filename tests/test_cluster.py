@@ -27,7 +27,7 @@ from skinseg.runtime.errors import UsageError  # noqa: E402
 from skinseg.runtime.options import InferOptions  # noqa: E402
 from skinseg.runtime.outputs import output_lock  # noqa: E402
 from skinseg.runtime.report import read_results  # noqa: E402
-from tests.support import lesion_image, write_png  # noqa: E402
+from tests.support import outputs, photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = InferOptions(threads=1)
@@ -39,16 +39,6 @@ def scheduler():
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
     ) as cluster:
         yield cluster.scheduler_address
-
-
-def photos(folder: Path, count: int, size: tuple[int, int] = (90, 120)) -> Path:
-    for i in range(count):
-        write_png(folder / f"p{i:03d}.png", lesion_image(*size, seed=i))
-    return folder
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.endswith(("_mask.png", "_overlay.jpg"))}
 
 
 def comparable(rows: dict) -> dict:

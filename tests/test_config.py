@@ -107,6 +107,29 @@ def test_overrides_win_and_are_checked():
         apply_overrides(cfg, {"train.epoch": 3})
 
 
+def test_overrides_name_an_unknown_section_and_read_the_seeds_names_like_a_file():
+    """An unknown section is a ConfigError naming the key (not an AttributeError); the seed's spellings and places
+    (``augmentor.alpah``) are read as the file form reads them, with a warning."""
+    cfg = load_config(SEED)
+    with pytest.raises(ConfigError, match="bogus.x"):
+        apply_overrides(cfg, {"bogus.x": 1})
+    with pytest.raises(ConfigError, match="did you mean `train`"):
+        apply_overrides(cfg, {"trian.epochs": 1})
+    apply_overrides(cfg, {"augmentor.alpah": "500", "deformation.sigmoid": 6, "augmentor.sigmoids": [4.0, 6.0]})
+    from_file = parse_config("[augmentor]\nalpah = 500\nsigmoids = [4.0, 6.0]\n[deformation]\nsigmoid = 6\n")
+    assert (
+        (cfg.deformation.alpha, cfg.deformation.sigmoid, cfg.deformation.sigmoids)
+        == (
+            from_file.deformation.alpha,
+            from_file.deformation.sigmoid,
+            from_file.deformation.sigmoids,
+        )
+        == (500.0, 6.0, [4.0, 6.0])
+    )
+    assert any("augmentor.alpah" in w and "deformation.alpha" in w for w in cfg.warnings)
+    assert not any("`deformation.sigmoid`" in w for w in cfg.warnings)  # its own name: no warning
+
+
 def test_overrides_are_typed_like_file_values():
     """Text from an override is read as the file reads a value: "0.001" is the float, as in the file."""
     cfg = load_config(SEED)

@@ -32,7 +32,7 @@ from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import SkinsegError
 from skinseg.runtime.options import InferOptions
 from tests.onnx_standins import identity_model, metadata_json, save
-from tests.support import outputs, png_bit_depth, smooth_image, write_png
+from tests.support import outputs, png_bit_depth, smooth_image, wait_for, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -51,18 +51,6 @@ def start(*args: object, stderr: object = subprocess.DEVNULL) -> subprocess.Pope
 
 def run(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(skinseg(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen | None, timeout: float, poll: float = 0.002) -> bool:
-    """Poll ``condition`` until it holds; False if ``proc`` ended first or time ran out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if proc is not None and proc.poll() is not None:
-            return condition()
-        time.sleep(poll)
-    return False
 
 
 def kill(proc: subprocess.Popen) -> None:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from skinseg.runtime.errors import ImageError
-from skinseg.runtime.imageio import image_size, load_image_file, read_image, read_mask
+from skinseg.runtime.imageheaders import image_size
+from skinseg.runtime.imageio import load_image_file, read_image, read_mask
 from skinseg.runtime.report import read_results
 from tests.support import lesion_image, write_png
 

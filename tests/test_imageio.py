@@ -15,16 +15,15 @@ import cv2
 import numpy as np
 import pytest
 
+from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import ImageError
+from skinseg.runtime.imageheaders import image_info, image_size
 from skinseg.runtime.imageio import (
     SUPPORTED_EXTENSIONS,
-    image_info,
-    image_size,
     is_supported,
     load_image_file,
     read_image,
     read_mask,
-    write_bytes_atomic,
     write_jpeg_atomic,
     write_png_atomic,
 )

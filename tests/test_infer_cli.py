@@ -12,23 +12,16 @@ import cv2
 import numpy as np
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
-from skinseg.cli import app
 from skinseg.progress import InferProgress
 from skinseg.runtime.batch import run_batch
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock
 from tests.onnx_standins import metadata_json, odd_input_model, save
-from tests.support import invoke, jpeg_bytes, lesion_image, read_rows, run_cli, write_png
+from tests.support import infer, invoke, jpeg_bytes, lesion_image, read_rows, run_cli, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
-
-
-def infer(*args: object):
-    return runner.invoke(app, ["infer", *map(str, args), "--threads", "1"])
 
 
 def test_folder_tree_is_mirrored_exit_0(model, tmp_path):

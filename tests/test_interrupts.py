@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from skinseg.runtime.outputs import output_lock
-from tests.support import lesion_image, write_png
+from tests.support import lesion_image, photos, wait_for, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,15 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def start(*args: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "skinseg", "infer", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def wait_for(condition, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow
@@ -73,19 +64,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def photos(folder: Path, count: int) -> Path:
-    for i in range(count):
-        write_png(folder / f"p{i}.png", lesion_image(seed=i))
-    return folder
-
-
 @pytest.mark.slow
 def test_sigterm_while_a_local_cluster_starts_is_exit_130_without_a_traceback(standin_model, tmp_path):
     pytest.importorskip("distributed")
     src = photos(tmp_path / "src", 2)
     out = tmp_path / "out"
     proc = start(src, "--model", standin_model, "-o", out, "--scheduler", "local:1", "--threads", "1")
-    assert wait_for(lambda: children(proc.pid))  # its first worker process is starting: so is the cluster
+    assert wait_for(lambda: children(proc.pid), poll=0.02)  # its first worker process is starting: so is the cluster
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

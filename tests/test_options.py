@@ -10,7 +10,7 @@ import pytest
 import typer
 
 from skinseg.cli import app
-from skinseg.options import infer_options, segment_options
+from skinseg.flags import infer_options, segment_options
 from skinseg.runtime.options import InferOptions, SegmentOptions
 from skinseg.runtime.segmenter import Segmenter
 

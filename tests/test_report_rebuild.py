@@ -12,16 +12,10 @@ from skinseg.runtime.batch import run_batch
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import read_record
 from skinseg.runtime.report import read_results
-from tests.support import lesion_image, write_png
+from tests.support import lesion_image, photos, write_png
 
 OPTS = InferOptions(threads=1)
 HIGH = InferOptions(threads=1, threshold=0.95)  # above the lesion's red (230/255): empty masks
-
-
-def photos(folder: Path, n: int = 3) -> Path:
-    for i in range(n):
-        write_png(folder / f"img{i}.png", lesion_image(seed=i))
-    return folder
 
 
 def recorded(out: Path, stem: str) -> dict:
@@ -42,8 +36,8 @@ def test_a_report_older_than_the_masks_is_rebuilt_from_their_records(standin_mod
     assert summary.skipped == 3
     rows = read_results(out / "results.csv")
     for i in range(3):
-        record = recorded(out, f"img{i}")
-        row = rows[f"img{i}.png"]
+        record = recorded(out, f"p{i:03d}")
+        row = rows[f"p{i:03d}.png"]
         assert row["status"] == "skipped"
         assert row["area_px"] == record["row"]["area_px"] > 0
         assert row["settings"] == record["settings"] and row["fingerprint"] == record["input"]

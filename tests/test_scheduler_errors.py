@@ -21,29 +21,13 @@ from skinseg.runtime.job import estimate_memory
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock
 from skinseg.runtime.report import read_results
-from tests.support import lesion_image, write_png
+from tests.support import photos, run_cli
 
 OPTS = InferOptions(threads=1)
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def photos(folder: Path, count: int, size: tuple[int, int] = (90, 120)) -> Path:
-    for i in range(count):
-        write_png(folder / f"p{i:03d}.png", lesion_image(*size, seed=i))
-    return folder
-
-
-def infer(*args: object, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "skinseg", "infer", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
 
 
 def scheduler_file(tmp_path: Path, content: str) -> str:
@@ -88,7 +72,7 @@ def test_a_scheduler_value_that_cannot_work_is_refused_at_once(standin_model, tm
 @pytest.mark.parametrize("value", ["", "garbage:://??", "tls://127.0.0.1:1", "/dev/null"])
 def test_the_command_line_says_it_in_one_line_with_exit_2(standin_model, tmp_path, value):
     src = photos(tmp_path / "src", 1)
-    done = infer(src, "--model", standin_model, "-o", tmp_path / "out", "--scheduler", value, timeout=60)
+    done = run_cli("infer", src, "--model", standin_model, "-o", tmp_path / "out", "--scheduler", value, timeout=60)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
 
@@ -119,7 +103,7 @@ def test_a_local_cluster_writes_nothing_outside_the_output(standin_model, tmp_pa
     home.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
     out = tmp_path / "out"
-    done = infer(src, "--model", standin_model, "-o", out, "--scheduler", f"local:{min(2, cores())}",
+    done = run_cli("infer", src, "--model", standin_model, "-o", out, "--scheduler", f"local:{min(2, cores())}",
                  "--threads", "1", "--log-format", "json", env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert list(scratch.rglob("*")) == [] and list(home.rglob("*")) == []
@@ -206,7 +190,7 @@ def test_a_scheduler_killed_mid_run_stops_the_run_cleanly_and_a_rerun_completes(
     scheduler, worker = start_scheduler(port, tmp_path)  # the rerun completes the rest
     try:
         wait_for_worker(address)
-        rerun = infer(*args, timeout=300)
+        rerun = run_cli("infer", *args, timeout=300)
     finally:
         for p in (worker, scheduler):
             p.kill()

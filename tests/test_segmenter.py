@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from skinseg.runtime.defaults import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg.runtime.errors import ImageError, ModelError, UsageError
 from skinseg.runtime.metadata import Scale
-from skinseg.runtime.postprocess import DEFAULT_FILL_HOLES, DEFAULT_KEEP_LARGEST
 from skinseg.runtime.segmenter import Segmenter
 from tests.onnx_standins import affine_model, identity_model, metadata_json, odd_input_model, save
 from tests.support import jpeg_bytes
@@ -267,7 +267,7 @@ def test_tta_and_postprocessing_follow_the_model_unless_given(tmp_path, image):
     path = save(identity_model(metadata=meta), tmp_path / "rec.onnx")
     seg = Segmenter(path, threads=1)
     assert (seg.tta, seg.keep_largest, seg.fill_holes) == (True, True, False)
-    assert seg.options()["tta"] is True
+    assert seg.settings()["tta"] is True
     given = Segmenter(path, threads=1, tta=False, keep_largest=False, fill_holes=True)
     assert (given.tta, given.keep_largest, given.fill_holes) == (False, False, True)
     np.testing.assert_array_equal(

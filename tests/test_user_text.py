@@ -3,16 +3,7 @@ lines, notes or error messages, and a newline in a file name cannot forge a log 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from tests.support import lesion_image, run_cli, write_png
-
-
-def infer(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "skinseg", "infer", *map(str, args)], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_emoji_codes_and_brackets_in_names_are_shown_as_written(standin_model, tmp_path):
@@ -20,7 +11,7 @@ def test_emoji_codes_and_brackets_in_names_are_shown_as_written(standin_model, t
     for name in (":x:smile:.png", "[red]b[dim].png", ".:smile:.png"):
         write_png(src / name, lesion_image())
     (src / ":warning:bad.png").write_bytes(b"not a png")
-    done = infer(src, "--model", standin_model, "-o", tmp_path / ":fire:out")
+    done = run_cli("infer", src, "--model", standin_model, "-o", tmp_path / ":fire:out")
     text = done.stdout + done.stderr
     assert done.returncode == 1, text
     for written in (":x:smile:.png", "[red]b[dim].png", ":warning:bad.png", ":thumbs_up:photos", ":fire:out",
@@ -31,7 +22,7 @@ def test_emoji_codes_and_brackets_in_names_are_shown_as_written(standin_model, t
 
 def test_an_error_about_a_name_shows_it_as_written(standin_model, tmp_path):
     missing = tmp_path / "data" / ":thumbs_up:photos"
-    done = infer(missing, "--model", standin_model, "-o", tmp_path / "out")
+    done = run_cli("infer", missing, "--model", standin_model, "-o", tmp_path / "out")
     assert done.returncode == 2
     assert ":thumbs_up:photos" in done.stderr and "👍" not in done.stderr, done.stderr
 

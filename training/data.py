@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from skinseg.data.pairing import Pair
-from skinseg.runtime.imageio import image_size, read_image
+from skinseg.runtime.imageheaders import image_size
+from skinseg.runtime.imageio import read_image
 from skinseg.runtime.preprocess import apply_color_constancy
 
 CACHE_BUDGET_BYTES = 4 * 1024**3

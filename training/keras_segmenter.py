@@ -20,6 +20,7 @@ import numpy as np
 from skinseg.data.run_folder import CONFIG_RESOLVED, RunFolder
 from skinseg.runtime.errors import ModelError, param
 from skinseg.runtime.metadata import ModelMetadata
+from skinseg.runtime.options import SegmentOptions
 from skinseg.runtime.segmenter import Segmenter
 
 __all__ = ["KerasBackend", "KerasSegmenter", "open_segmenter"]
@@ -79,10 +80,12 @@ def KerasSegmenter(model_path: str | os.PathLike[str], *, threads: int | None = 
     return Segmenter(backend, threads=threads, **options)
 
 
-def open_segmenter(model_path: str | os.PathLike[str], **options: Any) -> Segmenter:
+def open_segmenter(
+    model_path: str | os.PathLike[str], options: SegmentOptions | None = None, **changes: Any
+) -> Segmenter:
     """A :class:`Segmenter` for a model file: ``.onnx`` on onnxruntime, ``.keras`` on Keras (``device`` ignored).
 
-    ``options`` as for :class:`Segmenter`. UsageError for another suffix.
+    ``options`` and ``changes`` as for :class:`Segmenter`. UsageError for another suffix.
     """
     from skinseg.runtime.errors import UsageError
 
@@ -91,8 +94,7 @@ def open_segmenter(model_path: str | os.PathLike[str], **options: Any) -> Segmen
     if suffix == ".keras":
         if not path.is_file():
             raise ModelError(f"{path}: file not found")
-        options.pop("device", None)
-        return KerasSegmenter(path, **options)
+        return KerasSegmenter(path, **SegmentOptions.of(options, **changes).as_kwargs() | {"device": "auto"})
     if suffix != ".onnx":
         raise UsageError(f"{param('model', path)}: expected an .onnx or .keras file (got {suffix or 'no'} suffix)")
-    return Segmenter(path, **options)
+    return Segmenter(path, options, **changes)

@@ -10,7 +10,7 @@ from typing import Any
 
 from skinseg.data.config.coerce import coerce, describe, expects_str, suggest
 from skinseg.data.config.literals import parse_literal
-from skinseg.data.config.schema import Config
+from skinseg.data.config.schema import ALIASES, MOVED, SECTIONS, Config
 from skinseg.data.config.validate import check_ranges
 from skinseg.runtime.errors import ConfigError
 
@@ -21,12 +21,23 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     A value is typed as the file's would be: text is read as the file reads a value (``"0.001"`` is the float
     0.001, ``"True"`` the boolean), then checked against the key's type (an int where a float is expected becomes
     a float, one folder where a list is expected a list of one); paths stay relative to the current folder.
-    ConfigError, naming the key, for a value of the wrong type or out of range.
+    The seed's spellings (:data:`ALIASES`) and places (:data:`MOVED`) are read as in a file, with a warning in
+    ``cfg.warnings``. ConfigError, naming the key, for an unknown section or key, or a value of the wrong type or
+    out of range.
     """
     for dotted, value in overrides.items():
         if value is None:
             continue
-        section, _, key = dotted.partition(".")
+        written_section, _, written_key = dotted.partition(".")
+        if written_section not in SECTIONS:
+            raise ConfigError(
+                f"override `{dotted}`: no such section `{written_section}`; {suggest(written_section, list(SECTIONS))}"
+            )
+        name = ALIASES.get((written_section, written_key)) or ALIASES.get(("*", written_key)) or written_key
+        section, key = MOVED.get((written_section, name), (written_section, name))
+        if (section, key) != (written_section, written_key):
+            why = "the seed's place for it" if section != written_section else "the seed's spelling"
+            cfg.warnings.append(f"override `{dotted}` is read as `{section}.{key}` ({why})")
         sub = getattr(cfg, section)
         if key not in {f.name for f in dataclasses.fields(sub)}:
             raise ConfigError(

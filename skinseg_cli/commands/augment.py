@@ -15,7 +15,7 @@ from skinseg.app import (
     load_config_for_cli,
     out,
 )
-from skinseg.options import output_path
+from skinseg.flags import output_path
 
 # ---------------------------------------------------------------------------------------------- augment-preview
 

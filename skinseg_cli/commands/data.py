@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from skinseg.app import QuietOpt, cli_errors, data_app, err, out
-from skinseg.options import output_path
+from skinseg.flags import output_path
 from skinseg.runtime.errors import UsageError
 from skinseg.runtime.names import shown
 

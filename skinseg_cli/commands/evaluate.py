@@ -12,7 +12,7 @@ from rich.table import Table
 
 from skinseg import install_hint
 from skinseg.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
-from skinseg.options import (
+from skinseg.flags import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
@@ -112,7 +112,7 @@ def evaluate(
         require_tensorflow(KERAS_HINT)
         if options.device not in ("auto", "cpu"):
             err.print("[yellow]warning:[/yellow] --device applies to ONNX models; the .keras model runs on TensorFlow")
-    segmenter = open_segmenter(model_path, **options.as_kwargs())
+    segmenter = open_segmenter(model_path, options)
     with progress_callback("evaluating", total=None, quiet=quiet, console=err) as advance:
         run = evaluate_folders(
             segmenter,

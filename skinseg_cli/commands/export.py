@@ -10,7 +10,7 @@ import typer
 
 from skinseg import install_hint
 from skinseg.app import app, cli_errors, err, out, require_modules, require_tensorflow
-from skinseg.options import output_path
+from skinseg.flags import output_path
 from skinseg.runtime.errors import UsageError
 
 EXPORT_HINT = f"skinseg export needs TensorFlow and tf2onnx: install the train extra, {install_hint('train')}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -16,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from skinseg.app import app, cli_errors, err, out
-from skinseg.options import (
+from skinseg.flags import (
     BatchSizeOpt,
     Device,
     DeviceOpt,
@@ -210,9 +209,8 @@ def infer(
         overlay_opacity=overlay_opacity,
         review_below=review_below,
     )
-    if options.max_in_flight > MAX_IN_FLIGHT:
+    if options.max_in_flight > MAX_IN_FLIGHT:  # the runner caps it; the command line says so
         err.print(f"note: --max-in-flight {options.max_in_flight} is more than {MAX_IN_FLIGHT}; using {MAX_IN_FLIGHT}")
-        options = dataclasses.replace(options, max_in_flight=MAX_IN_FLIGHT)
     model_path = model if model is not None else default_model_path()
     security = None
     if scheduler is not None:

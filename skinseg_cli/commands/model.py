@@ -48,7 +48,7 @@ def model_info(model: Path | None = None) -> dict[str, Any]:
     if meta is not None:
         info["metadata"] = {**asdict(meta), "train_scale": meta.train_scale.to_dict()}
         segmenter = Segmenter(backend)  # the settings the runtime uses with no options given
-        settings = segmenter.options()
+        settings = segmenter.settings()
         info["defaults"] = {k: v for k, v in settings.items() if k not in ("device", "threads", "max_pixels")}
         info["defaults"]["scale"] = str(segmenter.scale)
         if segmenter.quality is not None:  # the estimator behind the quality and review columns

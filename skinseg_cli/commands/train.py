@@ -20,7 +20,7 @@ from skinseg.app import (
     out,
     require_tensorflow,
 )
-from skinseg.options import output_path
+from skinseg.flags import output_path
 from skinseg.runtime.errors import UsageError
 from skinseg.training.distribute import (
     launch_local_workers,
