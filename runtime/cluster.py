@@ -42,7 +42,6 @@ from skinseg.runtime.errors import (
     param,
     parameter_names,
 )
-from skinseg.runtime.outputs import DASK_SCRATCH_NAME
 
 __all__ = [
     "CLUSTER_EXTRA_HINT",
@@ -72,7 +71,6 @@ def _distributed() -> Any:
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):([0-9]{1,5})$")
 SCHEMES = ("tcp", "tls")  # the transports a skinseg client connects over
-SCRATCH_NAME = DASK_SCRATCH_NAME  # only for runtime/batch.py until it imports DASK_SCRATCH_NAME from outputs
 _SCHEDULER_HINT = "give local:N, a scheduler file, or an address such as tcp://host:8786"
 
 
