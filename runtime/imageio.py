@@ -37,10 +37,9 @@ import numpy as np
 from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.defaults import DECODER_LIMIT_VARIABLE, DEFAULT_MAX_PIXELS
 from skinseg.runtime.errors import ImageError, ResourceError, param
-from skinseg.runtime.imageheaders import (  # image_size: runtime/batch.py still imports it from here
+from skinseg.runtime.imageheaders import (
     Header,
     ImageInfo,
-    image_size,  # noqa: F401
     open_image_file,
     oriented_size,
     read_header,
