@@ -213,3 +213,19 @@ def wait_for(
             return condition()
         time.sleep(poll)
     return False
+
+
+class InFlightEvents:
+    """The images a batch works on at once, counted from its events (``image_start`` … ``image_done``):
+    pass :meth:`on_event` to the batch; :attr:`peak` is the most at once."""
+
+    def __init__(self) -> None:
+        self.live: set[int] = set()
+        self.peak = 0
+
+    def on_event(self, event) -> None:
+        if event["event"] == "image_start":
+            self.live.add(event["index"])
+            self.peak = max(self.peak, len(self.live))
+        elif event["event"] == "image_done":
+            self.live.discard(event["index"])

@@ -27,7 +27,7 @@ from skinseg.runtime.errors import UsageError  # noqa: E402
 from skinseg.runtime.options import InferOptions  # noqa: E402
 from skinseg.runtime.outputs import output_lock  # noqa: E402
 from skinseg.runtime.report import read_results  # noqa: E402
-from tests.support import outputs, photos  # noqa: E402
+from tests.support import InFlightEvents, outputs, photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = InferOptions(threads=1)
@@ -61,18 +61,11 @@ def test_a_cluster_run_writes_what_a_local_run_writes(model, scheduler, tmp_path
 def test_images_in_flight_are_bounded_on_200_images(model, scheduler, tmp_path):
     """200 inputs never become 200 futures: at most a few images per worker thread are in flight."""
     src = photos(tmp_path / "src", 200, size=(24, 32))
-    live, peak = set(), [0]
+    in_flight = InFlightEvents()
 
-    def on_event(event: dict) -> None:
-        if event["event"] == "image_start":
-            live.add(event["index"])
-            peak[0] = max(peak[0], len(live))
-        elif event["event"] == "image_done":
-            live.discard(event["index"])
-
-    summary = run_batch([src], model, tmp_path / "out", OPTS, scheduler=scheduler, on_event=on_event)
+    summary = run_batch([src], model, tmp_path / "out", OPTS, scheduler=scheduler, on_event=in_flight.on_event)
     assert summary.ok == 200
-    assert 1 < peak[0] <= 4  # 2 tasks per worker thread, 2 threads
+    assert 1 < in_flight.peak <= 4  # 2 tasks per worker thread, 2 threads
     assert len(read_results(tmp_path / "out" / "results.csv")) == 200
 
 

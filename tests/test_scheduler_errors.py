@@ -21,7 +21,7 @@ from skinseg.runtime.job import estimate_memory
 from skinseg.runtime.options import InferOptions
 from skinseg.runtime.outputs import output_lock
 from skinseg.runtime.report import read_results
-from tests.support import photos, run_cli
+from tests.support import InFlightEvents, photos, run_cli
 
 OPTS = InferOptions(threads=1)
 
@@ -116,18 +116,12 @@ def test_images_in_flight_on_a_local_cluster_are_bounded_by_the_memory_limit(sta
     pytest.importorskip("distributed")
     src = photos(tmp_path / "src", 8)
     one = estimate_memory(120, 90, OPTS)  # and a few hundred kB for its working scale
-    live, peak = set(), [0]
-
-    def on_event(event: dict) -> None:
-        if event["event"] == "image_start":
-            live.add(event["index"])
-            peak[0] = max(peak[0], len(live))
-        elif event["event"] == "image_done":
-            live.discard(event["index"])
+    in_flight = InFlightEvents()
 
     options = InferOptions(threads=1, memory_limit=int(1.5 * one))
-    summary = run_batch([src], standin_model, tmp_path / "out", options, scheduler="local:1", on_event=on_event)
-    assert summary.ok == 8 and peak[0] == 1
+    out = tmp_path / "out"
+    summary = run_batch([src], standin_model, out, options, scheduler="local:1", on_event=in_flight.on_event)
+    assert summary.ok == 8 and in_flight.peak == 1
 
 
 def free_port() -> int:
