@@ -11,6 +11,12 @@ overall and on each folder, beside ranking by ``mean_prob`` alone (the column re
     python benchmarks/fit_quality.py --model runs/reference/model.onnx --write runs/reference/model.onnx
     python benchmarks/fit_quality.py --generic                         # print runtime.quality.GENERIC's literal
     python benchmarks/fit_quality.py --cost                            # feature cost against a 29 MP photo's time
+    python benchmarks/fit_quality.py --model runs/foldA/model.onnx --folder FOLDS/B --samples oof_B.json
+    python benchmarks/fit_quality.py --extra oof_A.json oof_B.json --extra-weight 0.5
+
+``--folder DIR`` (``images/`` and ``masks/`` inside) replaces the two folders: with a fold model and the fold it
+did not train on, it collects out-of-fold samples. ``--extra FILE...`` adds such ``--samples`` files to every fit
+(never held out, never scored: the figures stay those of the isic folders).
 
 ``--write`` stores the estimator in an ONNX file's metadata (needs the onnx package); ``--samples FILE`` keeps the
 segmented features in a JSON file and reads them back on the next run (refit without segmenting again).
@@ -37,9 +43,11 @@ def stems(folder: Path) -> set[str]:
     return {p.stem for p in (folder / "images").iterdir()} if (folder / "images").is_dir() else set()
 
 
-def datasets(data: Path) -> list[tuple[str, list]]:
+def datasets(data: Path, folder: Path | None = None) -> list[tuple[str, list]]:
     from skinseg.data.pairing import pair_folders
 
+    if folder is not None:
+        return [(folder.name, pair_folders(folder / "images", folder / "masks").pairs)]
     raw = data / "isic-raw"
     small = data / "isic-256"
     out = []
@@ -53,23 +61,31 @@ def datasets(data: Path) -> list[tuple[str, list]]:
     return out
 
 
-def collect_all(model: Path | None, data: Path, cache: Path | None) -> list:
-    from skinseg.data.quality_fit import Sample, collect
+def read_samples(cache: Path) -> tuple[dict, list]:
+    from skinseg.data.quality_fit import Sample
+
+    rows = json.loads(cache.read_text())
+    return rows, [Sample(**r) for r in rows["samples"]]
+
+
+def collect_all(model: Path | None, data: Path, cache: Path | None, folder: Path | None = None) -> list:
+    from skinseg.data.quality_fit import collect
     from skinseg.runtime.segmenter import Segmenter
 
     if cache is not None and cache.is_file():
-        rows = json.loads(cache.read_text())
-        if rows.get("model") == str(model):
+        rows, samples = read_samples(cache)
+        if rows.get("model") == str(model) and rows.get("folder") == (str(folder) if folder else None):
             print(f"features read from {cache}", file=sys.stderr)
-            return [Sample(**r) for r in rows["samples"]]
+            return samples
     segmenter = Segmenter(model)
     samples = []
-    for source, pairs in datasets(data):
+    for source, pairs in datasets(data, folder):
         start = time.perf_counter()
         samples += collect(segmenter, pairs, source=source)
         print(f"{source}: {len(pairs)} images segmented in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if cache is not None:
-        rows = {"model": str(model), "samples": [s.__dict__ for s in samples]}
+        where = str(folder) if folder else None
+        rows = {"model": str(model), "folder": where, "samples": [s.__dict__ for s in samples]}
         cache.write_text(json.dumps(rows))  # an empty mask's -inf is written and read back as -Infinity
     return samples
 
@@ -138,6 +154,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="the shared data folder (isic-raw, isic-256 inside)")
     ap.add_argument("--samples", type=Path, help="cache the segmented features in this JSON file")
     ap.add_argument("--only", choices=("isic-raw", "isic-256"), help="fit on one folder only")
+    ap.add_argument("--folder", type=Path, help="segment this folder (images/, masks/) instead of the isic ones")
+    ap.add_argument("--extra", type=Path, nargs="+", default=[], help="--samples files added to every fit")
+    ap.add_argument("--extra-weight", type=float, default=1.0, help="the weight of each --extra sample (default 1)")
     ap.add_argument("--write", type=Path, help="store the fitted estimator in this ONNX file's metadata")
     ap.add_argument("--generic", action="store_true", help="print the estimator as runtime.quality.GENERIC's literal")
     ap.add_argument("--json", type=Path, help="also write the fitted estimator and figures as JSON")
@@ -149,13 +168,15 @@ def main() -> None:
         return
     from skinseg.data.quality_fit import cross_validate, fit
 
-    samples = collect_all(args.model, args.data, args.samples)
+    samples = collect_all(args.model, args.data, args.samples, args.folder)
     if args.only:
         samples = [s for s in samples if s.source == args.only]
     sources = sorted({s.source for s in samples})
-    result = fit(samples, data=sources)
+    extra = [s for file in args.extra for s in read_samples(file)[1]]
+    result = fit(samples, data=sources, extra=extra, extra_weight=args.extra_weight)
     baseline = cross_validate(samples, features=("mean_prob",))
-    print(f"model {args.model or 'bundled'}; {result.summary()}\n")
+    with_extra = f"; {len(extra)} extra samples at weight {args.extra_weight:g} in every fit" if extra else ""
+    print(f"model {args.model or 'bundled'}{with_extra}; {result.summary()}\n")
     print("| estimator | images | failures | Spearman | recall | precision | flagged | MAE |")
     print("|---|---|---|---|---|---|---|---|")
     rows = [("quality (all features)", result.cv), ("mean_prob alone", baseline)]

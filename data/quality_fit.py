@@ -9,6 +9,9 @@ honestly: every figure in :attr:`QualityFit.cv` comes from images the fitted mod
 included (nested cross-validation: each outer fold's threshold is chosen on its training part only).
 
 Fit on images the segmentation model did not train on: its masks on its own training images are too good.
+More failures to learn from can come as ``extra`` samples (for example another model's out-of-fold masks on a
+training set): they join every fit, weighted by ``extra_weight``, but are never held out, never scored and never
+place a threshold, so the figures stay those of ``samples`` alone.
 """
 
 from __future__ import annotations
@@ -127,26 +130,32 @@ def fit_model(
     ridge: float = RIDGE,
     review_below: float = 0.5,
     fitted: dict[str, Any] | None = None,
+    extra: Sequence[Sample] = (),
+    extra_weight: float = 1.0,
 ) -> QualityModel:
     """The ridge regression of ``logit(Jaccard)`` on standardized ``features`` (empty masks left out: their
-    quality is 0 whatever the features)."""
+    quality is 0 whatever the features), each ``extra`` sample counted as ``extra_weight`` of one."""
     rows = [s for s in samples if not s.empty]
+    more = [s for s in extra if not s.empty]
     if len(rows) < 2:
         raise DataError(f"cannot fit a quality estimator on {len(rows)} image(s) with a mask; give more images")
-    x = _matrix(rows, features)
-    y = _logit(np.array([s.jaccard for s in rows]))
-    low, high = x.min(axis=0), x.max(axis=0)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
+    x = _matrix([*rows, *more], features)
+    y = _logit(np.array([s.jaccard for s in [*rows, *more]]))
+    w = np.concatenate([np.ones(len(rows)), np.full(len(more), float(extra_weight))])
+    low, high = x[w > 0].min(axis=0), x[w > 0].max(axis=0)  # the range the fit has seen
+    mean = w @ x / w.sum()
+    scale = np.sqrt(w @ (x - mean) ** 2 / w.sum())
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = (x - mean) / scale
     k = z.shape[1]
-    coef = np.linalg.solve(z.T @ z + ridge * np.eye(k), z.T @ (y - y.mean()))
+    y_mean = float(w @ y / w.sum())
+    coef = np.linalg.solve(z.T @ (w[:, None] * z) + ridge * np.eye(k), z.T @ (w * (y - y_mean)))
     return QualityModel(
         features=tuple(features),
         mean=tuple(float(v) for v in mean),
         scale=tuple(float(v) for v in scale),
         coef=tuple(float(v) for v in coef),
-        intercept=float(y.mean()),
+        intercept=y_mean,
         review_below=float(review_below),
         low=tuple(float(v) for v in low),
         high=tuple(float(v) for v in high),
@@ -219,10 +228,13 @@ def cross_validate(
     folds: int = 10,
     repeats: int = 5,
     seed: int = 0,
+    extra: Sequence[Sample] = (),
+    extra_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Honest figures of the estimator on ``samples``: ``folds``-fold cross-validation repeated ``repeats`` times
     (means over the repeats). Each outer fold fits on the rest and chooses its threshold there, by an inner
-    cross-validation on the rest alone; the held-out images are estimated and flagged with it.
+    cross-validation on the rest alone; the held-out images are estimated and flagged with it. ``extra`` samples
+    join every fit (:func:`fit_model`) and nothing else.
 
     Returns ``spearman`` (estimate against true Jaccard), ``recall`` and ``precision`` of the flag for failures
     (Jaccard < ``failure_below``), ``flagged_share``, ``mae`` (mean absolute error of the estimate), and
@@ -238,6 +250,7 @@ def cross_validate(
             f"at least {MIN_FAILURES} of each; fit on more images"
         )
     k = max(2, min(folds, n_fail, len(samples) - n_fail))
+    how = {"features": features, "ridge": ridge, "extra": extra, "extra_weight": extra_weight}
     figures: list[dict[str, float]] = []
     sources = sorted({s.source for s in samples})
     by_source: dict[str, list[dict[str, float]]] = {source: [] for source in sources}
@@ -249,9 +262,9 @@ def cross_validate(
         for test in _folds(failed, k, rng):
             train = np.setdiff1d(np.arange(len(samples)), test)
             part = [samples[i] for i in train]
-            inner = _oof(part, failed[train], features=features, ridge=ridge, folds=k, rng=rng)
+            inner = _oof(part, failed[train], how, folds=k, rng=rng)
             threshold = choose_threshold(inner, failed[train], target_recall)
-            model = fit_model(part, features=features, ridge=ridge, review_below=threshold)
+            model = fit_model(part, review_below=threshold, **how)
             oof[test] = _estimates(model, [samples[i] for i in test])
             flagged[test] = oof[test] < threshold
         figures.append(_figures(oof, jaccard, failed, flagged))
@@ -279,18 +292,18 @@ def cross_validate(
 def _oof(
     samples: Sequence[Sample],
     failed: np.ndarray,
+    how: dict[str, Any],
     *,
-    features: Sequence[str],
-    ridge: float,
     folds: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Out-of-fold estimates of ``samples`` (``folds``-fold, stratified by ``failed``)."""
+    """Out-of-fold estimates of ``samples`` (``folds``-fold, stratified by ``failed``), each fold's model fitted by
+    :func:`fit_model` with the keywords ``how``."""
     k = max(2, min(folds, int(np.count_nonzero(failed)), int(np.count_nonzero(~failed))))
     oof = np.zeros(len(samples))
     for test in _folds(failed, k, rng):
         train = np.setdiff1d(np.arange(len(samples)), test)
-        model = fit_model([samples[i] for i in train], features=features, ridge=ridge)
+        model = fit_model([samples[i] for i in train], **how)
         oof[test] = _estimates(model, [samples[i] for i in test])
     return oof
 
@@ -306,25 +319,28 @@ def fit(
     repeats: int = 5,
     seed: int = 0,
     data: Sequence[str] = (),
+    extra: Sequence[Sample] = (),
+    extra_weight: float = 1.0,
 ) -> QualityFit:
     """Fit the estimator on all ``samples``, its ``review_below`` chosen on their out-of-fold estimates for
     ``target_recall``, and measure it by nested cross-validation (:func:`cross_validate`). ``data`` names the
-    folders the samples came from (recorded in the model's ``fitted``)."""
+    folders the samples came from (recorded in the model's ``fitted``); ``extra`` samples join every fit, with
+    ``extra_weight`` each (:func:`cross_validate`)."""
     from skinseg import __version__
 
     samples = list(samples)
+    how = {"features": features, "ridge": ridge, "extra": list(extra), "extra_weight": extra_weight}
     cv = cross_validate(
         samples,
-        features=features,
-        ridge=ridge,
         failure_below=failure_below,
         target_recall=target_recall,
         folds=folds,
         repeats=repeats,
         seed=seed,
+        **how,
     )
     failed = np.array([s.jaccard < failure_below for s in samples])
-    oof = _oof(samples, failed, features=features, ridge=ridge, folds=folds, rng=np.random.default_rng(seed))
+    oof = _oof(samples, failed, how, folds=folds, rng=np.random.default_rng(seed))
     threshold = choose_threshold(oof, failed, target_recall)
     figures = _rounded({k: v for k, v in cv.items() if k not in ("oof", "failure_below", "images", "failures")})
     fitted = {
@@ -333,11 +349,12 @@ def fit(
         "failure_below": failure_below,
         "data": list(data),
         "ridge": ridge,
+        **({"extra_images": len(how["extra"]), "extra_weight": extra_weight} if how["extra"] else {}),
         "target": "logit(jaccard)",
         "cross_validated": figures,
         "skinseg_version": __version__,
     }
-    model = fit_model(samples, features=features, ridge=ridge, review_below=threshold, fitted=fitted)
+    model = fit_model(samples, review_below=threshold, fitted=fitted, **how)
     return QualityFit(model=model, cv={k: v for k, v in cv.items() if k != "oof"}, oof=cv["oof"])
 
 
