@@ -215,7 +215,6 @@ def test_cross_validation_is_out_of_sample():
     assert spearman(estimates, [s.jaccard for s in samples]) > cv["spearman"] + 0.2
 
 
-
 def test_extra_samples_teach_the_fit_but_are_never_scored():
     """Out-of-fold samples from elsewhere join every fit: 30 images alone fit noise, 400 more find the signal;
     the figures still count only the 30, and weight 0 is the fit without them."""
@@ -232,6 +231,7 @@ def test_extra_samples_teach_the_fit_but_are_never_scored():
     assert model.fitted["images"] == 30 and model.fitted["extra_images"] == 400
     coef = dict(zip(model.features, model.coef, strict=True))
     assert coef["mean_prob"] > 0.5 and coef["uncertain"] < -0.3
+
 
 def test_choose_threshold_catches_the_target_share():
     quality = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
