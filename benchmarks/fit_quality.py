@@ -64,8 +64,11 @@ def datasets(data: Path, folder: Path | None = None) -> list[tuple[str, list]]:
 def read_samples(cache: Path) -> tuple[dict, list]:
     from skinseg.data.quality_fit import Sample
 
-    rows = json.loads(cache.read_text())
-    return rows, [Sample(**r) for r in rows["samples"]]
+    try:
+        rows = json.loads(cache.read_text())
+        return rows, [Sample(**r) for r in rows["samples"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{cache}: not a --samples file of this script ({e}); write it with --samples") from None
 
 
 def collect_all(model: Path | None, data: Path, cache: Path | None, folder: Path | None = None) -> list:
