@@ -135,6 +135,8 @@ def fit_model(
 ) -> QualityModel:
     """The ridge regression of ``logit(Jaccard)`` on standardized ``features`` (empty masks left out: their
     quality is 0 whatever the features), each ``extra`` sample counted as ``extra_weight`` of one."""
+    if not extra_weight >= 0:
+        raise ValueError(f"extra_weight must be 0 or more, got {extra_weight}")
     rows = [s for s in samples if not s.empty]
     more = [s for s in extra if not s.empty]
     if len(rows) < 2:

@@ -227,6 +227,8 @@ def test_extra_samples_teach_the_fit_but_are_never_scored():
     assert helped["spearman"] > alone["spearman"] + 0.05
     ignored = cross_validate(few, ridge=0.1, repeats=2, extra=many, extra_weight=0.0)
     assert ignored["oof"] == pytest.approx(alone["oof"])
+    with pytest.raises(ValueError, match="extra_weight"):
+        fit_model(few, extra=many, extra_weight=-1)
     model = fit(few, ridge=0.1, repeats=2, extra=many).model
     assert model.fitted["images"] == 30 and model.fitted["extra_images"] == 400
     coef = dict(zip(model.features, model.coef, strict=True))
