@@ -33,13 +33,19 @@ def main() -> None:
 
     from skinseg.data.config import apply_overrides, load_config, render_config
     from skinseg.data.pairing import pair_folders
+    from skinseg.runtime.errors import SkinsegError
 
     if args.out.exists():
         raise SystemExit(f"{args.out}: already exists; give a new folder")
-    pairs = {p.stem: p for p in pair_folders(args.source / "images", args.source / "masks").pairs}
+    if not 2 <= args.folds <= 26:
+        raise SystemExit(f"--folds must be within [2, 26], got {args.folds}")
+    try:
+        pairs = {p.stem: p for p in pair_folders(args.source / "images", args.source / "masks").pairs}
+        cfg = load_config(args.config)
+    except SkinsegError as e:
+        raise SystemExit(str(e)) from None
     stems = sorted(pairs)
     random.Random(args.seed).shuffle(stems)
-    cfg = load_config(args.config)
     for i, name in enumerate(string.ascii_uppercase[: args.folds]):
         fold = args.out / name
         for sub in ("images", "masks"):
