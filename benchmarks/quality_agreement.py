@@ -31,11 +31,17 @@ def main() -> None:
 
     import skinseg.runtime.quality as quality
     from skinseg.data.quality_fit import DEFAULT_FEATURES, Sample, cross_validate
+    from skinseg.runtime.errors import SkinsegError
     from skinseg.runtime.imageio import read_mask
     from skinseg.runtime.metrics import confusion_counts, scores
     from skinseg.runtime.segmenter import Segmenter
 
-    others = {name: Segmenter(Path(path)) for name, path in (a.split("=", 1) for a in args.models)}
+    if bad := [a for a in args.models if "=" not in a]:
+        raise SystemExit(f"{bad[0]}: give the second model as NAME=MODEL.onnx")
+    try:
+        others = {name: Segmenter(Path(path)) for name, path in (a.split("=", 1) for a in args.models)}
+    except SkinsegError as e:
+        raise SystemExit(str(e)) from None
     base = Segmenter(None)
     samples, seconds = [], dict.fromkeys(others, 0.0)
     for source, pairs in datasets(args.data):
