@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from skinseg.runtime.errors import DataError, ParameterError, param
+from skinseg.runtime.errors import DataError
 from skinseg.runtime.metrics import ISIC_JACCARD_THRESHOLD, confusion_counts, scores
 from skinseg.runtime.quality import FEATURES, QualityModel, spearman
 
@@ -136,7 +136,7 @@ def fit_model(
     """The ridge regression of ``logit(Jaccard)`` on standardized ``features`` (empty masks left out: their
     quality is 0 whatever the features), each ``extra`` sample counted as ``extra_weight`` of one."""
     if not extra_weight >= 0:
-        raise ParameterError(f"{param('extra_weight')} must be 0 or more, got {extra_weight!r}")
+        raise ValueError(f"extra_weight must be 0 or more, got {extra_weight!r}")  # no command line option has it
     rows = [s for s in samples if not s.empty]
     more = [s for s in extra if not s.empty]
     if len(rows) < 2:
