@@ -207,6 +207,35 @@ def _quiet_tf2onnx() -> Iterator[None]:
 
 
 @contextmanager
+def _fixed_tf2onnx() -> Iterator[None]:
+    """tf2onnx 1.17 with its reshape optimizer kept off a ``Reshape`` that writes a graph output.
+
+    That optimizer turns a ``Reshape`` whose shape is computed at run time into one to a constant shape of higher
+    rank followed by a ``Squeeze`` (``[1, -1, 0, 0, 1]`` then axis 0 for the last NCHW → NHWC transpose of a
+    one-channel mask, which the transpose optimizer made a ``Reshape``), and inserts the ``Squeeze`` with
+    ``Graph.insert_node_on_output``, which re-points the ``Reshape``'s consumers but not the graph's outputs. When
+    the ``Reshape`` writes the graph output (the identity optimizer ran first) the ``Squeeze`` is dropped as dead
+    and the model returns ``(1, batch, height, width, 1)``. Which optimizer reaches it first follows Python's hash
+    order: 17 of 800 conversions of a small UNet (``tests/test_export_cli.py``'s) came out so. Left alone, that
+    ``Reshape`` keeps its run-time shape: one ``Shape`` and a ``Gather`` more on a one-channel mask.
+    """
+    from tf2onnx.optimizer.reshape_optimizer import ReshapeOptimizer
+
+    optimize_reshape = ReshapeOptimizer._optimize_reshape
+
+    def keep_graph_outputs(self: Any, node: Any, graph_: Any) -> bool:
+        if set(node.output) & set(graph_.outputs):
+            return False
+        return optimize_reshape(self, node, graph_)
+
+    ReshapeOptimizer._optimize_reshape = keep_graph_outputs
+    try:
+        yield
+    finally:
+        ReshapeOptimizer._optimize_reshape = optimize_reshape
+
+
+@contextmanager
 def _lean_tf2onnx() -> Iterator[None]:
     """tf2onnx 1.17 without its memory sinks: :func:`_lean_optimizers` and :func:`_lean_freezing` (the seed's
     31 M-parameter network, whole ``skinseg export``: 11.3 GB peak RSS the stock way, 3.5 GB with lean
@@ -302,7 +331,7 @@ def convert(
     nchw = layout == "nchw"
 
     def from_function() -> onnx.ModelProto:
-        with _quiet_tf2onnx():
+        with _quiet_tf2onnx(), _fixed_tf2onnx():
             proto, _ = tf2onnx.convert.from_function(
                 serve,
                 input_signature=serve.input_signature,

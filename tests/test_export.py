@@ -318,6 +318,48 @@ def test_the_lean_conversion_builds_the_stock_graph_and_falls_back_when_an_optim
     assert sorted(n.op_type for n in fallback.graph.node) == sorted(n.op_type for n in stock.graph.node)
 
 
+def test_a_reshape_that_writes_the_graph_output_keeps_the_output_rank():
+    """tf2onnx 1.17's reshape optimizer rewrites a run-time-shaped Reshape as a Reshape to a higher rank and a
+    Squeeze that it never makes the graph output; when the Reshape writes the output (the one-channel mask's last
+    NCHW → NHWC step, in hash-order-dependent conversions) the model returned (1, N, H, W, 1). The conversion keeps
+    that optimizer off graph outputs."""
+    from onnx import TensorProto, helper
+    from tf2onnx.graph import GraphUtil
+    from tf2onnx.optimizer.identity_optimizer import IdentityOptimizer
+    from tf2onnx.optimizer.reshape_optimizer import ReshapeOptimizer
+
+    from skinseg.exporters import keras_to_onnx
+
+    nchw_to_nhwc = [  # x: (N, 1, H, W) → (N, H, W, 1), the shape computed at run time as tf2onnx makes it
+        helper.make_node("Shape", ["x"], ["shape_x"]),
+        helper.make_node("Gather", ["shape_x", "nhw"], ["dims"], axis=0),
+        helper.make_node("Concat", ["dims", "one"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["mask"]),
+    ]
+    proto = helper.make_model(
+        helper.make_graph(
+            nchw_to_nhwc,
+            "mask_to_nhwc",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+            [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", "h", "w", 1])],
+            [
+                helper.make_tensor("nhw", TensorProto.INT64, [3], [0, 2, 3]),
+                helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    optimize_reshape = ReshapeOptimizer._optimize_reshape
+    with keras_to_onnx._fixed_tf2onnx():
+        g = IdentityOptimizer().optimize(GraphUtil.create_graph_from_onnx_model(proto), 0)
+        assert [n.type for n in g.get_nodes() if "mask" in n.output] == ["Reshape"]  # it writes the output
+        g = ReshapeOptimizer().optimize(g, 0)
+    assert ReshapeOptimizer._optimize_reshape is optimize_reshape  # tf2onnx is left as it was
+    x = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 1, 5, 7)
+    out = ort.InferenceSession(g.make_model("t").SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(out, x.transpose(0, 2, 3, 1))
+
+
 def test_grappler_folds_the_frozen_graph_without_its_weights(model, monkeypatch):
     """The lean freezing hands grappler the frozen graph with its weights as placeholders (the seed network's
     export: 3.5 → 2.0 GB peak RSS) and puts them back: the stock ONNX graph, weights and outputs."""
