@@ -71,43 +71,53 @@ app.add_typer(model_app, name="model")
 
 
 class _Stdout:
-    """``sys.stdout`` for the console, except that a closed pipe (``skinseg infer … | head -1``) silences the output
-    instead of stopping the work: the rest of the run goes on, its report is written, and nothing complains at exit.
+    """``sys.stdout`` for the console, except that a stdout that cannot be written silences the output instead of
+    stopping the work: a closed pipe (``skinseg infer … | head -1``) quietly, any other error (a cron log on a full
+    disk: ENOSPC, EIO) with one warning on stderr. The rest of the run goes on, its report is written, and nothing
+    complains at exit.
     """
 
     closed = False
 
     def write(self, text: str) -> int:
-        if self.closed:
+        if self.closed or sys.stdout is None:
             return len(text)
         try:
             return sys.stdout.write(text)
-        except BrokenPipeError:
-            self._close()
+        except OSError as e:
+            self._close(e)
             return len(text)
 
     def flush(self) -> None:
-        if not self.closed:
+        if not self.closed and sys.stdout is not None:
             try:
                 sys.stdout.flush()
-            except BrokenPipeError:
-                self._close()
+            except OSError as e:
+                self._close(e)
 
-    def _close(self) -> None:
+    def _close(self, error: OSError) -> None:
         import os
 
         self.closed = True
+        if not isinstance(error, BrokenPipeError):
+            err.print(
+                f"[yellow]warning:[/yellow] standard output: {escape(error.strerror or str(error))}; "
+                "nothing more is printed there, the work goes on",
+                soft_wrap=True,
+            )
         try:  # later writes (and the interpreter's own flush at exit) go nowhere
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
 
     def isatty(self) -> bool:
-        return not self.closed and sys.stdout.isatty()
+        return not self.closed and sys.stdout is not None and sys.stdout.isatty()
 
     def fileno(self) -> int:
+        if sys.stdout is None:
+            raise OSError("standard output is closed")
         return sys.stdout.fileno()
 
     @property

@@ -155,3 +155,21 @@ def test_a_closed_stdout_does_not_stop_the_work(model, tmp_path):
     assert len(list(out.glob("*_mask.png"))) == 6
     assert json.loads((out / "summary.json").read_text())["ok"] == 6
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("redirect", [">&-", "> /dev/full"], ids=["closed", "full"])
+def test_a_stdout_that_cannot_be_written_does_not_stop_the_work(model, tmp_path, redirect):
+    """Cron with ``>&-``, or its log on a full disk (/dev/full: ENOSPC on every write): every image is done, exit 0.
+    A closed descriptor 1 was a traceback at import (Python's sys.stdout is None); a full one stopped the run."""
+    src = tmp_path / "src"
+    for i in range(2):
+        write_png(src / f"i{i}.png", lesion_image(seed=i))
+    out = tmp_path / "out"
+    command = f"{sys.executable} -m skinseg infer {src} --model {model} --output {out} --threads 1 {redirect}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(list(out.glob("*_mask.png"))) == 2
+    assert json.loads((out / "summary.json").read_text())["ok"] == 2
+    if "full" in redirect:
+        assert "standard output: No space left on device" in done.stderr
