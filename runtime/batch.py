@@ -333,19 +333,24 @@ class BatchRun:
         """Run the images on a runner (:class:`~skinseg.runtime.runners.LocalRunner`, or the Dask cluster's),
         admitting them by estimated memory (``options.memory_limit``) and count (``options.max_in_flight``); its
         events and rows are handed to ``on_event`` and :meth:`_record` on this thread, and the rows recorded are
-        yielded as they come. Two inputs whose outputs would share names: the second fails.
+        yielded as they come. Two inputs whose outputs would share names: the second fails, unless it is the one
+        whose outputs an earlier run wrote.
 
         Returns why it stopped early ("" when it did not): a full output disk, or a runner whose images raise
         :class:`StopBatch` (a Dask scheduler that is gone). An interrupt (KeyboardInterrupt, or the loop left)
         stops admitting images, gives those in flight :data:`INTERRUPT_GRACE_SECONDS` (a second interrupt ends the
         wait), records what finished and re-raises.
         """
-        seen: dict[tuple[str, str], InputItem] = {}
+        owner: dict[tuple[str, str], InputItem] = {}
+        for item in self._items:  # the first of a name stem, or the one whose outputs an earlier run wrote
+            key = output_key(item.rel)
+            if key not in owner or (self._owns_outputs(item) and not self._owns_outputs(owner[key])):
+                owner[key] = item
         clashes: dict[tuple[str, str], int] = {}
         jobs: deque[tuple[int, InputItem]] = deque()
         for index, item in enumerate(self._items):
             key = output_key(item.rel)
-            first = seen.setdefault(key, item)
+            first = owner[key]
             if first is item:
                 jobs.append((index, item))
             else:
@@ -395,6 +400,12 @@ class BatchRun:
         finally:
             runner.close()
         return stopped
+
+    def _owns_outputs(self, item: InputItem) -> bool:
+        """Whether the previous report has ``item``'s outputs written from this very file (a.png of yesterday keeps
+        its outputs when an a.jpg arrives today: the newcomer is the one that fails)."""
+        row = self._previous.get(str(item.rel)) or {}
+        return row.get("status") in ("ok", "skipped") and row.get("input") == os.path.abspath(item.path)
 
     def _record(self, index: int, row: ImageRow) -> None:
         """Count an image's row, say it (``image_done``), keep it to yield; ``results.csv`` is checkpointed every

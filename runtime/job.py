@@ -3,9 +3,10 @@ path, options, output folder, relative path) that the local runner and the Dask 
 
 An image job owns the image's output paths and takes its steps in order: is there work at all (outputs up to date,
 or a failure of an unchanged input: :meth:`ImageJob.no_work`), a file skinseg did not write in the way
-(:meth:`ImageJob.check_not_foreign`), read, segment (under the model's inference lock), write the outputs (the
-mask last), and the report row. Its only shared state is the process's loaded models
-(:data:`skinseg.runtime.model_cache.MODELS`), so the same call runs unchanged on other processes or machines.
+(:meth:`ImageJob.check_not_foreign`) or another photo's mask (:meth:`ImageJob.check_not_another_photos`), read,
+segment (under the model's inference lock), write the outputs (the mask last), and the report row. Its only shared
+state is the process's loaded models (:data:`skinseg.runtime.model_cache.MODELS`), so the same call runs unchanged
+on other processes or machines.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from skinseg.runtime.outputs import (
     is_ours,
     output_paths,
     quick_stat,
+    read_record,
     settings_digest,
+    source_key,
     up_to_date,
     write_outputs,
 )
@@ -116,7 +119,16 @@ def failure_key(options: InferOptions, model_sha256: str, paths: OutputPaths | N
         "decoders": _decoder_versions(),
         "foreign": _foreign_outputs(paths),
     }
+    owner = _mask_owner(paths)
+    if owner is not None:  # another photo's mask in the way: retried once it is moved away
+        facts["owner"] = owner
     return settings_digest(model_sha256, facts)
+
+
+def _mask_owner(paths: OutputPaths | None) -> str | None:
+    """The :func:`~skinseg.runtime.outputs.source_key` of the input the existing mask was made from, if it says."""
+    record = read_record(paths.mask) if paths is not None else None
+    return record.get("source") if record is not None else None
 
 
 def _failed_before(
@@ -234,6 +246,31 @@ class ImageJob:
                     f"choose another {param('output')} than the input folder)"
                 )
 
+    def check_not_another_photos(self) -> None:
+        """ImageError if the mask is another photo's: one of the same name from another folder, or from an earlier
+        day of a camera that restarts at IMG_0001, segmented by an earlier run into this output folder. The same
+        photo moved (same content) is up to date before this; the same path with new content is redone; and
+        ``options.overwrite`` replaces whatever is there. Masks written before records named their input are
+        judged by the previous report's row."""
+        if self.options.overwrite:
+            return
+        record = read_record(self.paths.mask)
+        if record is None:
+            return
+        mine, previous = os.path.abspath(self.image_path), self.previous or {}
+        was = previous.get("input") if previous.get("status") in ("ok", "skipped") else None
+        if record.get("source") is not None:
+            other = record["source"] != source_key(mine)
+        else:
+            other = bool(was) and was != mine
+        if other:  # the fix first: a long path at the end may be cut from the report's one-line error
+            that = f"; that photo: {was}" if was and was != mine else ""
+            raise ImageError(
+                f"{self.paths.mask.name} holds the mask of another photo of the same name (an earlier run): rename "
+                f"this file, segment it into another {param('output')}, or use {param('overwrite')} to replace that "
+                f"mask{that}"
+            )
+
     def run(self, *, on_tile: Callable[[int, int], None] | None = None) -> ImageRow:
         """Do the image: skip it, or read, segment, write its outputs; its row (see :func:`process_image`)."""
         start = time.perf_counter()
@@ -248,6 +285,7 @@ class ImageJob:
                 return ImageRow.from_dict(self.with_review(done))
             row["skinseg_version"] = __version__  # this run works on it (a skipped row has its mask's record's)
             self.check_not_foreign()
+            self.check_not_another_photos()
             file = load_image_file(image_path, max_pixels=options.max_pixels)
             row["fingerprint"] = file.fingerprint
             width, height = file.info.width, file.info.height
@@ -276,7 +314,13 @@ class ImageJob:
             paths.mask.parent.mkdir(parents=True, exist_ok=True)
             check_inside(Path(output_root).resolve(), paths.mask.parent, self.rel)  # a link appeared meanwhile?
             stats = {**stats_row(result.stats), "model_sha256": segmenter.model_sha256, "skinseg_version": __version__}
-            record = {"input": row["fingerprint"], "stat": stat_now, "settings": self.settings, "row": stats}
+            record = {
+                "input": row["fingerprint"],
+                "source": source_key(image_path),
+                "stat": stat_now,
+                "settings": self.settings,
+                "row": stats,
+            }
             write_outputs(
                 paths, picture, result, record=record, color=options.overlay_color, opacity=options.overlay_opacity
             )

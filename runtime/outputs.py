@@ -53,6 +53,7 @@ __all__ = [
     "quick_stat",
     "read_record",
     "settings_digest",
+    "source_key",
     "up_to_date",
     "with_record",
     "output_lock",
@@ -138,10 +139,10 @@ def output_paths(
 #
 # Every file skinseg writes carries a small record of where it came from: a PNG ``tEXt`` chunk, a JPEG comment
 # segment, a top-level key of the contours JSON. The mask's record (written last, so it marks completion) holds
-# the input's fingerprint (size and content hash, plus its stat for a quick check) and the digest of the model and
-# options that made it, and the image's statistics. A rerun compares them with the input and the settings it has
-# now; nothing else decides whether an image is up to date. A file without a record was not written by skinseg
-# (or by an older one) and is never overwritten silently.
+# the input's fingerprint (size and content hash, plus its stat for a quick check), which input path it is
+# (:func:`source_key`), the digest of the model and options that made it, and the image's statistics. A rerun
+# compares them with the input and the settings it has now; nothing else decides whether an image is up to date.
+# A file without a record was not written by skinseg (or by an older one) and is never overwritten silently.
 
 RECORD_KEY = "skinseg"
 RECORD_VERSION = 1
@@ -152,6 +153,14 @@ def settings_digest(model_sha256: str, options: dict[str, Any]) -> str:
     """A short digest of the model and the options that change the outputs."""
     text = json.dumps({"model_sha256": model_sha256, "options": options}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def source_key(image_path: str | os.PathLike[str]) -> str:
+    """Which input an output belongs to, by its absolute path, as a short digest (an output shared elsewhere does not
+    carry the folder names of a clinic's disk). Two photos of the same name from two folders, or two days of a
+    camera that restarts at IMG_0001, have different keys."""
+    path = os.fsencode(os.path.abspath(image_path))
+    return hashlib.sha256(path).hexdigest()[:16]
 
 
 def quick_stat(st: os.stat_result) -> list[int]:

@@ -158,6 +158,50 @@ def test_same_output_name_fails_the_second_image(model, tmp_path):
     assert rows["a.png"]["status"] == "failed" and "would overwrite those of" in rows["a.png"]["error"]
 
 
+def test_a_newcomer_of_the_same_stem_fails_and_the_earlier_photo_keeps_its_outputs(model, tmp_path):
+    """a.png segmented yesterday, a.jpg (another photo) arrives today: a.jpg sorts first, but a.png owns the outputs."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_png(src / "a.png", lesion_image(seed=0))
+    assert run_batch([src], model, out, OPTS).ok == 1
+    mask = (out / "a_mask.png").read_bytes()
+    (src / "a.jpg").write_bytes(cv2.imencode(".jpg", lesion_image(seed=1))[1].tobytes())
+    summary = run_batch([src], model, out, OPTS)
+    rows = read_rows(out)
+    assert (summary.ok, summary.skipped, summary.failed) == (0, 1, 1)
+    assert rows["a.png"]["status"] == "skipped"
+    assert rows["a.jpg"]["status"] == "failed" and "would overwrite those of" in rows["a.jpg"]["error"]
+    assert (out / "a_mask.png").read_bytes() == mask
+
+
+def test_another_photo_of_the_same_name_from_another_folder_does_not_replace_a_mask(model, tmp_path):
+    """Cameras restart at IMG_0001: day2/a.png is another photo than day1/a.png, both segmented into one folder.
+    The second fails with a line naming the first and the fixes; the first photo again is up to date; the same photo
+    moved is up to date; --overwrite replaces the mask; the same path with new content is redone."""
+    out = tmp_path / "out"
+    day1 = write_png(tmp_path / "day1" / "a.png", lesion_image(seed=0))
+    day2 = write_png(tmp_path / "day2" / "a.png", lesion_image(seed=1))
+    assert run_batch([day1.parent], model, out, OPTS).ok == 1
+    mask = (out / "a_mask.png").read_bytes()
+
+    summary = run_batch([day2.parent], model, out, OPTS)
+    error = read_rows(out)["a.png"]["error"]
+    assert summary.failed == 1 and (out / "a_mask.png").read_bytes() == mask
+    assert error.startswith("a_mask.png holds the mask of another photo of the same name")
+    assert "overwrite" in error and str(tmp_path / "day1") in error
+    assert run_batch([day1.parent], model, out, OPTS).skipped == 1
+
+    moved = tmp_path / "moved"
+    day1.parent.rename(moved)
+    assert run_batch([moved], model, out, OPTS).skipped == 1  # the same content: nothing to do
+
+    assert run_batch([day2.parent], model, out, InferOptions(threads=1, overwrite=True)).ok == 1
+    replaced = (out / "a_mask.png").read_bytes()
+    assert replaced != mask
+    write_png(day2, lesion_image(seed=2))  # the same path, new content: redone
+    assert run_batch([day2.parent], model, out, OPTS).ok == 1
+    assert (out / "a_mask.png").read_bytes() != replaced
+
+
 # --------------------------------------------------------------------------------------------------- batches
 
 
