@@ -152,6 +152,14 @@ def _paths(outputs: Any) -> tuple[Path | None, Path | None]:
     return Path(outputs), None
 
 
+def _is_file(path: Path | None) -> bool:
+    """``path.is_file()``, False for a name the file system refuses (ENAMETOOLONG raises on Python 3.11)."""
+    try:
+        return path is not None and path.is_file()
+    except OSError:
+        return False
+
+
 def _row(row: dict[str, Any], output: Path, outputs: Any, row_flags: list[str]) -> str:
     name = html.escape(shown(row.get("path", "")))
     overlay, mask = _paths(outputs)
@@ -159,8 +167,9 @@ def _row(row: dict[str, Any], output: Path, outputs: Any, row_flags: list[str]) 
     source = row.get("input")
     if source and os.path.lexists(os.fsdecode(source) if isinstance(source, bytes) else source):
         links.append(f'<a href="{_href(Path(source), output)}">input</a>')
+    failed = row.get("status") == "failed"  # outputs under its name, if any, are another input's or an old photo's
     for label, target in (("mask", mask), ("overlay", overlay)):
-        if target is not None and target.is_file():
+        if not failed and _is_file(target):
             links.append(f'<a href="{_href(target, output)}">{label}</a>')
     link_cell = f'<div class="links">{"".join(links)}</div>' if links else ""
     if row.get("status") == "failed":
@@ -170,7 +179,7 @@ def _row(row: dict[str, Any], output: Path, outputs: Any, row_flags: list[str]) 
             f'<div class="failed">failed: {error}</div>{link_cell}</td></tr>'
         )
     picture = ""
-    uri = thumbnail_uri(overlay) if overlay is not None and overlay.is_file() else None
+    uri = thumbnail_uri(overlay) if _is_file(overlay) else None
     if uri is not None and overlay is not None:
         picture = f'<a href="{_href(overlay, output)}"><img src="{uri}" alt="overlay of {name}"></a>'
     fraction = _number(row.get("area_fraction"))

@@ -127,12 +127,19 @@ def output_paths(
     folder = root.joinpath(*rel.parent.parts)
     check_inside(root, folder, rel)
     stem = rel.stem
-    return OutputPaths(
+    paths = OutputPaths(
         mask=folder / f"{stem}_mask.png",
         overlay=folder / f"{stem}_overlay.jpg",
         prob=folder / f"{stem}_prob.png" if options.save_prob else None,
         contours=folder / f"{stem}_contours.json" if options.contours else None,
     )
+    longest = max(paths.all(), key=lambda p: len(os.fsencode(p.name)))
+    if len(os.fsencode(longest.name)) > atomic.NAME_MAX:
+        raise ImageError(  # the name is shortened: the message must stay one readable line
+            f"its output name {longest.name[:20]}…{longest.name[-20:]} would be {len(os.fsencode(longest.name))} "
+            f"bytes long, over the file system's {atomic.NAME_MAX}; shorten the file's name"
+        )
+    return paths
 
 
 # --------------------------------------------------------------------------------------------------- records

@@ -359,3 +359,18 @@ def test_cells_that_a_spreadsheet_would_run_are_escaped_and_read_back(model, tmp
     for name in names:
         assert f"'{name}" in raw and f",{name}" not in raw
     assert set(rows_of(tmp_path / "out")) == set(names)
+
+
+def test_a_name_whose_outputs_would_be_too_long_fails_alone_and_the_gallery_is_written(model, tmp_path):
+    """248 characters: the input's name fits, "<stem>_overlay.jpg" does not (ENAMETOOLONG). It was a raw OSError row,
+    and the gallery's is_file() raised on it, so index.html was never written again in that folder."""
+    long_name = "M" * 248 + ".png"
+    write_png(tmp_path / "src" / long_name, lesion_image())
+    write_png(tmp_path / "src" / "b.png", lesion_image(seed=1))
+    out = tmp_path / "out"
+    done = run_cli("infer", tmp_path / "src", "--model", model, "--output", out, "--quiet", "--threads", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = rows_of(out)[long_name]["error"]
+    assert "over the file system's 255; shorten the file's name" in error and "Errno" not in error
+    assert rows_of(out)["b.png"]["status"] == "ok" and (out / "index.html").is_file()
+    assert "error" not in done.stderr.lower(), done.stderr

@@ -39,6 +39,19 @@ def test_each_row_links_its_input_mask_and_overlay(tmp_path, standin_model):
     assert re.search(r">input</a>.*>mask</a>.*>overlay</a>", page)
 
 
+def test_a_failed_row_links_its_input_only(tmp_path, standin_model):
+    """dup.jpg and dup.png share output names: dup.png's failed row linked dup.jpg's mask and overlay as its own."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "dup.png", lesion_image(seed=1))
+    (src / "dup.jpg").write_bytes(cv2.imencode(".jpg", lesion_image(seed=2))[1].tobytes())
+    run_batch([src], standin_model, out, InferOptions(threads=1))
+    page = (out / "index.html").read_text()
+    failed = re.search(r'<tr class="failed-row">.*?</tr>', page, re.S)
+    assert failed is not None and "dup.png" in failed.group(0)
+    assert ">input</a>" in failed.group(0) and ">mask</a>" not in failed.group(0)
+    assert ">overlay</a>" not in failed.group(0)
+
+
 def test_an_input_inside_the_output_folder_is_linked_relatively(tmp_path, standin_model):
     folder = tmp_path / "photos"
     write_png(folder / "a.png", lesion_image())
