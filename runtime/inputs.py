@@ -105,8 +105,8 @@ def _walk(
         for entry in entries:
             try:
                 is_dir = entry.is_dir()
-            except OSError:
-                continue
+            except OSError:  # a symlink loop: an image-named one is an input whose read says why
+                is_dir = False
             if entry.name.startswith("."):
                 if not is_dir and is_supported(entry.name) and temp_target(entry.name) is None:
                     hidden.append(Path(entry.path))
@@ -179,7 +179,7 @@ def discover(
         else:
             raise UsageError(f"{text}: no such file or folder; check the SOURCE path")
     unique: dict[str, InputItem] = {}
-    for item in found:
+    for item in sorted(found, key=lambda i: os.path.islink(i.path)):  # a file and a link to it: the file's name
         unique.setdefault(os.path.realpath(item.path), item)
     return Discovery(sorted(unique.values(), key=lambda i: str(i.rel)), unreadable, sorted(set(hidden)))
 
@@ -190,6 +190,8 @@ def _glob(
     import glob
 
     base = _glob_base(pattern)
+    if not base.is_dir():  # an unmounted share must not look like a night without new photos
+        raise UsageError(f"{pattern}: no such folder {base}; check the SOURCE path (is the share mounted?)")
     for match in sorted(glob.glob(pattern, recursive=recursive)):
         path = Path(match)
         rel = PurePosixPath(Path(os.path.relpath(path, base)).as_posix())
@@ -197,10 +199,23 @@ def _glob(
             yield from _walk(
                 path, rel, recursive=recursive, output_real=output_real, unreadable=unreadable, hidden=hidden
             )
-        elif is_supported(path):
-            in_output = output_real is not None and _inside(os.path.realpath(path.parent), output_real)
-            if not (in_output and _is_our_output(path.name)):
-                yield InputItem(path, rel)
+        elif is_supported(path) and not (_is_our_output(path.name) and _holds_outputs(path.parent, base, output_real)):
+            yield InputItem(path, rel)
+
+
+def _holds_outputs(folder: Path, base: Path, output_real: str | None) -> bool:
+    """Whether ``folder`` holds outputs as :func:`_walk` judges it: inside the output folder, or at or below a
+    folder with a settings stamp, looking up from ``folder`` to the glob's fixed ``base``."""
+    if output_real is not None and _inside(os.path.realpath(folder), output_real):
+        return True
+    stop = os.path.abspath(base)
+    at = os.path.abspath(folder)
+    while True:
+        if os.path.lexists(os.path.join(at, SETTINGS_NAME)):
+            return True
+        if at == stop or not _inside(at, stop) or os.path.dirname(at) == at:
+            return False
+        at = os.path.dirname(at)
 
 
 def output_key(rel: PurePosixPath) -> tuple[str, str]:

@@ -138,6 +138,31 @@ def test_discovery_mirrors_folders_and_survives_symlink_loops(tmp_path):
         discover_inputs([src / "x" / "notes.txt"])
 
 
+def test_discovery_names_every_image_entry_once_and_a_missing_glob_folder_is_an_error(tmp_path):
+    """Image-named symlink loops are inputs (their read says why), not dropped; a file and a link to it keep the
+    file's name; a glob whose fixed folder is missing (an unmounted share) is a usage error, not "no images"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "plain.jpg").write_bytes(b"")
+    (src / "a_link.jpg").symlink_to(src / "plain.jpg")
+    (src / "loop1.jpg").symlink_to(src / "loop2.jpg")
+    (src / "loop2.jpg").symlink_to(src / "loop1.jpg")
+    assert [str(i.rel) for i in discover_inputs([src])] == ["loop1.jpg", "loop2.jpg", "plain.jpg"]
+    assert [str(i.rel) for i in discover_inputs([f"{src}/*.jpg"])] == ["loop1.jpg", "loop2.jpg", "plain.jpg"]
+    with pytest.raises(UsageError, match="no such folder .*is the share mounted"):
+        discover_inputs([f"{tmp_path}/not_mounted/*.jpg"])
+    assert discover_inputs([f"{src}/*.png"]) == []  # an existing folder without matches: nothing new
+
+
+def test_a_recursive_glob_does_not_read_an_earlier_runs_outputs(model, tmp_path):
+    src = tmp_path / "rec"
+    write_png(src / "sub" / "x.png", lesion_image())
+    assert run_batch([src], model, src / "out", OPTS, recursive=True).ok == 1
+    assert (src / "out" / "sub" / "x_overlay.jpg").is_file()
+    found = [str(i.rel) for i in discover_inputs([f"{src}/**/*.*"], recursive=True, output=tmp_path / "g")]
+    assert found == ["sub/x.png"]
+
+
 def test_outputs_inside_the_source_are_not_inputs(model, tmp_path):
     src = tmp_path / "src"
     write_png(src / "a.png", lesion_image())
