@@ -74,6 +74,10 @@ SCHEMES = ("tcp", "tls")  # the transports a skinseg client connects over
 _SCHEDULER_HINT = "give local:N, a scheduler file, or an address such as tcp://host:8786"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _given(scheduler: str) -> str:
     """The setting ``scheduler=…`` as an error message names it."""
     return param("scheduler", scheduler)
@@ -329,7 +333,8 @@ class DaskCluster:
 
     def describe(self) -> str:
         workers = self.client.nthreads()
-        return f"Dask cluster {self.client.scheduler.address} ({len(workers)} workers, {sum(workers.values())} threads)"
+        size = f"{_count(len(workers), 'worker')}, {_count(sum(workers.values()), 'thread')}"
+        return f"Dask cluster {self.client.scheduler.address} ({size})"
 
     def check_workers(self, model_path: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
         """UsageError naming the first worker that cannot read the model or write into the output folder: the

@@ -76,13 +76,18 @@ def is_supported(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
 
 
+def _pixels(n: int) -> str:
+    """``n`` pixels as people say it: ``29 MP``, ``1.5 MP``, ``4,800 px`` (never "0 MP")."""
+    return f"{n / 1e6:,.0f} MP" if n >= 10_000_000 else f"{n / 1e6:.1f} MP" if n >= 1_000_000 else f"{n:,} px"
+
+
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"{path}: the header gives an empty size {width}×{height}")
     if width * height > max_pixels:
         raise ImageError(
-            f"{path}: {width}×{height} = {width * height / 1e6:,.0f} MP exceeds "
-            f"{param('max_pixels', f'{max_pixels / 1e6:,.0f} MP')}; raise {param('max_pixels')} if this is intended"
+            f"{path}: {width}×{height} = {_pixels(width * height)} exceeds "
+            f"{param('max_pixels', _pixels(max_pixels))}; raise {param('max_pixels')} if this is intended"
         )
 
 

@@ -136,7 +136,7 @@ def test_a_row_of_a_library_batch_names_the_parameter(standin_model, tmp_path):
     src = tmp_path / "big.png"
     cv2.imwrite(str(src), np.zeros((160, 200, 3), np.uint8))
     row = process_image(standin_model, src, InferOptions(threads=1, max_pixels=1000), tmp_path / "out", "big.png")
-    assert row["status"] == "failed" and "exceeds max_pixels=0 MP; raise max_pixels if" in row["error"], row
+    assert row["status"] == "failed" and "exceeds max_pixels=1,000 px; raise max_pixels if" in row["error"], row
 
 
 @pytest.mark.parametrize("tile", [0, (32, 0), (32,), (1, 2, 3), "32", "256", 256.5, (256, 5000), 5000, None, True])
@@ -184,7 +184,7 @@ def test_a_dask_task_names_parameters_as_the_command_that_sent_it(standin_model,
     with parameter_names({"max_pixels": "--max-pixels"}):
         sent = current_parameter_names()
     row = cluster_task(str(standin_model), str(src), options, str(tmp_path / "out"), "big.png", None, sent)
-    assert "exceeds --max-pixels 0 MP; raise --max-pixels if" in row["error"], row
+    assert "exceeds --max-pixels 1,000 px; raise --max-pixels if" in row["error"], row
     assert current_parameter_names() == {}  # nothing stays behind in this thread
     row = cluster_task(str(standin_model), str(src), options, str(tmp_path / "out"), "big.png", None)
-    assert "exceeds max_pixels=0 MP" in row["error"], row
+    assert "exceeds max_pixels=1,000 px" in row["error"], row
