@@ -72,6 +72,17 @@ def test_init_points_the_data_paths_at_the_data_folder_and_the_run_at_runs(tmp_p
     assert '"../prepared/isic2017-train/images"' in text  # relative to the file: the folder can move
 
 
+def test_init_with_quotes_and_backslashes_in_the_data_folder_reads_back(tmp_path, monkeypatch):
+    """A double quote in --data was written unescaped: a config that `config show` could not read."""
+    monkeypatch.chdir(tmp_path)
+    data = 'my data/with "quote\\and back'
+    result = runner.invoke(app, ["config", "init", "a.config", "--data", data])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(tmp_path / "a.config")
+    assert cfg.train.image_datapath == [tmp_path / data / "isic2017-train" / "images"]
+    assert runner.invoke(app, ["config", "show", "a.config"]).exit_code == 0
+
+
 def test_init_follows_the_recipe_file_rather_than_a_copy_of_its_values(tmp_path, monkeypatch):
     recipe = tmp_path / "isic_reference.config"
     recipe.write_text(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
-from skinseg.data.config.schema import SECTIONS, Config, plain
+from skinseg.data.config.schema import SECTIONS, Config
 
 
 def render_config(cfg: Config, *, comments: bool = True, only_present: bool = False) -> str:
@@ -30,10 +31,14 @@ def render_config(cfg: Config, *, comments: bool = True, only_present: bool = Fa
 
 
 def _render_value(v: Any) -> str:
+    """A literal the config parser reads back as ``v``: strings and paths in double quotes with quotes, backslashes
+    and control characters escaped (a folder named ``my "data"`` included), lists and tuples element by element."""
     if isinstance(v, Path):
-        return repr(v.as_posix()).replace("'", '"')
+        v = v.as_posix()
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return repr(plain(v)).replace("'", '"')
+        return json.dumps(v, ensure_ascii=False)  # JSON's escapes are Python's: \", \\, \n, \uXXXX
+    if isinstance(v, list):
+        return "[" + ", ".join(_render_value(x) for x in v) + "]"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_render_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
     return repr(v)
