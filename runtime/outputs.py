@@ -327,11 +327,18 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: Callable[[], None] | None = None):
+def output_lock(
+    output: str | os.PathLike[str],
+    *,
+    wait: bool = False,
+    on_wait: Callable[[], None] | None = None,
+    command: str = "skinseg infer",
+):
     """Hold ``.skinseg.lock`` in ``output`` for the ``with`` block (``fcntl.flock``; released if the process dies).
 
-    If another run holds it: :class:`UsageError` at once, or with ``wait`` block until it ends (``on_wait`` is
-    called first). Where ``fcntl`` does not exist (Windows) no lock is taken.
+    If another run holds it: :class:`UsageError` at once (naming the ``command`` that writes such folders), or with
+    ``wait`` block until it ends (``on_wait`` is called first). Where ``fcntl`` does not exist (Windows) no lock is
+    taken.
     """
     try:
         import fcntl
@@ -358,9 +365,10 @@ def output_lock(output: str | os.PathLike[str], *, wait: bool = False, on_wait: 
         except BlockingIOError:
             if not wait:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                waits = f", add {param('wait')}," if command == "skinseg infer" else ""
                 raise UsageError(
-                    f"{Path(output)}: another skinseg infer{f' (pid {holder})' if holder else ''} is writing to this "
-                    f"output folder; wait for it to finish, add {param('wait')}, or choose another {param('output')}"
+                    f"{Path(output)}: another {command}{f' (pid {holder})' if holder else ''} is writing to this "
+                    f"folder; wait for it to finish{waits} or choose another {param('output')}"
                 ) from None
             if on_wait is not None:
                 on_wait()

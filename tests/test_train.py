@@ -126,6 +126,27 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]
 
+    # a training still writing the run: a second one with --force (or --resume) stops at once, deleting nothing
+    from skinseg.runtime.outputs import output_lock
+
+    files = sorted(p.name for p in run.iterdir())
+    with output_lock(run, command="skinseg train"):
+        busy = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "-o", str(run), "--force", "-q"])
+    assert busy.exit_code == 2 and "another skinseg train" in busy.output, busy.output
+    assert sorted(p.name for p in run.iterdir()) == files
+
+    # another split and network under --resume: refused before any work, naming what differs (it trained on)
+    other = workdir / "other.config"
+    other.write_text(CONFIG.format(epochs=4).replace("valid_ratio = 0.25", "valid_ratio = 0.5")
+                     .replace("base_filters = 8", "base_filters = 4"))  # fmt: skip
+    changed = runner.invoke(
+        app, ["train", "--config", str(other), "--output", str(run), "--steps-per-epoch", "6", "--resume", "--quiet"]
+    )
+    assert changed.exit_code == 2, changed.output
+    assert "[model] base_filters 8 → 4" in changed.output and "[train] valid_ratio 0.25 → 0.5" in changed.output
+    assert "validation pairs: 4 added" in changed.output
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]
+
 
 def test_stop_file_ends_training_with_best_model(workdir):
     from skinseg.data.config import load_config
@@ -222,3 +243,34 @@ def test_new_recipe_levers_train(workdir):
     assert result.exit_code == 0, result.output
     rates = [float(r["learning_rate"]) for r in _history(run)]
     assert rates[0] > rates[1] and rates[1] < 1e-4  # end of epoch 1: past the warm-up peak; end: decayed to ~0
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
+    """Keras's TerminateOnNaN stopped as "finished" (exit 0), and the epoch's end saved NaN weights as last.keras."""
+    import keras
+
+    from skinseg.training.trainer import _run_tracker
+
+    cfg = parse_config("[train]\nepochs = 5\n", source="t")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    run = tmp_path / "run"
+    run.mkdir()
+    tracker = _run_tracker(run, cfg, lambda e: None, steps=2, state={}, writer=True)
+    tracker.set_model(model)
+    tracker.on_epoch_begin(0)
+    tracker.on_train_batch_end(0, {"loss": 1.0})
+    tracker.on_epoch_end(0, {"loss": 1.0, "val_loss": 0.5})
+    saved = (run / "last.keras").read_bytes()
+    tracker.on_epoch_begin(1)
+    tracker.on_train_batch_end(0, {"loss": float("nan")})
+    assert model.stop_training and tracker.stopped_by == "nan"
+    tracker.on_epoch_end(1, {"loss": float("nan"), "val_loss": float("nan")})
+    assert (run / "last.keras").read_bytes() == saved and tracker.epoch == 1 and len(tracker.history) == 1
+
+
+def test_a_config_with_an_infinite_learning_rate_is_refused():
+    from skinseg.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learning_rate = inf must be positive and finite"):
+        parse_config("[model]\nlearning_rate = 1e400\n", source="t")

@@ -9,11 +9,12 @@ best model saved. Progress reaches the caller through ``on_event`` callbacks: no
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from skinseg.data.config import Config, render_config
 from skinseg.data.run_folder import LAST_MODEL, RunFolder, Split
 from skinseg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from skinseg.runtime.errors import UsageError, param
+from skinseg.runtime.outputs import LOCK_NAME, output_lock
 from skinseg.training.recipe import DataSplits, augment_params, find_splits, sample_spec
 
 Event = dict[str, Any]
@@ -35,7 +37,7 @@ class TrainResult:
     best_epoch: int
     best_value: float
     monitor: str
-    stopped_by: str  # "epochs", "early_stopping", "stop_file", "interrupt"
+    stopped_by: str  # "epochs", "early_stopping", "stop_file", "interrupt", "nan" (the loss became NaN or infinite)
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     worker: int = 0  # this process's rank in a multi-worker run (0: the chief, which wrote the run directory)
@@ -56,11 +58,86 @@ def check_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a folder; choose another {param('output')}")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+    if run_dir.is_dir() and _run_files(run_dir) and not force:
         raise UsageError(
             f"{run_dir}: a run already exists there; choose another {param('output')}, {param('resume')} it, or pass "
             f"{param('force')}"
         )
+
+
+# What a resumed run may change: how long it trains and what it writes, never what it learns from or how. Sections
+# of inference and evaluation settings do not shape training at all.
+RESUME_MAY_CHANGE = {
+    "train": {"epochs", "patience", "model_dir", "eval_dir", "create_backup", "show_history", "init_weights"},
+}
+_TRAINING_SECTIONS = (
+    "model", "train", "eval", "generator", "augmentor", "deformation", "distortion", "barrdistortion",
+    "pincdistortion", "brightening", "sharpening",
+)  # fmt: skip
+
+
+def resume_differences(run_dir: Path, cfg: Config, splits: DataSplits) -> list[str]:
+    """What ``cfg`` and its data would change in the run being resumed: ``[section] key`` with the run's value and
+    the new one, then the split (pairs in or out of either side). Empty when the run continues as it started (a run
+    folder from before ``config.resolved.ini``/``split.json`` is not checked there)."""
+    from skinseg.data.config import load_config
+
+    run = RunFolder(run_dir)
+    found: list[str] = []
+    if run.config_resolved.is_file():
+        before, now = load_config(run.config_resolved).to_dict(), cfg.to_dict()
+        for section in _TRAINING_SECTIONS:
+            for key, value in now[section].items():
+                if key not in RESUME_MAY_CHANGE.get(section, ()) and before[section].get(key) != value:
+                    found.append(f"[{section}] {key} {before[section].get(key)!r} → {value!r}")
+    split = run.read_split()
+    if split is not None and split.train:
+        for side, stems in (("training", split.train), ("validation", split.valid)):
+            new = sorted(p.stem for p in (splits.train if side == "training" else splits.valid))
+            if new != stems:
+                gone, added = len(set(stems) - set(new)), len(set(new) - set(stems))
+                found.append(f"{side} pairs: {added} added, {gone} gone")
+    return found
+
+
+def check_resume(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
+    """UsageError when resuming would silently train another run (other data, split, network or recipe)."""
+    changed = resume_differences(run_dir, cfg, splits)
+    if changed:
+        raise UsageError(
+            f"{run_dir}: {param('resume')} continues the run as it started, and this config or its data differ "
+            f"from the run's ({'; '.join(changed)}); resume with the run's own config "
+            f"({RunFolder(run_dir).config_resolved}), or start a new run"
+        )
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    """What the run directory holds besides its lock."""
+    return [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock while this process writes it: a second ``skinseg train`` into it (with
+    ``--force`` or ``--resume``) stops at once instead of deleting or overwriting a live run. The directory is
+    created for the lock, and removed again if the run never wrote anything into it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: exists and is not a folder; choose another {param('output')}")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another {param('output')}"
+        ) from None
+    try:
+        with output_lock(run_dir, command="skinseg train"):
+            yield
+    finally:
+        if created and not _run_files(run_dir):
+            with contextlib.suppress(OSError):
+                (run_dir / LOCK_NAME).unlink()
+                run_dir.rmdir()
 
 
 def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
@@ -68,8 +145,11 @@ def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
     check_run_dir(run_dir, force=force, resume=resume)
     if resume:
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)
+    for path in _run_files(run_dir):  # an old run, with --force; the lock this run holds stays
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -250,6 +330,31 @@ def train(
     "logs"}``, ``{"event": "epoch", "epoch", "epochs", "logs", "best", "seconds"}``,
     ``{"event": "warning", "message"}``.
     """
+    with contextlib.ExitStack() as locks:
+        return _train(
+            cfg,
+            run_dir=run_dir,
+            force=force,
+            resume=resume,
+            skip_bad=skip_bad,
+            strategy=strategy,
+            on_event=on_event,
+            locks=locks,
+        )
+
+
+def _train(
+    cfg: Config,
+    *,
+    run_dir: Path,
+    force: bool,
+    resume: bool,
+    skip_bad: bool,
+    strategy: str,
+    on_event: Callable[[Event], None] | None,
+    locks: contextlib.ExitStack,
+) -> TrainResult:
+    """:func:`train`; the process that writes the run directory holds its lock in ``locks``."""
     from skinseg.training import distribute
     from skinseg.training.tf_setup import configure_tensorflow
 
@@ -262,17 +367,18 @@ def train(
         emit({"event": "warning", "message": plan.note})
     dist = None
     if plan.kind != "multiworker":
+        locks.enter_context(run_lock(run_dir))
         check_run_dir(run_dir, force=force, resume=resume)
         splits = find_splits(cfg, skip_bad=skip_bad)
+        if resume:
+            check_resume(run_dir, cfg, splits)
         if plan.kind == "mirrored":
             dist = distribute.start_strategy(plan)
     else:  # the workers connect first, then check and agree: all start, or all stop
         dist = distribute.start_strategy(plan)
-        splits = _agree_on_start(dist, cfg, run_dir, force=force, resume=resume, skip_bad=skip_bad)
+        splits = _agree_on_start(dist, cfg, run_dir, force=force, resume=resume, skip_bad=skip_bad, locks=locks)
     for w in splits.warnings:
         emit({"event": "warning", "message": w})
-
-    import contextlib
 
     import keras
 
@@ -371,7 +477,7 @@ def train(
 
     agree = dist.any if dist and dist.workers > 1 else None  # several processes stop together
     tracker = _run_tracker(run_dir, cfg, emit, steps=steps, state=state, writer=writer, agree=agree)
-    callbacks = [tracker, keras.callbacks.TerminateOnNaN()]
+    callbacks = [tracker]  # it also stops on a non-finite loss (keras's TerminateOnNaN would save the NaN weights)
     freezer = _encoder_freezer(model, cfg.train.freeze_encoder_epochs)
     if freezer is not None:
         callbacks.insert(0, freezer)
@@ -430,7 +536,16 @@ def train(
     )
 
 
-def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resume: bool, skip_bad: bool) -> DataSplits:
+def _agree_on_start(
+    dist: Any,
+    cfg: Config,
+    run_dir: Path,
+    *,
+    force: bool,
+    resume: bool,
+    skip_bad: bool,
+    locks: contextlib.ExitStack,
+) -> DataSplits:
     """The start-up checks on every worker, then agreement: all start, or all stop with a reason.
 
     The chief checks the run directory (it alone writes it); with ``resume`` every worker must read the chief's
@@ -443,6 +558,7 @@ def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resum
     splits = None
     try:
         if dist.is_chief:
+            locks.enter_context(run_lock(run_dir))
             check_run_dir(run_dir, force=force, resume=resume)
         elif resume and not RunFolder(run_dir).last_model.is_file():
             raise UsageError(
@@ -450,6 +566,8 @@ def _agree_on_start(dist: Any, cfg: Config, run_dir: Path, *, force: bool, resum
                 f"{param('resume')} needs the run directory on a filesystem every worker reads"
             )
         splits = find_splits(cfg, skip_bad=skip_bad)
+        if resume:
+            check_resume(run_dir, cfg, splits)
     except SkinsegError as e:
         problem = e
     train_stems = [p.stem for p in splits.train] if splits else []
@@ -541,6 +659,10 @@ class _RunTrackerMixin:
                 "logs": {k: float(v) for k, v in (logs or {}).items()},
             }
         )
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):  # the same on every worker: the loss is all-reduced
+            self.stopped_by = "nan"
+            self.model.stop_training = True
         if self.agree(self._stop_requested()):
             self.stopped_by = "stop_file"
             self.model.stop_training = True
@@ -548,6 +670,8 @@ class _RunTrackerMixin:
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         from skinseg.training.model import save_model_atomic
 
+        if self.stopped_by == "nan":  # keep the last finite checkpoint and history: the epoch is not recorded
+            return
         logs = {k: float(v) for k, v in (logs or {}).items()}
         lr = self.model.optimizer.learning_rate
         logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)

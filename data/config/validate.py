@@ -4,6 +4,7 @@ needs."""
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
 from skinseg.data.config.ini import raise_all
@@ -36,7 +37,10 @@ def check_ranges(cfg: Config, source: str, errors: list[str] | None = None) -> N
         ("model", "base_filters", cfg.model.base_filters > 0, "a positive integer"),
         ("model", "num_layers", 1 <= cfg.model.num_layers <= 10, "between 1 and 10"),
         ("model", "dropout_rate", 0 <= cfg.model.dropout_rate < 1, "within [0, 1)"),
-        ("model", "learning_rate", cfg.model.learning_rate > 0, "positive"),
+        ("model", "learning_rate", 0 < cfg.model.learning_rate < math.inf, "positive and finite"),
+        ("model", "clipvalue", cfg.model.clipvalue is None or 0 < cfg.model.clipvalue < math.inf, "positive, or None"),
+        ("model", "base_kernels", all(k > 0 for k in cfg.model.base_kernels), "positive sizes, e.g. (3, 3)"),
+        ("model", "dilation", all(d > 0 for d in cfg.model.dilation), "positive rates, e.g. (1, 1) or (2, 2)"),
         ("train", "epochs", cfg.train.epochs > 0, "a positive integer"),
         ("train", "batch_size", cfg.train.batch_size > 0, "a positive integer"),
         ("train", "patience", cfg.train.patience > 0, "a positive integer"),

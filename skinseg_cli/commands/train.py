@@ -44,7 +44,9 @@ STOPPED = {
     "early_stopping": "early stopping",
     "stop_file": "stopped by the STOP file",
     "interrupt": "interrupted",
+    "nan": "stopped: the loss became NaN or infinite (lower the learning rate, or check the data),",
 }
+EXIT_CODES = {"interrupt": 130, "nan": 1}  # a script's `skinseg train … && skinseg export …` must not go on
 
 
 @app.command()
@@ -180,6 +182,10 @@ def train(
         f"{who}{STOPPED[result.stopped_by]} after {result.epochs_run} epoch(s) in {result.seconds:.0f} s; "
         f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; {where}: {run_dir}"
     )
+    if result.stopped_by in EXIT_CODES:
+        if result.stopped_by == "interrupt" and result.epochs_run:
+            err.print("continue it with --resume and the same config")
+        raise typer.Exit(EXIT_CODES[result.stopped_by])
 
 
 def _launcher_line(event: dict) -> None:
