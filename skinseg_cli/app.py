@@ -52,7 +52,38 @@ def _click_style_help() -> None:
         argument._usage_display_name = usage_name
 
 
+def _folding_help_tables() -> None:
+    """Typer draws options as a rich table whose cells end in "…" where a terminal is narrow: at 80 columns
+    ``--overlay-opacity`` read ``--overlay-opac…`` and file names in the help were cut. Its tables fold such cells
+    onto the next line instead (a long flag may continue on the next line, but no character is lost)."""
+    from rich.table import Table
+    from typer import rich_utils
+
+    if not hasattr(rich_utils, "Table"):
+        return
+
+    from rich.columns import Columns
+    from rich.console import Group
+    from rich.text import Text
+
+    def fold(renderable: Any) -> Any:
+        if isinstance(renderable, Text):
+            renderable.overflow = "fold"
+        for inner in getattr(renderable, "renderables", ()) if isinstance(renderable, (Group, Columns)) else ():
+            fold(inner)
+        return renderable
+
+    class FoldingTable(Table):
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*map(fold, renderables), **kwargs)
+            for column in self.columns:
+                column.overflow = "fold"
+
+    rich_utils.Table = FoldingTable  # type: ignore[misc]
+
+
 _click_style_help()
+_folding_help_tables()
 
 app = typer.Typer(
     name="skinseg",

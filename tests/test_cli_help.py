@@ -69,3 +69,13 @@ def test_q_means_quiet_everywhere():
             if re.search(r"(^|[\s,│])-q\b", line):
                 assert "--quiet" in line, (command, line)
     assert "-q" not in re.sub(r"\x1b\[[0-9;]*m", "", invoke("export", "--help").output).split("--quantize")[1][:30]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "skinseg")
+def test_at_80_columns_no_flag_or_word_of_the_help_is_cut(command):
+    """Rich's tables ended narrow cells in "…": `--overlay-opac…`, `<stem>_contours…` at 80 columns (an SSH
+    session). Folded cells keep every character."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    cells = re.sub(r"[│╭╮╰╯─]", " ", result.output)
+    assert not re.search(r"\w…", cells.replace("tls://…", "")), result.output
