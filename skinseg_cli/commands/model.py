@@ -141,7 +141,7 @@ def _lines(info: dict[str, Any]) -> list[str]:
             lines.append(f"scales      mean Jaccard by --scale ({card['scale_source']}):")
         for f in card["scale_figures"]:
             secs = f", {f['seconds_per_image']:g} s/image" if f.get("seconds_per_image") else ""
-            lines.append(f"            {f['scale']}: {f['mean_jaccard']:g}{secs}")
+            lines.append(f"            {f['scale']}: {f['mean_jaccard']:.4f}{secs}")
     else:
         lines.append(f"figures     {info.get('card_note', 'no model card beside the file (<stem>.card.json)')}")
     return lines
