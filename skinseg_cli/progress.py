@@ -172,8 +172,15 @@ class InferProgress(_BarsDisplay):
         if self.log is not None:
             try:
                 self.log.write(f"{now()} {text}\n" if stamp else f"{text}\n")
-            except OSError:  # a full disk or a lost mount: the run goes on, its report is written
+            except OSError as e:  # a full disk or a lost mount: the run goes on, its report is written
+                name = shown(getattr(self.log, "name", ""))
                 self.log = None
+                self.console.print(
+                    f"[yellow]warning:[/yellow] --log-file {escape(name)}: {escape(e.strerror or str(e))}; nothing "
+                    "more is logged there, the run goes on",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
     def _line(self, text: str, *, style: str | None = None, stamp: bool = True, show: bool = True) -> None:
         self._log(text, stamp=stamp)

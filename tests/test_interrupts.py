@@ -173,3 +173,17 @@ def test_a_stdout_that_cannot_be_written_does_not_stop_the_work(model, tmp_path,
     assert json.loads((out / "summary.json").read_text())["ok"] == 2
     if "full" in redirect:
         assert "standard output: No space left on device" in done.stderr
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once_and_the_work_goes_on(model, tmp_path):
+    """--log-file on a full disk (/dev/full) stayed empty without a word."""
+    src = tmp_path / "src"
+    write_png(src / "a.png", lesion_image())
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "skinseg", "infer", src, "--model", model, "-o", out, "--log-file", "/dev/full"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("--log-file /dev/full: No space left on device") == 1, done.stderr
+    assert json.loads((out / "summary.json").read_text())["ok"] == 1
