@@ -51,6 +51,8 @@ def _load(path: Path) -> tuple[onnx.ModelProto | None, Finding]:
     try:
         model = onnx.load(os.fspath(path))
     except Exception as e:  # DecodeError, truncated files, random bytes
+        if path.suffix.lower() in (".keras", ".h5"):
+            return None, _error(f"{path}: a Keras model, not ONNX; export it first (skinseg export RUN_DIR)")
         return None, _error(f"{path}: not a readable ONNX file ({type(e).__name__}); re-export the model")
     if not model.graph.node:
         return None, _error(f"{path}: the ONNX graph is empty (truncated or not an ONNX model); re-export the model")

@@ -363,7 +363,11 @@ def _export(
         if variant.mean_iou < AGREEMENT_WARN:
             variant.warning = render(
                 f"{path.name}: mean mask IoU against fp32 is {variant.mean_iou:.3f} (< {AGREEMENT_WARN}); "
-                f"calibrate on more typical images ({param('calibration')}) or use fp32"
+                + (
+                    f"calibrate on more typical images ({param('calibration')}) or use fp32"
+                    if kind == "int8"
+                    else "use fp32 (this network's values do not fit float16)"
+                )
             )
             if strict:  # the fp32 model is good: it is kept, the variant is not
                 fp32 = staged.pop(0)

@@ -212,3 +212,11 @@ def test_a_keras_model_given_to_infer_says_to_export_it(tmp_path):
     result = invoke("infer", tmp_path / "src", "--model", keras_file, "--output", tmp_path / "out")
     assert result.exit_code == 2 and "skinseg export" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_keras_model_given_to_export_check_says_to_export_it(tmp_path):
+    keras_file = tmp_path / "best_model.keras"
+    keras_file.write_bytes(b"PK\x03\x04 not really")
+    result = runner.invoke(app, ["export", "--check", str(keras_file)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert result.exit_code == 1 and errors and "a Keras model, not ONNX; export it first" in errors[0], errors
