@@ -60,6 +60,7 @@ def unpaired_rows(report: PairingReport, wanted: set[str] | None) -> list[ImageR
         for m in report.masks_without_image
     ]
     rows += [unpaired(a.image.stem, str(a), a.image) for a in report.ambiguous]
+    rows += [unpaired(s.image.stem, str(s), s.image) for s in report.shared_stems]
     if wanted is None:
         return rows
     rows = [r for r in rows if r.stem in wanted]
@@ -83,6 +84,7 @@ def _without_own_reports(report: PairingReport, output: Path) -> PairingReport:
         images_without_mask=[p for p in report.images_without_mask if not ours(p)],
         masks_without_image=report.masks_without_image,
         ambiguous=report.ambiguous,
+        shared_stems=report.shared_stems,
     )
 
 

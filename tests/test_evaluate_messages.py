@@ -128,3 +128,29 @@ def test_evaluate_on_a_missing_device_leaves_no_empty_folder(model, tmp_path):
         pytest.skip("this machine has CUDA")
     assert result.exit_code == 2 and "cuda" in result.output.lower()
     assert not (tmp_path / "ev").exists()
+
+
+def _pairs(root, *stems):
+    images, masks = root / "images", root / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        write_png(images / f"{stem}.png", lesion_image())
+        cv2.imwrite(str(masks / f"{stem}.png"), truth())
+    return images, masks
+
+
+def _rows(out):
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_images_of_one_stem_are_refused_not_scored_twice(standin_model, tmp_path):
+    images, masks = _pairs(tmp_path, "a", "b")
+    cv2.imwrite(str(images / "a.jpg"), cv2.cvtColor(lesion_image(seed=3), cv2.COLOR_RGB2BGR))
+    result = evaluate(standin_model, images, masks, tmp_path / "ev")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "the stem a has several images (a.jpg, a.png) for one mask (a.png)" in text, text
+    rows = _rows(tmp_path / "ev")
+    assert sorted((r["stem"], r["status"]) for r in rows) == [("a", "skipped"), ("a", "skipped"), ("b", "ok")]
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 1  # a is in no mean
