@@ -154,3 +154,18 @@ def test_two_images_of_one_stem_are_refused_not_scored_twice(standin_model, tmp_
     rows = _rows(tmp_path / "ev")
     assert sorted((r["stem"], r["status"]) for r in rows) == [("a", "skipped"), ("a", "skipped"), ("b", "ok")]
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 1  # a is in no mean
+
+
+def test_an_interrupt_says_so(standin_model, tmp_path, monkeypatch):
+    import skinseg.data.evaluate as core
+
+    def interrupted(segment, pairs, *, on_event=None, **kwargs):
+        on_event({"event": "image", "done": 1, "total": 2})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "evaluate", interrupted)
+    images, masks = _pairs(tmp_path, "a", "b")
+    result = evaluate(standin_model, images, masks, tmp_path / "ev")
+    assert result.exit_code == 130
+    assert "interrupted after 1 of 2 image(s): no report written" in " ".join(result.output.split())
+    assert not (tmp_path / "ev" / "results.csv").exists()
