@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from skinseg.cli import app
-from tests.support import invoke, lesion_image, write_png
+from tests.support import invoke, lesion_image, png_bytes, write_png
 
 runner = CliRunner()
 
@@ -154,6 +154,70 @@ def test_two_images_of_one_stem_are_refused_not_scored_twice(standin_model, tmp_
     rows = _rows(tmp_path / "ev")
     assert sorted((r["stem"], r["status"]) for r in rows) == [("a", "skipped"), ("a", "skipped"), ("b", "ok")]
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 1  # a is in no mean
+
+
+def test_a_second_evaluation_into_the_same_folder_stops_at_once(standin_model, tmp_path):
+    from skinseg.runtime.outputs import output_lock
+
+    images, masks = _pairs(tmp_path, "a")
+    out = tmp_path / "ev"
+    out.mkdir()
+    with output_lock(out, command="evaluate"):
+        result = evaluate(standin_model, images, masks, out)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert f"another skinseg evaluate (pid {os.getpid()}) is writing" in text and "--wait" not in text, text
+        assert not (out / "results.csv").exists()
+    with output_lock(out):  # an infer there too
+        result = evaluate(standin_model, images, masks, out)
+        assert result.exit_code == 2 and "another skinseg infer" in result.output
+    assert evaluate(standin_model, images, masks, out).exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["results.csv", "summary.json", "worst.png"])
+def test_a_report_skinseg_did_not_write_is_not_replaced(standin_model, tmp_path, name):
+    images, masks = _pairs(tmp_path, "a")
+    out = tmp_path / "ev"
+    out.mkdir()
+    theirs = {"results.csv": b"patient,score\n1,0.9\n", "summary.json": b'{"mine": 1}\n'}.get(name, png_bytes(truth()))
+    (out / name).write_bytes(theirs)
+    result = evaluate(standin_model, images, masks, out)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{out / name}: this {name} was not written by skinseg evaluate" in text, text
+    assert (out / name).read_bytes() == theirs and sorted(p.name for p in out.iterdir()) == [".skinseg.lock", name]
+    if name == "worst.png":  # a run that draws no picture leaves it be
+        result = runner.invoke(app, ["evaluate", "--model", str(standin_model), "--images", str(images), "--masks",
+                                     str(masks), "--output", str(out), "--quiet", "--worst", "0"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert (out / name).read_bytes() == theirs
+
+
+def test_a_rerun_that_draws_no_picture_removes_the_earlier_one(standin_model, tmp_path):
+    images, masks = _pairs(tmp_path, "a")
+    out = tmp_path / "ev"
+    assert evaluate(standin_model, images, masks, out).exit_code == 0
+    assert (out / "worst.png").is_file()
+    args = ["evaluate", "--model", str(standin_model), "--images", str(images), "--masks", str(masks), "--output",
+            str(out), "--quiet"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--worst", "0"])
+    assert result.exit_code == 0 and "wrote results.csv, summary.json to" in " ".join(result.output.split())
+    assert not (out / "worst.png").exists()
+    assert evaluate(standin_model, images, masks, out).exit_code == 0 and (out / "worst.png").is_file()
+    (masks / "a.png").unlink()  # nothing scored: no picture either
+    assert evaluate(standin_model, images, masks, out).exit_code == 1
+    assert not (out / "worst.png").exists()
+
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_evaluate_output_in_the_images_or_masks_folder_is_not_read_back(standin_model, tmp_path, folder):
+    images, masks = _pairs(tmp_path, "a")
+    out = tmp_path / folder
+    for _ in range(3):
+        result = evaluate(standin_model, images, masks, out)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_images"] == 1 and summary["n_errors"] == 0 and (out / "worst.png").is_file()
 
 
 def test_an_interrupt_says_so(standin_model, tmp_path, monkeypatch):

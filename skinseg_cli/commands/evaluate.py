@@ -81,7 +81,7 @@ def evaluate(
     (Spearman) and how many failures (Jaccard < 0.65) the review flag caught.
 
     Exit code 0 when every image was scored, 1 when some could not be (unpaired or mis-sized files; the others
-    are scored), 2 for usage errors, 130 when interrupted.
+    are scored), 2 for usage errors (another evaluation writing to --output included), 130 when interrupted.
 
     Example: skinseg evaluate --model model.onnx --images isic/images --masks isic/masks --output eval/
     """
