@@ -3,7 +3,8 @@
 :func:`evaluate_folders` pairs the folders (:mod:`skinseg.data.pairing`), lists what could not be paired as rows
 with the reason, scores every pair through the segmenter's own path (:func:`skinseg.runtime.evaluation.evaluate`:
 the image decoded whole, as ``skinseg infer`` does), and writes ``results.csv``, ``summary.json`` and ``worst.png``
-into the output folder. It takes any segmenter with ``segment_file``, ``options()`` and ``provider`` (the runtime's
+into the output folder, holding its lock (:func:`~skinseg.runtime.outputs.output_lock`) and never over a file of
+those names that it did not write. It takes any segmenter with ``segment_file``, ``options()`` and ``provider`` (the runtime's
 :class:`~skinseg.runtime.segmenter.Segmenter`, whatever its backend), so it needs no TensorFlow.
 """
 
@@ -98,8 +99,8 @@ def evaluate_folders(
         if not Path(folder).is_dir():  # before pairing, whose message speaks of a config's data paths
             raise DataError(f"{folder}: the {what} folder does not exist; check the path")
     wanted = read_stem_list(stems, what=param("stems")) if stems is not None else None
-    # Our own worst.png is no image or mask to score when --output is the images or the masks folder.
-    own = [output / WORST] if _ours(output, WORST) else []
+    # Our own worst.png is no image or mask to score: --output is the images or the masks folder, or was last time.
+    own = [folder / WORST for folder in (output, images, masks) if _ours(Path(folder), WORST)]
     report = pair_folders(images, masks, exclude=own)
     pairs = [p for p in report.pairs if wanted is None or p.stem in wanted]
     skipped = unpaired_rows(report, wanted)

@@ -213,7 +213,7 @@ def test_a_rerun_that_draws_no_picture_removes_the_earlier_one(standin_model, tm
 def test_evaluate_output_in_the_images_or_masks_folder_is_not_read_back(standin_model, tmp_path, folder):
     images, masks = _pairs(tmp_path, "a")
     out = tmp_path / folder
-    for _ in range(3):
+    for out in (out, out, tmp_path / "ev"):  # and a report left there by an earlier run is not read either
         result = evaluate(standin_model, images, masks, out)
         assert result.exit_code == 0, result.output
         summary = json.loads((out / "summary.json").read_text())
