@@ -4,8 +4,8 @@
 with the reason, scores every pair through the segmenter's own path (:func:`skinseg.runtime.evaluation.evaluate`:
 the image decoded whole, as ``skinseg infer`` does), and writes ``results.csv``, ``summary.json`` and ``worst.png``
 into the output folder, holding its lock (:func:`~skinseg.runtime.outputs.output_lock`) and never over a file of
-those names that it did not write. It takes any segmenter with ``segment_file``, ``options()`` and ``provider`` (the runtime's
-:class:`~skinseg.runtime.segmenter.Segmenter`, whatever its backend), so it needs no TensorFlow.
+those names that it did not write. It takes any segmenter with ``segment_file``, ``options()`` and ``provider``
+(the runtime's :class:`~skinseg.runtime.segmenter.Segmenter`, whatever its backend), so it needs no TensorFlow.
 """
 
 from __future__ import annotations
