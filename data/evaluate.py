@@ -3,21 +3,25 @@
 :func:`evaluate_folders` pairs the folders (:mod:`skinseg.data.pairing`), lists what could not be paired as rows
 with the reason, scores every pair through the segmenter's own path (:func:`skinseg.runtime.evaluation.evaluate`:
 the image decoded whole, as ``skinseg infer`` does), and writes ``results.csv``, ``summary.json`` and ``worst.png``
-into the output folder. It takes any segmenter with ``segment_file``, ``options()`` and ``provider`` (the runtime's
-:class:`~skinseg.runtime.segmenter.Segmenter`, whatever its backend), so it needs no TensorFlow.
+into the output folder, holding its lock (:func:`~skinseg.runtime.outputs.output_lock`) and never over a file of
+those names that it did not write. It takes any segmenter with ``segment_file``, ``options()`` and ``provider``
+(the runtime's :class:`~skinseg.runtime.segmenter.Segmenter`, whatever its backend), so it needs no TensorFlow.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from skinseg.data.pairing import PairingReport, mask_key, pair_folders, read_stem_list
-from skinseg.runtime.errors import DataError, param, render
+from skinseg.runtime.errors import DataError, UsageError, param, render
 from skinseg.runtime.evaluation import (
+    CSV_COLUMNS,
     EvaluationResult,
     ImageResult,
     evaluate,
@@ -27,7 +31,7 @@ from skinseg.runtime.evaluation import (
     write_worst_png,
 )
 from skinseg.runtime.imageio import file_sha256
-from skinseg.runtime.outputs import prepare_output
+from skinseg.runtime.outputs import is_ours, output_lock, prepare_output
 from skinseg.runtime.report import versions
 
 __all__ = ["RESULTS", "SUMMARY", "WORST", "FolderEvaluation", "evaluate_folders", "unpaired_rows"]
@@ -60,6 +64,7 @@ def unpaired_rows(report: PairingReport, wanted: set[str] | None) -> list[ImageR
         for m in report.masks_without_image
     ]
     rows += [unpaired(a.image.stem, str(a), a.image) for a in report.ambiguous]
+    rows += [unpaired(s.image.stem, str(s), s.image) for s in report.shared_stems]
     if wanted is None:
         return rows
     rows = [r for r in rows if r.stem in wanted]
@@ -69,21 +74,6 @@ def unpaired_rows(report: PairingReport, wanted: set[str] | None) -> list[ImageR
         for s in sorted(wanted - found)
     ]
     return rows
-
-
-def _without_own_reports(report: PairingReport, output: Path) -> PairingReport:
-    """``report`` without this command's own ``worst.png``, met when ``--output`` is the images folder."""
-    own = os.path.realpath(output / WORST)
-
-    def ours(path: Path) -> bool:
-        return os.path.realpath(path) == own
-
-    return PairingReport(
-        pairs=[p for p in report.pairs if not ours(p.image)],
-        images_without_mask=[p for p in report.images_without_mask if not ours(p)],
-        masks_without_image=report.masks_without_image,
-        ambiguous=report.ambiguous,
-    )
 
 
 def evaluate_folders(
@@ -109,7 +99,9 @@ def evaluate_folders(
         if not Path(folder).is_dir():  # before pairing, whose message speaks of a config's data paths
             raise DataError(f"{folder}: the {what} folder does not exist; check the path")
     wanted = read_stem_list(stems, what=param("stems")) if stems is not None else None
-    report = _without_own_reports(pair_folders(images, masks), output)
+    # Our own worst.png is no image or mask to score: --output is the images or the masks folder, or was last time.
+    own = [folder / WORST for folder in (output, images, masks) if _ours(Path(folder), WORST)]
+    report = pair_folders(images, masks, exclude=own)
     pairs = [p for p in report.pairs if wanted is None or p.stem in wanted]
     skipped = unpaired_rows(report, wanted)
     if not pairs and not skipped:
@@ -120,22 +112,81 @@ def evaluate_folders(
     quality = getattr(segmenter, "quality", None)
     if review_below is None and quality is not None:
         review_below = quality.review_below
-    result = evaluate(
-        lambda path: segmenter.segment_file(path, keep_prob=False),
-        pairs,
-        skipped=skipped,
-        worst=worst,
-        on_event=None if on_progress is None else lambda e: on_progress(e["done"], e["total"]),
-        review_below=review_below,
-    )
-    summary = {
-        **result.summary(),
-        "model": {"path": str(model_path), "sha256": file_sha256(model_path), "provider": segmenter.provider},
-        "data": {"images": str(images), "masks": str(masks), "stems": None if stems is None else str(stems)},
-        "options": {**segmenter.settings(), "worst": worst, "review_below": review_below},
-        "versions": versions(loaded=("tensorflow", "keras")),
-    }
-    write_results_csv(output / RESULTS, result.rows)
-    write_summary_json(output / SUMMARY, summary)
-    files = [RESULTS, SUMMARY] + ([WORST] if write_worst_png(output / WORST, result) else [])
+    with output_lock(output, command="evaluate"):  # a second evaluation into this folder stops here, at once
+        own_worst = _check_reports_are_ours(output, worst)
+        result = evaluate(
+            lambda path: segmenter.segment_file(path, keep_prob=False),
+            pairs,
+            skipped=skipped,
+            worst=worst,
+            on_event=None if on_progress is None else lambda e: on_progress(e["done"], e["total"]),
+            review_below=review_below,
+        )
+        summary = {
+            **result.summary(),
+            "model": {"path": str(model_path), "sha256": file_sha256(model_path), "provider": segmenter.provider},
+            "data": {"images": str(images), "masks": str(masks), "stems": None if stems is None else str(stems)},
+            "options": {**segmenter.settings(), "worst": worst, "review_below": review_below},
+            "versions": versions(loaded=("tensorflow", "keras")),
+        }
+        write_results_csv(output / RESULTS, result.rows)
+        write_summary_json(output / SUMMARY, summary)
+        wrote_worst = write_worst_png(output / WORST, result)
+        if not wrote_worst and own_worst:  # an earlier run's picture beside these results would mislead
+            (output / WORST).unlink(missing_ok=True)
+    files = [RESULTS, SUMMARY] + ([WORST] if wrote_worst else [])
     return FolderEvaluation(result=result, summary=summary, output=output, files=files)
+
+
+# ------------------------------------------------------------------------------------------ the reports' owner
+
+_RESULTS_HEADER = ",".join(CSV_COLUMNS[:8]).encode() + b","  # stem,image,width,…,tn: evaluate's, not infer's
+_SUMMARY_KEYS = frozenset({"n_images", "n_errors", "jaccard", "model", "data", "options"})
+
+
+def _head(path: Path, size: int | None) -> bytes | None:
+    """The first ``size`` bytes of a regular file (all with None), never following a link or blocking on a FIFO;
+    None when it is no regular file or cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read() if size is None else f.read(size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _ours(output: Path, name: str) -> bool:
+    """Whether ``output/name`` is a report that ``skinseg evaluate`` wrote: results.csv with evaluate's columns,
+    summary.json with evaluate's keys, worst.png carrying its record (or, from a skinseg that wrote none, beside
+    an evaluate summary.json)."""
+    path = output / name
+    if name == RESULTS:
+        head = _head(path, len(_RESULTS_HEADER))
+        return head is not None and head.startswith(_RESULTS_HEADER)
+    if name == SUMMARY:
+        text = _head(path, None)
+        try:
+            summary = json.loads(text) if text is not None else None
+        except ValueError:
+            return False
+        return isinstance(summary, dict) and summary.keys() >= _SUMMARY_KEYS
+    return is_ours(path) or (_head(path, 8) == b"\x89PNG\r\n\x1a\n" and _ours(output, SUMMARY))
+
+
+def _check_reports_are_ours(output: Path, worst: int) -> bool:
+    """:class:`UsageError` when this run would replace a results.csv, summary.json or worst.png that skinseg evaluate
+    did not write (a user's own, or ``skinseg infer``'s report); whether a worst.png there is ours."""
+    for name in (RESULTS, SUMMARY, WORST) if worst > 0 else (RESULTS, SUMMARY):
+        if os.path.lexists(output / name) and not _ours(output, name):
+            raise UsageError(
+                f"{output / name}: this {name} was not written by skinseg evaluate and would be replaced; move it "
+                f"away or choose another {param('output')}"
+            )
+    return os.path.lexists(output / WORST) and _ours(output, WORST)

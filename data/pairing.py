@@ -8,6 +8,7 @@ letter case), ``_lesion`` (PH2) or ``_mask``. Nothing is dropped silently: unpai
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,24 +44,49 @@ class Ambiguous:
         return f"{self.image}: several masks match ({', '.join(m.name for m in self.masks)}); keep one"
 
 
+@dataclass(frozen=True)
+class SharedStem:
+    """An image whose stem another image of its folder has too (``a.png`` and ``a.jpg``): the mask would score or
+    train both, and which photo it outlines is unknown."""
+
+    image: Path
+    others: tuple[Path, ...]
+    masks: tuple[Path, ...]
+
+    def __str__(self) -> str:
+        images = ", ".join(sorted(p.name for p in (self.image, *self.others)))
+        masks = ", ".join(m.name for m in self.masks)
+        mask = f" for {'one mask' if len(self.masks) == 1 else 'its masks'} ({masks})" if self.masks else ""
+        stem = self.image.stem
+        return f"{self.image}: the stem {stem} has several images ({images}){mask}; keep one image or rename the others"
+
+
 @dataclass
 class PairingReport:
     pairs: list[Pair] = field(default_factory=list)
     images_without_mask: list[Path] = field(default_factory=list)
     masks_without_image: list[Path] = field(default_factory=list)
     ambiguous: list[Ambiguous] = field(default_factory=list)
+    shared_stems: list[SharedStem] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
         out = [f"{p}: no mask found (expected <stem>.png or <stem>_segmentation.png)" for p in self.images_without_mask]
         out += [f"{p}: mask without an image" for p in self.masks_without_image]
         out += [str(a) for a in self.ambiguous]
+        out += [str(s) for s in self.shared_stems]
         return out
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (any letter case of the extension), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def list_images(folder: Path, exclude: Iterable[Path] = ()) -> list[Path]:
+    """Image files directly in ``folder`` (any letter case of the extension), sorted by name, except the files
+    ``exclude`` names (compared with every link resolved)."""
+    skip = {os.path.realpath(p) for p in exclude}
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and (not skip or os.path.realpath(p) not in skip)
+    )
 
 
 def mask_key(mask_path: Path) -> str:
@@ -68,23 +94,37 @@ def mask_key(mask_path: Path) -> str:
     return _MASK_SUFFIX_RE.sub("", mask_path.stem)
 
 
-def pair_folders(images_dir: Path, masks_dir: Path) -> PairingReport:
-    """Pair every image in ``images_dir`` with its mask in ``masks_dir``."""
+def pair_folders(images_dir: Path, masks_dir: Path, *, exclude: Iterable[Path] = ()) -> PairingReport:
+    """Pair every image in ``images_dir`` with its mask in ``masks_dir``, leaving out the files ``exclude`` names
+    (a command's own reports, when its output folder is one of these). Two images of one stem (``a.png`` and
+    ``a.jpg``) that a mask matches are reported (:class:`SharedStem`), not both paired with it."""
     for folder, what in ((images_dir, "images"), (masks_dir, "masks")):
         if not folder.is_dir():
             raise DataError(f"{folder}: {what} folder not found; check the data paths in the config")
+    exclude = list(exclude)
     report = PairingReport()
     masks: dict[str, list[Path]] = {}
-    for m in list_images(masks_dir):
+    for m in list_images(masks_dir, exclude):
         masks.setdefault(mask_key(m), []).append(m)
+    same_folder = images_dir.resolve() == masks_dir.resolve()
+    candidates_of = {
+        img: [c for c in masks.get(img.stem, []) if not same_folder or c != img]
+        for img in list_images(images_dir, exclude)
+    }
+    by_stem: dict[str, list[Path]] = {}
+    for img, candidates in candidates_of.items():
+        if candidates:
+            by_stem.setdefault(img.stem, []).append(img)
     used: set[Path] = set()
-    for img in list_images(images_dir):
-        candidates = masks.get(img.stem, [])
-        if images_dir.resolve() == masks_dir.resolve():
-            candidates = [c for c in candidates if c != img]
+    for img, candidates in candidates_of.items():
         if not candidates:
-            if images_dir.resolve() != masks_dir.resolve() or not _MASK_SUFFIX_RE.search(img.stem):
+            if not same_folder or not _MASK_SUFFIX_RE.search(img.stem):
                 report.images_without_mask.append(img)
+            continue
+        if len(by_stem[img.stem]) > 1:
+            others = tuple(o for o in by_stem[img.stem] if o != img)
+            report.shared_stems.append(SharedStem(img, others, tuple(c for c in candidates if c not in others)))
+            used.update(candidates)  # they have an image: reported with it, not "without an image"
             continue
         if len(candidates) > 1:
             report.ambiguous.append(Ambiguous(img, tuple(candidates)))
@@ -92,7 +132,7 @@ def pair_folders(images_dir: Path, masks_dir: Path) -> PairingReport:
             continue
         report.pairs.append(Pair(img, candidates[0]))
         used.add(candidates[0])
-    if images_dir.resolve() != masks_dir.resolve():
+    if not same_folder:
         report.masks_without_image = sorted(m for group in masks.values() for m in group if m not in used)
     return report
 

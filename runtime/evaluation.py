@@ -29,9 +29,10 @@ import numpy as np
 from skinseg.runtime.atomic import write_bytes_atomic
 from skinseg.runtime.errors import ImageError
 from skinseg.runtime.imageheaders import image_size
-from skinseg.runtime.imageio import read_image, read_mask, write_png_atomic
+from skinseg.runtime.imageio import encode_png, read_image, read_mask
 from skinseg.runtime.metrics import METRICS, Counts, confusion_counts, scores
 from skinseg.runtime.names import csv_cell, json_text
+from skinseg.runtime.outputs import with_record
 
 __all__ = [
     "CSV_COLUMNS",
@@ -387,9 +388,14 @@ def write_summary_json(path: str | Path, summary: Mapping[str, Any]) -> None:
     write_bytes_atomic(path, (json_text(dict(summary), indent=2) + "\n").encode("utf-8"))
 
 
+WORST_RECORD = {"made_by": "skinseg evaluate"}  # worst.png's record: a rerun knows the file is its own (is_ours)
+
+
 def write_worst_png(path: str | Path, result: EvaluationResult, *, columns: int = COLUMNS) -> bool:
-    """``worst.png``: the kept worst cases as a grid; returns False (and writes nothing) when there are none."""
+    """``worst.png``: the kept worst cases as a grid, carrying a skinseg record (:data:`WORST_RECORD`); returns False
+    (and writes nothing) when there are none."""
     if not result.worst:
         return False
-    write_png_atomic(path, worst_grid([panel for _, panel in result.worst], columns=columns))
+    grid = worst_grid([panel for _, panel in result.worst], columns=columns)
+    write_bytes_atomic(path, with_record(encode_png(grid), WORST_RECORD))
     return True

@@ -383,9 +383,15 @@ def read_mask(
 ) -> np.ndarray:
     """Read a mask as ``H×W`` uint8 with values 0 or 255, EXIF orientation applied as for :func:`read_image`.
 
-    Accepted: gray masks (0/255, pixels >= ``threshold`` are lesion; 16-bit ones scaled first), 0/1 masks (the
-    ones are lesion), and colour or palette masks with black background (any colour is lesion). A mask that is
-    not two-valued (a photograph, a probability map, a colour mask on a coloured background) raises
+    Which pixels are lesion:
+
+    - a gray mask with a single non-zero value ``v`` (0/255, 0/1 label images, 0/127, 0/100, 0/2, in 8 or 16
+      bits): the pixels of value ``v``, whatever ``v`` is;
+    - a gray mask with several non-zero values (anti-aliased, resized or JPEG-compressed edges): pixels >=
+      ``threshold`` on the 8-bit scale (default 128, half of 255; 16-bit masks are scaled to 8 bits first);
+    - a colour or palette mask with black background: any colour.
+
+    A mask that is not two-valued (a photograph, a probability map, a colour mask on a coloured background) raises
     :class:`ImageError` saying so, instead of scoring as an empty or arbitrary mask.
     """
     if not 1 <= threshold <= 255:
@@ -398,11 +404,11 @@ def read_mask(
     if raw.ndim == 3 and not (np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])):
         return _apply_orientation(_colour_mask(file.path, raw), file.header.orientation)
     gray = raw if raw.ndim == 2 else raw[..., 0]
+    if (value := _single_lesion_value(gray)) is not None:  # 0/v: v is the lesion, however dark (0/1, 0/127)
+        return _apply_orientation(np.where(gray == value, np.uint8(255), np.uint8(0)), file.header.orientation)
     if gray.dtype != np.uint8:
         gray = _to_8bit(file.path, gray)
     top = int(gray.max())
-    if top == 1:  # a 0/1 label image
-        return np.where(gray > 0, np.uint8(255), np.uint8(0))
     if top > 0:
         # Anti-aliased or JPEG-compressed masks have a few grey pixels; a photograph or probability map has many.
         middle = np.count_nonzero((gray > 0.15 * top) & (gray < 0.85 * top))
@@ -413,6 +419,15 @@ def read_mask(
             )
     mask = gray >= threshold
     return _apply_orientation(np.where(mask, np.uint8(255), np.uint8(0)), file.header.orientation)
+
+
+def _single_lesion_value(gray: np.ndarray) -> int | None:
+    """The one non-zero value of an 8- or 16-bit gray mask whose pixels are 0 or that value; None otherwise (all
+    zero, several grey levels, another depth)."""
+    if gray.dtype not in (np.uint8, np.uint16):
+        return None
+    present = np.flatnonzero(np.bincount(gray.ravel(), minlength=2)[1:])  # a histogram: no sort of a 29 MP mask
+    return int(present[0]) + 1 if len(present) == 1 else None
 
 
 def _colour_mask(path: Path, bgr: np.ndarray) -> np.ndarray:

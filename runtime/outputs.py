@@ -332,13 +332,13 @@ def output_lock(
     *,
     wait: bool = False,
     on_wait: Callable[[], None] | None = None,
-    command: str = "skinseg infer",
+    command: str = "infer",
 ):
     """Hold ``.skinseg.lock`` in ``output`` for the ``with`` block (``fcntl.flock``; released if the process dies).
 
-    If another run holds it: :class:`UsageError` at once (naming the ``command`` that writes such folders), or with
-    ``wait`` block until it ends (``on_wait`` is called first). Where ``fcntl`` does not exist (Windows) no lock is
-    taken.
+    If another run holds it: :class:`UsageError` at once, or with ``wait`` block until it ends (``on_wait`` is
+    called first). Where ``fcntl`` does not exist (Windows) no lock is taken. The lock file holds the holder's pid,
+    followed by ``command`` (the skinseg command holding it) unless that is ``infer``; only ``infer`` can wait.
     """
     try:
         import fcntl
@@ -364,17 +364,17 @@ def output_lock(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-                waits = f", add {param('wait')}," if command == "skinseg infer" else ""
+                pid, _, holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip().partition(" ")
+                how = f"wait for it to finish, add {param('wait')}," if command == "infer" else "wait for it to finish"
                 raise UsageError(
-                    f"{Path(output)}: another {command}{f' (pid {holder})' if holder else ''} is writing to this "
-                    f"folder; wait for it to finish{waits} or choose another {param('output')}"
+                    f"{Path(output)}: another skinseg {holder or 'infer'}{f' (pid {pid})' if pid else ''} is writing "
+                    f"to this output folder; {how} or choose another {param('output')}"
                 ) from None
             if on_wait is not None:
                 on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        os.pwrite(fd, f"{os.getpid()}{'' if command == 'infer' else ' ' + command}\n".encode("ascii"), 0)
         yield
     finally:
         os.close(fd)  # closing releases the flock

@@ -192,6 +192,43 @@ def test_read_mask_binarizes(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "g.png", threshold=200), [[0, 0, 0, 255]])
 
 
+@pytest.mark.parametrize("value", [1, 2, 100, 127, 128, 255])
+def test_a_mask_of_zeros_and_one_value_has_that_value_as_lesion(tmp_path, value):
+    """0/127, 0/100, 0/2 masks were read as empty truth (a fixed threshold of 128): the one value is the lesion."""
+    truth = np.zeros((48, 64), np.uint8)
+    truth[10:30, 20:50] = 255
+    path = tmp_path / f"m{value}.png"
+    cv2.imwrite(str(path), (truth > 0).astype(np.uint8) * value)
+    np.testing.assert_array_equal(read_mask(path), truth)
+    cv2.imwrite(str(path), (truth > 0).astype(np.uint16) * value * 3)  # 16 bits: 0/300 is no 8-bit 75 either
+    np.testing.assert_array_equal(read_mask(path), truth)
+
+
+def test_a_mask_with_grey_edges_is_thresholded_at_half_scale(tmp_path):
+    truth = np.zeros((48, 64), np.uint8)
+    truth[10:30, 20:50] = 255
+    soft = truth.copy()
+    soft[10:30, 19] = 127  # an anti-aliased edge: under half scale, skin
+    soft[10:30, 50] = 128  # at half scale: lesion
+    soft[9, 20:50] = 60
+    cv2.imwrite(str(tmp_path / "soft.png"), soft)
+    expected = truth.copy()
+    expected[10:30, 50] = 255
+    np.testing.assert_array_equal(read_mask(tmp_path / "soft.png"), expected)
+    faint = soft // 2  # grey levels, none at half scale: several values, so no single lesion value
+    cv2.imwrite(str(tmp_path / "faint.png"), faint)
+    assert not read_mask(tmp_path / "faint.png").any()
+
+
+@pytest.mark.parametrize("value", [1, 255])
+def test_a_0_1_mask_gets_its_exif_orientation_like_a_0_255_one(tmp_path, value):
+    truth = np.zeros((32, 48), np.uint8)
+    truth[4:12, 6:30] = 255
+    data = cv2.imencode(".png", (truth > 0).astype(np.uint8) * value)[1].tobytes()
+    path = write(tmp_path / "m.png", data[:33] + png_chunk(b"eXIf", exif_block(6)) + data[33:])
+    np.testing.assert_array_equal(read_mask(path), ORIENT[6](truth))
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path, monkeypatch):
     write_bytes_atomic(tmp_path / "a.bin", b"one")
     write_bytes_atomic(tmp_path / "a.bin", b"two")

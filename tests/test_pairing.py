@@ -93,3 +93,34 @@ def test_real_data_pairs_completely(folder, count):
     assert len(report.pairs) == count
     good, problems = check_readable(report.pairs[:20])
     assert problems == [] and len(good) == 20
+
+
+def test_two_images_of_one_stem_are_reported_not_both_paired(tmp_path):
+    """a.png and a.jpg beside one mask a.png: both were paired with it (scored twice, or trained on a wrong mask)."""
+    for name in ("a.png", "a.jpg", "b.png"):
+        _touch_image(tmp_path / "images" / name)
+    for name in ("a.png", "b_mask.png"):
+        _touch_image(tmp_path / "masks" / name)
+    report = pair_folders(tmp_path / "images", tmp_path / "masks")
+    assert [p.stem for p in report.pairs] == ["b"]
+    assert [s.image.name for s in report.shared_stems] == ["a.jpg", "a.png"]
+    assert report.masks_without_image == [] and report.ambiguous == []
+    assert str(report.shared_stems[0]).endswith("the stem a has several images (a.jpg, a.png) for one mask (a.png); "
+                                                "keep one image or rename the others")  # fmt: skip
+    with pytest.raises(DataError, match="2 unusable file.*several images"):
+        pair_many([(tmp_path / "images", tmp_path / "masks")])
+    same = tmp_path / "both"  # one folder of images and masks
+    for name in ("c.png", "c.jpg", "c_segmentation.png", "d.png", "d_mask.png"):
+        _touch_image(same / name)
+    report = pair_folders(same, same)
+    assert [(p.image.name, p.mask.name) for p in report.pairs] == [("d.png", "d_mask.png")]
+    assert [s.image.name for s in report.shared_stems] == ["c.jpg", "c.png"]
+
+
+def test_excluded_files_are_neither_images_nor_masks(tmp_path):
+    for name in ("a.png", "worst.png"):
+        _touch_image(tmp_path / "images" / name)
+        _touch_image(tmp_path / "masks" / name)
+    report = pair_folders(tmp_path / "images", tmp_path / "masks", exclude=[tmp_path / "masks" / "worst.png"])
+    assert [p.stem for p in report.pairs] == ["a"]
+    assert [p.name for p in report.images_without_mask] == ["worst.png"] and report.masks_without_image == []

@@ -130,7 +130,7 @@ def test_two_epochs_loss_falls_and_run_dir_is_complete(workdir):
     from skinseg.runtime.outputs import output_lock
 
     files = sorted(p.name for p in run.iterdir())
-    with output_lock(run, command="skinseg train"):
+    with output_lock(run, command="train"):
         busy = runner.invoke(app, ["train", "--config", str(_config(workdir, 2)), "-o", str(run), "--force", "-q"])
     assert busy.exit_code == 2 and "another skinseg train" in busy.output, busy.output
     assert sorted(p.name for p in run.iterdir()) == files

@@ -131,7 +131,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             f"{run_dir}: cannot create the run directory ({e.strerror}); choose another {param('output')}"
         ) from None
     try:
-        with output_lock(run_dir, command="skinseg train"):
+        with output_lock(run_dir, command="train"):
             yield
     finally:
         if created and not _run_files(run_dir):

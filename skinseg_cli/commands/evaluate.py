@@ -81,7 +81,7 @@ def evaluate(
     (Spearman) and how many failures (Jaccard < 0.65) the review flag caught.
 
     Exit code 0 when every image was scored, 1 when some could not be (unpaired or mis-sized files; the others
-    are scored), 2 for usage errors.
+    are scored), 2 for usage errors (another evaluation writing to --output included), 130 when interrupted.
 
     Example: skinseg evaluate --model model.onnx --images isic/images --masks isic/masks --output eval/
     """
@@ -112,19 +112,37 @@ def evaluate(
         require_tensorflow(KERAS_HINT)
         if options.device not in ("auto", "cpu"):
             err.print("[yellow]warning:[/yellow] --device applies to ONNX models; the .keras model runs on TensorFlow")
-    segmenter = open_segmenter(model_path, options)
-    with progress_callback("evaluating", total=None, quiet=quiet, console=err) as advance:
-        run = evaluate_folders(
-            segmenter,
-            images=images,
-            masks=masks,
-            output=output,
-            model_path=model_path,
-            stems=stems,
-            worst=worst,
-            on_progress=advance,
-            review_below=review_below,
-        )
+    done = [0, 0]  # images scored, of how many: what an interrupt reports
+
+    def progress(n: int, total: int) -> None:
+        done[:] = [n, total]
+        advance(n, total)
+
+    try:
+        segmenter = open_segmenter(model_path, options)
+        with progress_callback("evaluating", total=None, quiet=quiet, console=err) as advance:
+            run = evaluate_folders(
+                segmenter,
+                images=images,
+                masks=masks,
+                output=output,
+                model_path=model_path,
+                stems=stems,
+                worst=worst,
+                on_progress=progress,
+                review_below=review_below,
+            )
+    except KeyboardInterrupt:  # Typer would exit 130 without a word
+        scored, total = done
+        if total and scored == total:
+            err.print(f"[yellow]interrupted[/yellow] while writing the reports to {escape(str(output))}; run it again")
+        else:
+            err.print(
+                f"[yellow]interrupted[/yellow] after {scored} of {total or '?'} image(s): no report written "
+                "(they are written once every image is scored)",
+                soft_wrap=True,
+            )
+        raise typer.Exit(130) from None
 
     for row in run.errors:
         err.print(f"[red]{row.status}:[/red] {escape(row.error)}", soft_wrap=True)
