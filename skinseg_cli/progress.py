@@ -206,7 +206,7 @@ class InferProgress(_BarsDisplay):
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "waiting":
-            self._note(f"waiting for another skinseg infer on {shown(event['output'])} to finish…")
+            self._note(f"waiting for another skinseg run on {shown(event['output'])} to finish…")
         elif kind == "stopping":
             self._stopping(event)
         elif kind == "warning":  # once per run, e.g. a --scale far from the model's

@@ -155,7 +155,7 @@ def test_second_run_on_the_same_output_exits_2_and_wait_waits(dataset, tmp_path)
         log = tmp_path / "waiter.log"
         with open(log, "wb") as f:
             waiter = start("infer", src, "--model", model, "--output", out, *INFER_ARGS, "--wait", stderr=f)
-        assert wait_for(lambda: "waiting for another skinseg infer" in log.read_text(errors="replace"), waiter, 60)
+        assert wait_for(lambda: "waiting for another skinseg run" in log.read_text(errors="replace"), waiter, 60)
         assert waiter.poll() is None
     finally:
         first.send_signal(signal.SIGCONT)
