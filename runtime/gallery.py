@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from skinseg.runtime.atomic import write_bytes_atomic
+from skinseg.runtime.imageheaders import image_size
 from skinseg.runtime.names import shown
 
 __all__ = ["GALLERY_NAME", "MAX_ROWS", "flags", "folder_totals", "thumbnail_uri", "write_gallery"]
@@ -78,8 +79,13 @@ def thumbnail_uri(path: Path) -> str | None:
         data = np.fromfile(path, np.uint8)
     except OSError:
         return None
-    reduced = cv2.IMREAD_REDUCED_COLOR_8 if data.size > 200_000 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(data, reduced)
+    try:  # the largest reduction that still gives THUMB_SIDE px: every thumbnail the same size, whatever the photo's
+        long_side = max(image_size(path))
+    except Exception:  # not an image we can size: decode it whole (or fail below)
+        long_side = 0
+    factor = next((f for f in (8, 4, 2) if long_side // f >= THUMB_SIDE), 1)
+    flags = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+    image = cv2.imdecode(data, flags.get(factor, cv2.IMREAD_COLOR))
     if image is None:
         return None
     scale = THUMB_SIDE / max(image.shape[:2])

@@ -133,3 +133,20 @@ def test_bad_overlay_options_are_one_line(tmp_path, standin_model, args):
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("size", [(1600, 1067), (1024, 768), (2400, 1600), (300, 200)])
+def test_every_thumbnail_has_the_same_long_side(tmp_path, size):
+    """A 1600 px overlay was decoded at 1/8 (200 px) and shown smaller than a 1024 px one (240 px)."""
+    import base64
+
+    from skinseg.runtime.gallery import THUMB_SIDE, thumbnail_uri
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 255, (size[1], size[0], 3), np.uint8)  # noise: a large file, as photos are
+    path = tmp_path / "o.jpg"
+    path.write_bytes(cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    uri = thumbnail_uri(path)
+    assert uri is not None
+    thumb = cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert max(thumb.shape[:2]) == min(THUMB_SIDE, max(size))
