@@ -78,13 +78,14 @@ def _walk(
     output_real: str | None,
     unreadable: list[Unreadable],
     hidden: list[Path],
+    holds_outputs: bool = False,
 ) -> Iterator[InputItem]:
     """Supported images under ``root``; symlinked folders are followed once (loops end), hidden names skipped (the
     image files among them listed in ``hidden``), and files that look like our own outputs ignored in a folder that
     holds outputs: the output folder, a folder with a settings stamp (an earlier run's output folder, perhaps also
-    its input folder), and their sub-folders."""
+    its input folder), and their sub-folders (``holds_outputs``: ``root`` is one of these already)."""
     visited: set[str] = set()
-    stack = [(root, rel, False)]
+    stack = [(root, rel, holds_outputs)]
     while stack:
         folder, folder_rel, holds_outputs = stack.pop()
         real = os.path.realpath(folder)
@@ -197,7 +198,13 @@ def _glob(
         rel = PurePosixPath(Path(os.path.relpath(path, base)).as_posix())
         if path.is_dir():
             yield from _walk(
-                path, rel, recursive=recursive, output_real=output_real, unreadable=unreadable, hidden=hidden
+                path,
+                rel,
+                recursive=recursive,
+                output_real=output_real,
+                unreadable=unreadable,
+                hidden=hidden,
+                holds_outputs=_holds_outputs(path, base, output_real),
             )
         elif is_supported(path) and not (_is_our_output(path.name) and _holds_outputs(path.parent, base, output_real)):
             yield InputItem(path, rel)

@@ -246,16 +246,17 @@ class ImageJob:
                     f"choose another {param('output')} than the input folder)"
                 )
 
-    def check_not_another_photos(self) -> None:
-        """ImageError if the mask is another photo's: one of the same name from another folder, or from an earlier
-        day of a camera that restarts at IMG_0001, segmented by an earlier run into this output folder. The same
-        photo moved (same content) is up to date before this; the same path with new content is redone; and
-        ``options.overwrite`` replaces whatever is there. Masks written before records named their input are
-        judged by the previous report's row."""
+    def check_not_another_photos(self, fingerprint: str) -> None:
+        """ImageError if the mask is another photo's: one of the same name from another folder (or a camera that
+        restarts at IMG_0001 in a new folder each day), segmented by an earlier run into this output folder. Another
+        photo is another path *and* other content (``fingerprint``, this input's): the same photo moved or reached
+        by a link is the same photo, whatever else changed; the same path with new content (an edited or replaced
+        photo) is redone; ``options.overwrite`` replaces whatever is there. Masks written before records named
+        their input are judged by the previous report's row."""
         if self.options.overwrite:
             return
         record = read_record(self.paths.mask)
-        if record is None:
+        if record is None or record.get("input") == fingerprint:
             return
         mine, previous = os.path.abspath(self.image_path), self.previous or {}
         was = previous.get("input") if previous.get("status") in ("ok", "skipped") else None
@@ -285,9 +286,9 @@ class ImageJob:
                 return ImageRow.from_dict(self.with_review(done))
             row["skinseg_version"] = __version__  # this run works on it (a skipped row has its mask's record's)
             self.check_not_foreign()
-            self.check_not_another_photos()
             file = load_image_file(image_path, max_pixels=options.max_pixels)
             row["fingerprint"] = file.fingerprint
+            self.check_not_another_photos(file.fingerprint)
             width, height = file.info.width, file.info.height
             _check_space(output_root, width, height)
             overlay_wh = _overlay_size(width, height, options)

@@ -101,64 +101,72 @@ model_app = typer.Typer(help="What a model is: metadata, training data, figures,
 app.add_typer(model_app, name="model")
 
 
-class _Stdout:
-    """``sys.stdout`` for the console, except that a stdout that cannot be written silences the output instead of
-    stopping the work: a closed pipe (``skinseg infer … | head -1``) quietly, any other error (a cron log on a full
-    disk: ENOSPC, EIO) with one warning on stderr. The rest of the run goes on, its report is written, and nothing
-    complains at exit.
+class _Guarded:
+    """``sys.stdout`` or ``sys.stderr`` for a console, except that a stream that cannot be written silences that
+    console instead of stopping the work: a closed pipe (``skinseg infer … | head -1``) quietly; any other error on
+    stdout (a cron log on a full disk: ENOSPC, EIO) with one warning on stderr, if stderr can take it. The rest of the
+    run goes on, its report is written, and nothing complains at exit.
     """
 
-    closed = False
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    @property
+    def stream(self) -> Any:
+        return getattr(sys, self.name)
 
     def write(self, text: str) -> int:
-        if self.closed or sys.stdout is None:
+        if self.closed or self.stream is None:
             return len(text)
         try:
-            return sys.stdout.write(text)
+            return self.stream.write(text)
         except OSError as e:
             self._close(e)
             return len(text)
 
     def flush(self) -> None:
-        if not self.closed and sys.stdout is not None:
+        if not self.closed and self.stream is not None:
             try:
-                sys.stdout.flush()
+                self.stream.flush()
             except OSError as e:
                 self._close(e)
 
     def _close(self, error: OSError) -> None:
+        import contextlib
         import os
 
         self.closed = True
-        if not isinstance(error, BrokenPipeError):
-            err.print(
-                f"[yellow]warning:[/yellow] standard output: {escape(error.strerror or str(error))}; "
-                "nothing more is printed there, the work goes on",
-                soft_wrap=True,
-            )
+        if self.name == "stdout" and not isinstance(error, BrokenPipeError):
+            with contextlib.suppress(OSError):
+                err.print(
+                    f"[yellow]warning:[/yellow] standard output: {escape(error.strerror or str(error))}; "
+                    "nothing more is printed there, the work goes on",
+                    soft_wrap=True,
+                )
         try:  # later writes (and the interpreter's own flush at exit) go nowhere
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, self.stream.fileno())
             os.close(devnull)
         except (OSError, ValueError, AttributeError):
             pass
 
     def isatty(self) -> bool:
-        return not self.closed and sys.stdout is not None and sys.stdout.isatty()
+        return not self.closed and self.stream is not None and self.stream.isatty()
 
     def fileno(self) -> int:
-        if sys.stdout is None:
-            raise OSError("standard output is closed")
-        return sys.stdout.fileno()
+        if self.stream is None:
+            raise OSError(f"standard {self.name[3:]} is closed")
+        return self.stream.fileno()
 
     @property
     def encoding(self) -> str:
-        return getattr(sys.stdout, "encoding", "utf-8") or "utf-8"
+        return getattr(self.stream, "encoding", "utf-8") or "utf-8"
 
 
 # emoji=False: rich would turn ":x:" in a file name into an emoji, markup or not (names are escaped for markup).
-out = Console(file=_Stdout(), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(file=_Guarded("stdout"), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
+err = Console(file=_Guarded("stderr"), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
 
 TRAIN_EXTRA_HINT = f"skinseg train needs TensorFlow: install the train extra, {install_hint('train')}"
 
