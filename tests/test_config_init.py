@@ -83,6 +83,16 @@ def test_init_with_quotes_and_backslashes_in_the_data_folder_reads_back(tmp_path
     assert runner.invoke(app, ["config", "show", "a.config"]).exit_code == 0
 
 
+def test_rendered_strings_with_line_breaks_of_every_kind_read_back():
+    """JSON leaves U+0085, U+2028 and U+2029 raw; the INI reader's splitlines() broke the value there."""
+    from skinseg.data.config import render_config
+
+    cfg = parse_config('[train]\nmodel_dir = "runs"\n', source="t")
+    cfg.train.model_dir = Path('a\x85b\u2028c\u2029d"e\nf')
+    again = parse_config(render_config(cfg), source="t")
+    assert again.train.model_dir == cfg.train.model_dir
+
+
 def test_init_follows_the_recipe_file_rather_than_a_copy_of_its_values(tmp_path, monkeypatch):
     recipe = tmp_path / "isic_reference.config"
     recipe.write_text(

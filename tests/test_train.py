@@ -274,3 +274,39 @@ def test_a_config_with_an_infinite_learning_rate_is_refused():
 
     with pytest.raises(ConfigError, match="learning_rate = inf must be positive and finite"):
         parse_config("[model]\nlearning_rate = 1e400\n", source="t")
+
+
+def test_resume_checks_the_recipe_and_the_pairs_not_where_the_project_lies(workdir, tmp_path):
+    """A project copied to another disk resumes (its paths differ, its pairs do not); another seed does not."""
+    import shutil
+
+    from skinseg.data.config import load_config, render_config
+    from skinseg.data.run_folder import RunFolder, Split
+    from skinseg.training.recipe import find_splits
+    from skinseg.training.trainer import resume_differences
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(workdir / "data", moved / "data")
+    before = load_config(_config(workdir, 2))
+    (moved / "train.config").write_text(CONFIG.format(epochs=5))
+    after = load_config(moved / "train.config")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.resolved.ini").write_text(render_config(before, comments=False))
+    splits = find_splits(before)
+    RunFolder(run).write_split(Split.of_pairs(splits.train, splits.valid, []))
+    assert after.train.image_datapath != before.train.image_datapath
+    assert resume_differences(run, after, find_splits(after)) == []
+    after.train.seed = 4
+    assert resume_differences(run, after, find_splits(after))[0] == "[train] seed 3 → 4"
+
+
+def test_force_never_empties_the_folder_a_symlinked_run_directory_points_to(workdir, tmp_path):
+    target = tmp_path / "2024-05-01"
+    target.mkdir()
+    (target / "best_model.keras").write_bytes(b"keep me")
+    link = tmp_path / "latest"
+    link.symlink_to(target, target_is_directory=True)
+    result = runner.invoke(app, ["train", "--config", str(_config(workdir, 1)), "-o", str(link), "--force", "-q"])
+    assert result.exit_code == 2 and "symbolic link" in result.output, result.output
+    assert (target / "best_model.keras").read_bytes() == b"keep me"

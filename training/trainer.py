@@ -58,6 +58,11 @@ def check_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a folder; choose another {param('output')}")
+    if force and run_dir.is_symlink():
+        raise UsageError(
+            f"{run_dir}: a symbolic link; {param('force')} would empty the folder it points to: give that folder "
+            f"({run_dir.resolve()}) or another {param('output')}"
+        )
     if run_dir.is_dir() and _run_files(run_dir) and not force:
         raise UsageError(
             f"{run_dir}: a run already exists there; choose another {param('output')}, {param('resume')} it, or pass "
@@ -78,17 +83,23 @@ _TRAINING_SECTIONS = (
 
 def resume_differences(run_dir: Path, cfg: Config, splits: DataSplits) -> list[str]:
     """What ``cfg`` and its data would change in the run being resumed: ``[section] key`` with the run's value and
-    the new one, then the split (pairs in or out of either side). Empty when the run continues as it started (a run
-    folder from before ``config.resolved.ini``/``split.json`` is not checked there)."""
-    from skinseg.data.config import load_config
+    the new one (paths aside: the data are compared by the pairs' stems, so a project moved elsewhere resumes), then
+    the split (pairs in or out of either side). Empty when the run continues as it started (a run folder from before
+    ``config.resolved.ini``/``split.json`` is not checked there)."""
+    import dataclasses
+
+    from skinseg.data.config import IGNORED_KEYS, load_config
 
     run = RunFolder(run_dir)
     found: list[str] = []
     if run.config_resolved.is_file():
         before, now = load_config(run.config_resolved).to_dict(), cfg.to_dict()
         for section in _TRAINING_SECTIONS:
+            # Paths are left to the split's check: a project moved to another disk resumes with the same pairs.
+            paths = {f.name for f in dataclasses.fields(getattr(cfg, section)) if "Path" in str(f.type)}
+            same = RESUME_MAY_CHANGE.get(section, set()) | set(IGNORED_KEYS.get(section, ())) | paths
             for key, value in now[section].items():
-                if key not in RESUME_MAY_CHANGE.get(section, ()) and before[section].get(key) != value:
+                if key not in same and before[section].get(key) != value:
                     found.append(f"[{section}] {key} {before[section].get(key)!r} → {value!r}")
     split = run.read_split()
     if split is not None and split.train:
@@ -106,8 +117,8 @@ def check_resume(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
     if changed:
         raise UsageError(
             f"{run_dir}: {param('resume')} continues the run as it started, and this config or its data differ "
-            f"from the run's ({'; '.join(changed)}); resume with the run's own config "
-            f"({RunFolder(run_dir).config_resolved}), or start a new run"
+            f"from the run's ({'; '.join(changed)}); resume with the config and options it started with (its "
+            f"values are in {RunFolder(run_dir).config_resolved}), or start a new run"
         )
 
 
@@ -123,7 +134,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     created for the lock, and removed again if the run never wrote anything into it."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a folder; choose another {param('output')}")
-    created = not run_dir.exists()
+    created = []  # the folders made for the lock, deepest first: removed again if the run writes nothing
+    at = run_dir
+    while not at.exists() and at.parent != at:
+        created.append(at)
+        at = at.parent
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -134,10 +149,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         with output_lock(run_dir, command="train"):
             yield
     finally:
-        if created and not _run_files(run_dir):
+        if not _run_files(run_dir):  # nothing written: no lock file left behind, nor the folders made for it
             with contextlib.suppress(OSError):
                 (run_dir / LOCK_NAME).unlink()
-                run_dir.rmdir()
+                for folder in created:
+                    folder.rmdir()
 
 
 def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:

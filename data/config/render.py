@@ -36,7 +36,10 @@ def _render_value(v: Any) -> str:
     if isinstance(v, Path):
         v = v.as_posix()
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON's escapes are Python's: \", \\, \n, \uXXXX
+        text = json.dumps(v, ensure_ascii=False)  # JSON's escapes are Python's: \", \\, \n, \uXXXX
+        for char in "\x85\u2028\u2029":  # line breaks to str.splitlines(), which JSON leaves raw
+            text = text.replace(char, f"\\u{ord(char):04x}")
+        return text
     if isinstance(v, list):
         return "[" + ", ".join(_render_value(x) for x in v) + "]"
     if isinstance(v, tuple):

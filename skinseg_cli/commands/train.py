@@ -184,7 +184,7 @@ def train(
     )
     if result.stopped_by in EXIT_CODES:
         if result.stopped_by == "interrupt" and result.epochs_run:
-            err.print("continue it with --resume and the same config")
+            err.print("continue it with --resume and the config and options it started with")
         raise typer.Exit(EXIT_CODES[result.stopped_by])
 
 
