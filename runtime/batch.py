@@ -42,6 +42,7 @@ Progress is reported through ``on_event`` callbacks, always from the calling thr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import time
@@ -360,7 +361,10 @@ class BatchRun:
                     f"{item.path}: its outputs would overwrite those of {first.path} (same folder and name stem "
                     f"'{item.rel.stem}'); rename one of the two files"
                 )
-                self._record(index, _failed_row(rel, item.path, error))
+                row = _failed_row(rel, item.path, error)
+                if not self._options.retry_failed and self._same_failure(row):
+                    row = dataclasses.replace(row, retried=False)  # the same clash as last night: not failed anew
+                self._record(index, row)
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         make_runner = self._cluster.runner if self._cluster is not None else LocalRunner
         runner: Runner = make_runner(Path(self._model_path), self._output, self._options, self._previous, self._events)
@@ -400,6 +404,11 @@ class BatchRun:
         finally:
             runner.close()
         return stopped
+
+    def _same_failure(self, row: ImageRow) -> bool:
+        """Whether the previous report has ``row``'s failure already, for the same input and with the same reason."""
+        before = self._previous.get(row.path) or {}
+        return before.get("status") == "failed" and (before.get("input"), before.get("error")) == (row.input, row.error)
 
     def _owns_outputs(self, item: InputItem) -> bool:
         """Whether the previous report has ``item``'s outputs written from this very file (a.png of yesterday keeps

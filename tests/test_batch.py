@@ -182,6 +182,10 @@ def test_same_output_name_fails_the_second_image(model, tmp_path):
     assert (summary.ok, summary.failed) == (1, 1) and summary.exit_code == 1
     assert rows["a.jpg"]["status"] == "ok"
     assert rows["a.png"]["status"] == "failed" and "would overwrite those of" in rows["a.png"]["error"]
+    again = run_batch([src], model, tmp_path / "out", OPTS)  # the next night: the same clash, said but not failed
+    assert (again.failed, again.failed_before, again.skipped, again.exit_code) == (0, 1, 1, 0)
+    assert read_rows(tmp_path / "out")["a.png"]["status"] == "failed"
+    assert run_batch([src], model, tmp_path / "out", InferOptions(threads=1, retry_failed=True)).failed == 1
 
 
 def test_a_newcomer_of_the_same_stem_fails_and_the_earlier_photo_keeps_its_outputs(model, tmp_path):
