@@ -8,8 +8,11 @@ Problems the user can fix arrive as :class:`skinseg.runtime.errors.SkinsegError`
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -230,6 +233,23 @@ def cli_errors(fn):
                 raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Let SIGTERM (cron's timeout, systemd stop) end the run like Ctrl-C: the report is written on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def require_modules(*names: str, hint: str) -> None:

@@ -233,3 +233,23 @@ def test_an_interrupt_says_so(standin_model, tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert "interrupted after 1 of 2 image(s): no report written" in " ".join(result.output.split())
     assert not (tmp_path / "ev" / "results.csv").exists()
+
+
+def test_sigterm_says_so_like_ctrl_c(standin_model, tmp_path, monkeypatch):
+    """cron's timeout or systemd's stop sends SIGTERM: it exited 130 without a word."""
+    import os
+    import signal
+
+    import skinseg.data.evaluate as core
+
+    def terminated(segment, pairs, *, on_event=None, **kwargs):
+        on_event({"event": "image", "done": 1, "total": 2})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(core, "evaluate", terminated)
+    images, masks = _pairs(tmp_path, "a", "b")
+    before = signal.getsignal(signal.SIGTERM)
+    result = evaluate(standin_model, images, masks, tmp_path / "ev")
+    assert result.exit_code == 130
+    assert "interrupted after 1 of 2 image(s)" in " ".join(result.output.split())
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the process's again

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from skinseg import install_hint
-from skinseg.app import QuietOpt, app, cli_errors, err, out, require_tensorflow
+from skinseg.app import QuietOpt, app, cli_errors, err, out, require_tensorflow, sigterm_as_interrupt
 from skinseg.flags import (
     BatchSizeOpt,
     Device,
@@ -120,7 +120,7 @@ def evaluate(
 
     try:
         segmenter = open_segmenter(model_path, options)
-        with progress_callback("evaluating", total=None, quiet=quiet, console=err) as advance:
+        with sigterm_as_interrupt(), progress_callback("evaluating", total=None, quiet=quiet, console=err) as advance:
             run = evaluate_folders(
                 segmenter,
                 images=images,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 from enum import Enum
@@ -14,7 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.markup import escape
 
-from skinseg.app import app, cli_errors, err, out
+from skinseg.app import app, cli_errors, err, out, sigterm_as_interrupt
 from skinseg.flags import (
     BatchSizeOpt,
     Device,
@@ -62,23 +61,6 @@ def quiet_opencv() -> None:
         logging.setLogLevel(logging.LOG_LEVEL_ERROR)
     elif hasattr(cv2, "setLogLevel"):
         cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Let SIGTERM (cron's timeout, systemd stop) end the run like Ctrl-C: the report is written on the way out."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def busy_workers() -> bool:
