@@ -55,19 +55,18 @@ def _click_style_help() -> None:
         argument._usage_display_name = usage_name
 
 
-def _folding_help_tables() -> None:
+def _fold_rich_tables() -> None:
     """Typer draws options as a rich table whose cells end in "…" where a terminal is narrow: at 80 columns
     ``--overlay-opacity`` read ``--overlay-opac…`` and file names in the help were cut. Its tables fold such cells
     onto the next line instead (a long flag may continue on the next line, but no character is lost)."""
-    from rich.table import Table
-    from typer import rich_utils
-
-    if not hasattr(rich_utils, "Table"):
-        return
-
     from rich.columns import Columns
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
+    from typer import rich_utils
+
+    if not hasattr(rich_utils, "Table") or getattr(rich_utils.Table, "folds", False):
+        return
 
     def fold(renderable: Any) -> Any:
         if isinstance(renderable, Text):
@@ -77,12 +76,30 @@ def _folding_help_tables() -> None:
         return renderable
 
     class FoldingTable(Table):
+        folds = True
+
         def add_row(self, *renderables: Any, **kwargs: Any) -> None:
             super().add_row(*map(fold, renderables), **kwargs)
             for column in self.columns:
                 column.overflow = "fold"
 
     rich_utils.Table = FoldingTable  # type: ignore[misc]
+
+
+def _folding_help_tables() -> None:
+    """:func:`_fold_rich_tables` when a help is drawn, not at start-up: importing Typer's rich help (rich's
+    markdown among it) costs every command, a cron job's included, about 50 ms."""
+    from typer import core
+
+    for cls in (getattr(core, "TyperCommand", None), getattr(core, "TyperGroup", None)):
+        if cls is None or not hasattr(cls, "format_help"):
+            continue
+
+        def format_help(self: Any, ctx: Any, formatter: Any, _drawn: Any = cls.format_help) -> None:
+            _fold_rich_tables()
+            return _drawn(self, ctx, formatter)
+
+        cls.format_help = format_help
 
 
 _click_style_help()
