@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from skinseg.runtime.evaluation import (
     write_worst_png,
 )
 from skinseg.runtime.imageio import file_sha256
-from skinseg.runtime.outputs import is_ours, output_lock, prepare_output
+from skinseg.runtime.outputs import is_ours, output_lock, prepare_output, read_head
 from skinseg.runtime.report import versions
 
 __all__ = ["RESULTS", "SUMMARY", "WORST", "FolderEvaluation", "evaluate_folders", "unpaired_rows"]
@@ -144,40 +143,22 @@ _RESULTS_HEADER = ",".join(CSV_COLUMNS[:8]).encode() + b","  # stem,image,width,
 _SUMMARY_KEYS = frozenset({"n_images", "n_errors", "jaccard", "model", "data", "options"})
 
 
-def _head(path: Path, size: int | None) -> bytes | None:
-    """The first ``size`` bytes of a regular file (all with None), never following a link or blocking on a FIFO;
-    None when it is no regular file or cannot be read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read() if size is None else f.read(size)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def _ours(output: Path, name: str) -> bool:
     """Whether ``output/name`` is a report that ``skinseg evaluate`` wrote: results.csv with evaluate's columns,
     summary.json with evaluate's keys, worst.png carrying its record (or, from a skinseg that wrote none, beside
     an evaluate summary.json)."""
     path = output / name
     if name == RESULTS:
-        head = _head(path, len(_RESULTS_HEADER))
+        head = read_head(path, len(_RESULTS_HEADER))
         return head is not None and head.startswith(_RESULTS_HEADER)
     if name == SUMMARY:
-        text = _head(path, None)
+        text = read_head(path, None)
         try:
             summary = json.loads(text) if text is not None else None
         except ValueError:
             return False
         return isinstance(summary, dict) and summary.keys() >= _SUMMARY_KEYS
-    return is_ours(path) or (_head(path, 8) == b"\x89PNG\r\n\x1a\n" and _ours(output, SUMMARY))
+    return is_ours(path) or (read_head(path, 8) == b"\x89PNG\r\n\x1a\n" and _ours(output, SUMMARY))
 
 
 def _check_reports_are_ours(output: Path, worst: int) -> bool:

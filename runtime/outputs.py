@@ -51,6 +51,7 @@ __all__ = [
     "check_inside",
     "is_ours",
     "quick_stat",
+    "read_head",
     "read_record",
     "settings_digest",
     "source_key",
@@ -192,8 +193,9 @@ def with_record(data: bytes, record: dict[str, Any]) -> bytes:
     raise ValueError("with_record takes PNG or JPEG bytes")
 
 
-def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The record a skinseg output carries, or None (not ours, unreadable, or not a file)."""
+def read_head(path: str | os.PathLike[str], size: int | None = None) -> bytes | None:
+    """The first ``size`` bytes of a regular file (all of it with None), never following a link or blocking on a
+    FIFO; None when it is no regular file or cannot be read. How skinseg looks into a file it may have written."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
@@ -201,11 +203,19 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        head = os.read(fd, _RECORD_READ_LIMIT)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read() if size is None else f.read(size)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record a skinseg output carries, or None (not ours, unreadable, or not a file)."""
+    head = read_head(path, _RECORD_READ_LIMIT)
+    if head is None:
+        return None
     text = _record_text(head)
     if text is None:
         return None

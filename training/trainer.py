@@ -127,6 +127,15 @@ def _run_files(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
 
 
+def _make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another {param('output')}"
+        ) from None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock while this process writes it: a second ``skinseg train`` into it (with
@@ -139,12 +148,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     while not at.exists() and at.parent != at:
         created.append(at)
         at = at.parent
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(
-            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another {param('output')}"
-        ) from None
+    _make_run_dir(run_dir)
     try:
         with output_lock(run_dir, command="train"):
             yield
@@ -166,12 +170,7 @@ def prepare_run_dir(run_dir: Path, *, force: bool, resume: bool) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(
-            f"{run_dir}: cannot create the run directory ({e.strerror}); choose another {param('output')}"
-        ) from None
+    _make_run_dir(run_dir)
 
 
 def record_run(run_dir: Path, cfg: Config, splits: DataSplits) -> None:
